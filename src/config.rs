@@ -1,0 +1,9 @@
+//! Publisher configuration.
+
+/// Publisher configuration (placeholder).
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {}
+
+/// A configuration error.
+#[derive(Debug)]
+pub struct ConfigError {}

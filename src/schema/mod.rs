@@ -1,0 +1,262 @@
+//! Event schemas: the [`DomainEvent`] trait, validation errors, and the
+//! [`SchemaRegistry`] that validates JSON payloads against the typed structs.
+//!
+//! A JSON payload published under a registered type is deserialized into that
+//! type's struct and validated by the same rules, so the typed and the dynamic
+//! paths cannot drift.
+
+use std::{borrow::Cow, collections::HashMap, fmt, sync::Arc};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// A FitViz domain event with a fixed type name, schema version and rules.
+///
+/// Implement it for your own events (and [`SchemaRegistry::register`] them so JSON
+/// payloads of that type are validated too). The built-in events derive
+/// [`garde::Validate`] and forward to it; any other validation works as long as it
+/// reports through [`ValidationError`].
+///
+/// # Example
+/// ```
+/// use fitviz_events::{DomainEvent, ValidationError};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Serialize, Deserialize, garde::Validate)]
+/// #[serde(deny_unknown_fields)]
+/// struct BadgeEarned {
+///     #[garde(length(min = 1, max = 64))]
+///     member_id: String,
+///     #[garde(length(min = 1, max = 64))]
+///     badge: String,
+/// }
+///
+/// impl DomainEvent for BadgeEarned {
+///     const EVENT_TYPE: &'static str = "badge.earned";
+///     fn validate(&self) -> Result<(), ValidationError> {
+///         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+///     }
+/// }
+///
+/// let err = BadgeEarned { member_id: "".into(), badge: "gold".into() }.validate().unwrap_err();
+/// assert_eq!(err.violations()[0].field, "member_id");
+/// ```
+pub trait DomainEvent: Serialize + DeserializeOwned + fmt::Debug + Send + Sync + 'static {
+    /// The event type and routing key, lowercase `noun.verb`.
+    const EVENT_TYPE: &'static str;
+    /// The schema version, sent in the envelope and the `x-schema-version` header.
+    const VERSION: u32 = 1;
+
+    /// Checks the event's semantic rules.
+    ///
+    /// # Errors
+    /// A [`ValidationError`] listing every field that breaks a rule.
+    fn validate(&self) -> Result<(), ValidationError>;
+}
+
+/// Object-safe view of a [`DomainEvent`], stored in an [`Event`](crate::Event).
+pub(crate) trait DynDomainEvent: erased_serde::Serialize + fmt::Debug + Send + Sync {
+    fn validate_dyn(&self) -> Result<(), ValidationError>;
+}
+
+impl<T: DomainEvent> DynDomainEvent for T {
+    fn validate_dyn(&self) -> Result<(), ValidationError> {
+        DomainEvent::validate(self)
+    }
+}
+
+/// One rule an event breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Violation {
+    /// The field, as a dotted path (`data.amount_minor`), or `event_type` / `data` for the whole.
+    pub field: String,
+    /// Why, in lowercase words.
+    pub message: String,
+}
+
+impl Violation {
+    /// A violation of `field` because of `message`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An event that breaks its schema's rules; names every field at fault and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    event_type: String,
+    violations: Vec<Violation>,
+}
+
+impl ValidationError {
+    /// An error for `event_type` with the given violations.
+    pub fn new(event_type: impl Into<String>, violations: Vec<Violation>) -> Self {
+        Self {
+            event_type: event_type.into(),
+            violations,
+        }
+    }
+
+    /// An error with a single violation.
+    pub fn single(
+        event_type: impl Into<String>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::new(event_type, vec![Violation::new(field, message)])
+    }
+
+    /// Converts the result of a [`garde`] validation.
+    ///
+    /// # Errors
+    /// When the report is an error: one [`Violation`] per garde error, with its path.
+    pub fn from_garde(
+        event_type: &str,
+        result: Result<(), garde::Report>,
+    ) -> Result<(), ValidationError> {
+        result.map_err(|report| {
+            let violations = report
+                .iter()
+                .map(|(path, error)| {
+                    let path = path.to_string();
+                    Violation::new(
+                        if path.is_empty() { "data".to_owned() } else { path },
+                        error.message().to_string(),
+                    )
+                })
+                .collect();
+            ValidationError::new(event_type, violations)
+        })
+    }
+
+    /// The event type that failed.
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    /// Every rule broken.
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`", self.event_type)?;
+        for (i, v) in self.violations.iter().enumerate() {
+            f.write_str(if i == 0 { ": " } else { "; " })?;
+            write!(f, "{}: {}", v.field, v.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+type ValidateJson = fn(&str, &serde_json::Value) -> Result<(), ValidationError>;
+
+#[derive(Clone, Copy)]
+struct Schema {
+    version: u32,
+    validate_json: ValidateJson,
+}
+
+fn validate_json_as<T: DomainEvent>(
+    event_type: &str,
+    data: &serde_json::Value,
+) -> Result<(), ValidationError> {
+    let typed = T::deserialize(data)
+        .map_err(|e| ValidationError::single(event_type, "data", e.to_string()))?;
+    typed.validate()
+}
+
+/// The event types a publisher knows, with the schema each JSON payload is checked against.
+///
+/// [`SchemaRegistry::builtin`] holds the eleven FitViz events; add your own with
+/// [`register`](Self::register). Cloning is cheap.
+///
+/// # Example
+/// ```
+/// use fitviz_events::SchemaRegistry;
+/// use serde_json::json;
+///
+/// let registry = SchemaRegistry::builtin();
+/// assert!(registry.contains("payment.failed"));
+/// let err = registry
+///     .validate_json("workout.created", &json!({"workout_id": ""}))
+///     .expect("registered")
+///     .unwrap_err();
+/// assert_eq!(err.violations()[0].field, "data");
+/// ```
+#[derive(Clone, Default)]
+pub struct SchemaRegistry {
+    schemas: Arc<HashMap<Cow<'static, str>, Schema>>,
+}
+
+impl fmt::Debug for SchemaRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<_> = self.schemas.keys().collect();
+        names.sort();
+        f.debug_struct("SchemaRegistry")
+            .field("event_types", &names)
+            .finish()
+    }
+}
+
+impl SchemaRegistry {
+    /// An empty registry.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// The eleven built-in FitViz events.
+    pub fn builtin() -> Self {
+        crate::events::register_builtin(Self::empty())
+    }
+
+    /// Adds (or replaces) the schema of `T`.
+    #[must_use]
+    pub fn register<T: DomainEvent>(mut self) -> Self {
+        Arc::make_mut(&mut self.schemas).insert(
+            Cow::Borrowed(T::EVENT_TYPE),
+            Schema {
+                version: T::VERSION,
+                validate_json: validate_json_as::<T>,
+            },
+        );
+        self
+    }
+
+    /// Whether `event_type` is registered.
+    pub fn contains(&self, event_type: &str) -> bool {
+        self.schemas.contains_key(event_type)
+    }
+
+    /// The schema version registered for `event_type`.
+    pub fn version(&self, event_type: &str) -> Option<u32> {
+        self.schemas.get(event_type).map(|s| s.version)
+    }
+
+    /// The registered event types, sorted.
+    pub fn event_types(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.schemas.keys().map(|k| &**k).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Validates a JSON payload against the schema of `event_type`.
+    ///
+    /// Returns `None` when the type is not registered.
+    pub fn validate_json(
+        &self,
+        event_type: &str,
+        data: &serde_json::Value,
+    ) -> Option<Result<(), ValidationError>> {
+        self.schemas
+            .get(event_type)
+            .map(|schema| (schema.validate_json)(event_type, data))
+    }
+}
