@@ -1,6 +1,6 @@
 //! The one error type every layer of the publish stack returns.
 
-use std::{borrow::Cow, fmt, time::Duration};
+use std::{borrow::Cow, fmt};
 
 use uuid::Uuid;
 
@@ -86,13 +86,6 @@ impl PublishError {
         Self::new(ErrorKind::Connection, context).with_source(source)
     }
 
-    pub(crate) fn timeout(what: &'static str, after: Duration) -> Self {
-        Self::new(
-            ErrorKind::Timeout,
-            format!("{what} timed out after {} ms", after.as_millis()),
-        )
-    }
-
     pub(crate) fn shutdown() -> Self {
         Self::new(ErrorKind::Shutdown, "the publisher is closed")
     }
@@ -175,6 +168,12 @@ impl std::error::Error for PublishError {
     }
 }
 
+impl From<crate::ConfigError> for PublishError {
+    fn from(error: crate::ConfigError) -> Self {
+        Self::new(ErrorKind::Config, format!("invalid configuration: {error}"))
+    }
+}
+
 impl From<crate::ValidationError> for PublishError {
     fn from(error: crate::ValidationError) -> Self {
         Self::validation(error)
@@ -197,7 +196,8 @@ mod tests {
     #[test]
     fn display_names_the_event() {
         let id = Uuid::nil();
-        let err = PublishError::new(ErrorKind::Nacked, "the broker refused the event").for_event(id);
+        let err =
+            PublishError::new(ErrorKind::Nacked, "the broker refused the event").for_event(id);
         assert_eq!(
             err.to_string(),
             "the broker refused the event (event 00000000-0000-0000-0000-000000000000)"

@@ -11,7 +11,7 @@ use crate::schema::{DomainEvent, DynDomainEvent};
 /// The tenant an event belongs to.
 ///
 /// Put one into the request extensions (your auth middleware does this) and the
-/// [`Publisher`](crate::Publisher) extractor stamps it on every event of that request.
+/// HTTP integration stamps it on every event of that request.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OrganizationId(Arc<str>);
 
@@ -244,7 +244,10 @@ impl Serialize for Event {
         let mut s = serializer.serialize_struct("Event", 8)?;
         s.serialize_field("event_id", &self.id)?;
         s.serialize_field("event_type", &*self.event_type)?;
-        s.serialize_field("organization_id", &self.organization_id.as_ref().map(|o| o.as_str()))?;
+        s.serialize_field(
+            "organization_id",
+            &self.organization_id.as_ref().map(|o| o.as_str()),
+        )?;
         s.serialize_field("timestamp", &Millis(&self.timestamp))?;
         s.serialize_field("version", &self.version())?;
         s.serialize_field("source", &self.source.as_deref())?;
@@ -310,7 +313,17 @@ mod tests {
     fn event_type_rules() {
         assert!(check_event_type("workout.created").is_ok());
         assert!(check_event_type("class_session.rescheduled.v2").is_ok());
-        for bad in ["", "workout", "Workout.created", "workout..created", ".x", "x.", "a.b c", "ü.x", "1x.y"] {
+        for bad in [
+            "",
+            "workout",
+            "Workout.created",
+            "workout..created",
+            ".x",
+            "x.",
+            "a.b c",
+            "ü.x",
+            "1x.y",
+        ] {
             assert!(check_event_type(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(check_event_type(&format!("a.{}", "b".repeat(254))).is_err());
@@ -322,7 +335,8 @@ mod tests {
         let event = Event::from_json("workout.created", serde_json::json!({"x": 1}))
             .with_organization("org-42")
             .with_source("svc");
-        let body: serde_json::Value = serde_json::from_slice(&event.to_json_bytes().unwrap()).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&event.to_json_bytes().unwrap()).unwrap();
         assert_eq!(body["event_id"], event.id().to_string());
         assert_eq!(body["event_type"], "workout.created");
         assert_eq!(body["organization_id"], "org-42");
@@ -331,6 +345,9 @@ mod tests {
         assert_eq!(body["correlation_id"], serde_json::Value::Null);
         assert_eq!(body["data"], serde_json::json!({"x": 1}));
         let ts = body["timestamp"].as_str().unwrap();
-        assert!(ts.ends_with('Z') && ts.len() == "2026-11-27T15:00:00.123Z".len(), "{ts}");
+        assert!(
+            ts.ends_with('Z') && ts.len() == "2026-11-27T15:00:00.123Z".len(),
+            "{ts}"
+        );
     }
 }

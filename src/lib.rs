@@ -1,6 +1,11 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
-#![warn(missing_docs, missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
 
 pub mod config;
 mod error;
@@ -8,7 +13,17 @@ mod event;
 pub mod events;
 pub mod schema;
 
-pub use config::{ConfigError, PublisherConfig};
+pub use config::{ConfigError, PublisherConfig, PublisherConfigBuilder};
 pub use error::{BoxError, ErrorKind, PublishError};
 pub use event::{Event, OrganizationId, Receipt, check_event_type};
 pub use schema::{DomainEvent, SchemaRegistry, ValidationError, Violation};
+pub mod organization;
+mod pool;
+pub mod transport;
+pub mod validate;
+
+pub use pool::{ChannelManager, ChannelPool, PooledChannel};
+pub use transport::AmqpPublish;
+mod publisher;
+pub use publisher::{EventPublisher, EventPublisherBuilder, PublishService};
+pub mod testing;

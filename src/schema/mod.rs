@@ -123,7 +123,11 @@ impl ValidationError {
                 .map(|(path, error)| {
                     let path = path.to_string();
                     Violation::new(
-                        if path.is_empty() { "data".to_owned() } else { path },
+                        if path.is_empty() {
+                            "data".to_owned()
+                        } else {
+                            path
+                        },
                         error.message().to_string(),
                     )
                 })

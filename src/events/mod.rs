@@ -1,0 +1,253 @@
+//! The eleven built-in FitViz domain events, with their validation rules.
+//!
+//! Every event is a plain struct with public fields that derives
+//! [`garde::Validate`], rejects unknown JSON fields, and implements
+//! [`DomainEvent`]. [`SchemaRegistry::builtin`] registers all of them, so a JSON
+//! payload published under one of these types is checked by exactly the same rules
+//! as the typed struct. Each event has an `example()` constructor returning a
+//! valid instance.
+//!
+//! Rules shared by all events: every `*_id` field is a non-empty string of at most
+//! 64 characters; every timestamp is a UTC RFC 3339 string in JSON; amounts are in
+//! minor units (cents); `currency` is an active ISO-4217 code in uppercase (`EUR`).
+//! Lengths count Unicode characters.
+//!
+//! | Event type | Struct | Rules besides the ids |
+//! | --- | --- | --- |
+//! | `workout.created` | [`WorkoutCreated`] | `workout_type` 1–64 chars; `duration_minutes` 1–1440; `calories` ≤ 20 000 |
+//! | `workout.updated` | [`WorkoutUpdated`] | `changed_fields` at least one, each 1–64 chars; `duration_minutes` 1–1440 |
+//! | `workout.deleted` | [`WorkoutDeleted`] | `reason` ≤ 500 chars |
+//! | `booking.confirmed` | [`BookingConfirmed`] | `spot_number` ≥ 1 |
+//! | `booking.cancelled` | [`BookingCancelled`] | `cancelled_by` one of `member`, `staff`, `system`; `reason` ≤ 500 chars |
+//! | `membership.created` | [`MembershipCreated`] | `plan_id` 1–64 chars; `expires_at` after `starts_at`; `price_minor` > 0; `currency` ISO-4217 |
+//! | `membership.expired` | [`MembershipExpired`] | `plan_id` 1–64 chars |
+//! | `payment.completed` | [`PaymentCompleted`] | `amount_minor` 1–10 000 000 000; `currency` ISO-4217; `method` one of `card`, `direct_debit`, `cash`, `wallet`; `reference` ≤ 128 chars |
+//! | `payment.failed` | [`PaymentFailed`] | `amount_minor` > 0; `currency` ISO-4217; `failure_code` 1–64 chars; `failure_message` ≤ 500 chars |
+//! | `class.scheduled` | [`ClassScheduled`] | `name` 1–128 chars; `ends_at` after `starts_at`; `capacity` 1–1000; `location` ≤ 128 chars |
+//! | `class.cancelled` | [`ClassCancelled`] | `reason` 1–500 chars |
+//!
+//! Optional fields (`Option<_>`) are checked only when present; in JSON they may be
+//! `null` or left out. Every other field is required.
+//!
+//! A rule broken by a typed event is reported as a [`Violation`](crate::Violation)
+//! whose `field` is the field name (`expires_at`, `currency`, `changed_fields[0]`);
+//! a JSON payload that does not even deserialize (an unknown or missing field, a
+//! wrong type) is reported on the field `data`, with a message naming the culprit.
+//!
+//! # Example
+//! ```
+//! use fitviz_events::{DomainEvent, SchemaRegistry, events::MembershipCreated};
+//!
+//! let membership = MembershipCreated::example();
+//! assert!(membership.validate().is_ok());
+//!
+//! let mut bad = MembershipCreated::example();
+//! bad.expires_at = bad.starts_at;
+//! bad.currency = "EURO".to_owned();
+//! let err = bad.validate().unwrap_err();
+//! assert_eq!(err.event_type(), "membership.created");
+//! assert!(err.violations().iter().any(|v| v.field == "expires_at"));
+//! assert!(err.violations().iter().any(|v| v.field == "currency"));
+//!
+//! // The same rules apply to JSON payloads.
+//! let mut json = serde_json::to_value(MembershipCreated::example()).unwrap();
+//! json["price_minor"] = 0.into();
+//! let err = SchemaRegistry::builtin()
+//!     .validate_json("membership.created", &json)
+//!     .expect("built-in type")
+//!     .unwrap_err();
+//! assert_eq!(err.violations()[0].field, "price_minor");
+//! ```
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::{DomainEvent, SchemaRegistry};
+
+mod booking;
+mod class;
+mod currency;
+mod membership;
+mod payment;
+mod workout;
+
+pub use booking::{BookingCancelled, BookingConfirmed, CancelledBy};
+pub use class::{ClassCancelled, ClassScheduled};
+pub use membership::{MembershipCreated, MembershipExpired};
+pub use payment::{PaymentCompleted, PaymentFailed, PaymentMethod};
+pub use workout::{WorkoutCreated, WorkoutDeleted, WorkoutUpdated};
+
+/// The event types of the eleven built-in events, in the order of the table above.
+pub const BUILTIN_EVENT_TYPES: [&str; 11] = [
+    WorkoutCreated::EVENT_TYPE,
+    WorkoutUpdated::EVENT_TYPE,
+    WorkoutDeleted::EVENT_TYPE,
+    BookingConfirmed::EVENT_TYPE,
+    BookingCancelled::EVENT_TYPE,
+    MembershipCreated::EVENT_TYPE,
+    MembershipExpired::EVENT_TYPE,
+    PaymentCompleted::EVENT_TYPE,
+    PaymentFailed::EVENT_TYPE,
+    ClassScheduled::EVENT_TYPE,
+    ClassCancelled::EVENT_TYPE,
+];
+
+/// Registers the eleven built-in events in `registry`.
+pub(crate) fn register_builtin(registry: SchemaRegistry) -> SchemaRegistry {
+    registry
+        .register::<WorkoutCreated>()
+        .register::<WorkoutUpdated>()
+        .register::<WorkoutDeleted>()
+        .register::<BookingConfirmed>()
+        .register::<BookingCancelled>()
+        .register::<MembershipCreated>()
+        .register::<MembershipExpired>()
+        .register::<PaymentCompleted>()
+        .register::<PaymentFailed>()
+        .register::<ClassScheduled>()
+        .register::<ClassCancelled>()
+}
+
+/// garde rule for a timestamp that must come strictly after `earlier`
+/// (the field named `earlier_field`), e.g. `expires_at` after `starts_at`.
+///
+/// Used as `#[garde(custom(after(&self.starts_at, "starts_at")))]` so that the
+/// violation is reported on the later field.
+fn after<'a>(
+    earlier: &'a DateTime<Utc>,
+    earlier_field: &'static str,
+) -> impl FnOnce(&DateTime<Utc>, &()) -> garde::Result + 'a {
+    move |value, _| {
+        if value > earlier {
+            Ok(())
+        } else {
+            Err(garde::Error::new(format!("must be after {earlier_field}")))
+        }
+    }
+}
+
+/// A fixed UTC timestamp for the `example()` constructors.
+fn utc(year: i32, month: u32, day: u32, hour: u32, minute: u32) -> DateTime<Utc> {
+    NaiveDate::from_ymd_opt(year, month, day)
+        .and_then(|date| date.and_hms_opt(hour, minute, 0))
+        .expect("a valid fixed example timestamp")
+        .and_utc()
+}
+
+/// Shared assertions for the per-domain tests.
+#[cfg(test)]
+mod test_support {
+    use crate::{DomainEvent, SchemaRegistry, ValidationError};
+
+    /// `event` must fail validation with a violation on exactly `field`.
+    pub(super) fn assert_rejected<T: DomainEvent>(event: T, field: &str) -> ValidationError {
+        let err = event.validate().expect_err(&format!(
+            "{} should be rejected on `{field}`",
+            T::EVENT_TYPE
+        ));
+        assert_eq!(err.event_type(), T::EVENT_TYPE);
+        assert!(
+            err.violations().iter().any(|v| v.field == field),
+            "expected a violation on `{field}`, got {err}"
+        );
+        for v in err.violations() {
+            assert!(!v.message.is_empty(), "empty message on `{}`", v.field);
+            assert!(
+                !v.message.starts_with(char::is_uppercase),
+                "messages are lowercase: {:?}",
+                v.message
+            );
+        }
+        err
+    }
+
+    /// The example is valid, typed and as JSON through the built-in registry, and
+    /// survives a serde round trip unchanged.
+    pub(super) fn assert_example_valid<T: DomainEvent + Clone + PartialEq>(example: T) {
+        assert_eq!(example.validate(), Ok(()), "{}::example()", T::EVENT_TYPE);
+        let json = serde_json::to_value(&example).expect("serializes");
+        assert_eq!(
+            SchemaRegistry::builtin().validate_json(T::EVENT_TYPE, &json),
+            Some(Ok(())),
+            "{} example as JSON",
+            T::EVENT_TYPE
+        );
+        let back: T = serde_json::from_value(json).expect("deserializes");
+        assert_eq!(back, example);
+    }
+
+    /// A JSON payload validated through the built-in registry fails deserialization,
+    /// reported on `data` with a message containing `needle`.
+    fn assert_json_rejected<T: DomainEvent>(json: &serde_json::Value, needle: &str) {
+        let err = SchemaRegistry::builtin()
+            .validate_json(T::EVENT_TYPE, json)
+            .expect("built-in type is registered")
+            .expect_err("payload should be rejected");
+        assert_eq!(err.event_type(), T::EVENT_TYPE);
+        assert_eq!(err.violations().len(), 1, "{err}");
+        assert_eq!(err.violations()[0].field, "data");
+        assert!(
+            err.violations()[0].message.contains(needle),
+            "message should name `{needle}`: {err}"
+        );
+    }
+
+    /// An unknown field added to the example's JSON is rejected, naming the field.
+    pub(super) fn assert_unknown_field_rejected<T: DomainEvent>(example: T) {
+        let mut json = serde_json::to_value(example).expect("serializes");
+        json.as_object_mut()
+            .expect("an object")
+            .insert("surprise_field".to_owned(), serde_json::json!(1));
+        assert_json_rejected::<T>(&json, "unknown field `surprise_field`");
+    }
+
+    /// The example's JSON without `field` is rejected, naming the field.
+    pub(super) fn assert_missing_field_rejected<T: DomainEvent>(example: T, field: &str) {
+        let mut json = serde_json::to_value(example).expect("serializes");
+        assert!(
+            json.as_object_mut()
+                .expect("an object")
+                .remove(field)
+                .is_some(),
+            "the example has no field `{field}`"
+        );
+        assert_json_rejected::<T>(&json, &format!("missing field `{field}`"));
+    }
+
+    /// A string of `n` characters, multi-byte so that limits count characters.
+    pub(super) fn chars(n: usize) -> String {
+        "é".repeat(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check_event_type;
+
+    #[test]
+    fn builtin_registry_holds_exactly_the_builtin_types() {
+        let registry = SchemaRegistry::builtin();
+        let mut expected = BUILTIN_EVENT_TYPES.to_vec();
+        expected.sort_unstable();
+        assert_eq!(registry.event_types(), expected);
+        for event_type in BUILTIN_EVENT_TYPES {
+            assert_eq!(check_event_type(event_type), Ok(()), "{event_type}");
+            assert_eq!(registry.version(event_type), Some(1), "{event_type}");
+        }
+    }
+
+    #[test]
+    fn after_is_strict() {
+        let start = utc(2026, 3, 1, 0, 0);
+        assert!(after(&start, "starts_at")(&utc(2026, 3, 1, 0, 1), &()).is_ok());
+        let same = after(&start, "starts_at")(&start, &()).unwrap_err();
+        assert_eq!(same.message().to_string(), "must be after starts_at");
+        assert!(after(&start, "starts_at")(&utc(2026, 2, 28, 23, 59), &()).is_err());
+    }
+
+    #[test]
+    fn example_timestamps_are_utc_rfc3339() {
+        let json = serde_json::to_value(utc(2026, 3, 2, 7, 30)).unwrap();
+        assert_eq!(json, "2026-03-02T07:30:00Z");
+    }
+}

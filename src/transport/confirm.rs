@@ -1,0 +1,504 @@
+//! Exact per-event outcomes for pipelined publisher confirms on one channel.
+//!
+//! # The problem
+//! With many publishes in flight on one channel, lapin hands a `basic.return`
+//! (an unroutable `mandatory` message) to whichever pending confirm it completes
+//! next; with a multiple `basic.ack` it completes them in hash-map order. So the
+//! confirm of event A may carry the return of event B, and an `Ack(None)` for B
+//! does not prove that B was routed.
+//!
+//! # How outcomes are settled
+//! Every returned message carries its `message_id` (the event id), so a return
+//! always identifies the unroutable event, whichever confirm carried it. What is
+//! left is to know when an acked event can be declared routed, that is, when its
+//! return, if there is one, must already have been seen. Facts from lapin 4.12
+//! (`acknowledgement.rs`, `returned_messages.rs`) and AMQP:
+//!
+//! 1. The broker sends an event's `basic.return` before the `basic.ack` covering it.
+//! 2. lapin queues returns FIFO and pops one (or none, when the queue is empty) each
+//!    time it completes a pending confirm, in its single I/O thread. A confirm that
+//!    completes with no return (a *witness*) proves that the queue was empty at that
+//!    moment, so every return received before it has been attached to a confirm that
+//!    completed earlier.
+//! 3. lapin wakes a confirm's waker right after resolving it, in the same thread, so
+//!    the order of wake-ups is the order of completions.
+//!
+//! The tracker polls every confirm with a waker that records a global rank on
+//! wake-up. One settler task per channel drains those wake-ups, records every
+//! return under its event id, and declares an acked event routed once a witness
+//! completed at or after it and every confirm that could have completed before that
+//! witness has been seen. Publishes that have not yet been handed to the tracker
+//! (still inside `basic_publish`) block the conclusion until they are; this keeps it
+//! exact without a lock around publish and confirm, so confirms stay pipelined.
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, MutexGuard, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll, Wake, Waker},
+};
+
+use futures_util::task::AtomicWaker;
+use lapin::{Confirmation, PublisherConfirm};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+static REATTRIBUTED_RETURNS: AtomicU64 = AtomicU64::new(0);
+
+/// How many returned messages lapin attached to another event's confirm, and the
+/// tracker gave back to their own event (process-wide, for tests and metrics).
+pub fn reattributed_returns() -> u64 {
+    REATTRIBUTED_RETURNS.load(Ordering::Relaxed)
+}
+
+/// What the broker said about one event.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Confirmed and routed to at least one queue.
+    Routed,
+    /// Confirmed, but returned: no queue is bound for its routing key.
+    Unroutable { reply_code: u16, reply_text: String },
+    /// Negatively acknowledged.
+    Nacked,
+    /// The channel failed before the outcome was known (with lapin's error, when it gave one).
+    Failed(Option<lapin::Error>),
+    /// The channel failed after the broker acked the event but before it was known
+    /// whether the event was routed.
+    Unknown,
+}
+
+type PublishFuture = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
+
+#[derive(Debug)]
+enum Stage {
+    /// Reserved; `basic_publish` is running and the confirm is not tracked yet.
+    Untracked,
+    /// The confirm is being polled with the tracking waker.
+    Pending(Box<PublisherConfirm>),
+    /// The confirm completed.
+    Done,
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: Uuid,
+    stage: Stage,
+    waker: Waker,
+    reply: Option<oneshot::Sender<Outcome>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Witness {
+    rank: u64,
+    barrier: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Awaiting {
+    rank: u64,
+    /// Set when the event's own confirm completed with no return attached: its own witness.
+    own_barrier: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_seq: u64,
+    entries: HashMap<u64, Entry>,
+    by_id: HashMap<Uuid, u64>,
+    untracked: BTreeSet<u64>,
+    handoffs: Vec<(u64, Option<lapin::Result<PublisherConfirm>>)>,
+    returned: HashMap<Uuid, (u16, String)>,
+    witnesses: VecDeque<Witness>,
+    awaiting: HashMap<u64, Awaiting>,
+    failed: bool,
+    closed: bool,
+}
+
+/// Tracks the confirms of one confirm-mode channel; see the module docs.
+#[derive(Debug)]
+pub(crate) struct ConfirmTracker {
+    state: Mutex<State>,
+    woken: Mutex<Vec<(u64, u64)>>,
+    rank: AtomicU64,
+    settler: AtomicWaker,
+}
+
+struct TrackingWaker {
+    tracker: Weak<ConfirmTracker>,
+    seq: u64,
+}
+
+impl Wake for TrackingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(tracker) = self.tracker.upgrade() {
+            {
+                let mut woken = lock(&tracker.woken);
+                let rank = tracker.rank.fetch_add(1, Ordering::SeqCst);
+                woken.push((self.seq, rank));
+            }
+            tracker.settler.wake();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ConfirmTracker {
+    /// A tracker with its settler task spawned on the current tokio runtime.
+    pub(crate) fn spawn() -> Arc<Self> {
+        let tracker = Arc::new(Self {
+            state: Mutex::new(State::default()),
+            woken: Mutex::new(Vec::new()),
+            rank: AtomicU64::new(0),
+            settler: AtomicWaker::new(),
+        });
+        let weak = Arc::downgrade(&tracker);
+        tokio::spawn(Settler(weak));
+        tracker
+    }
+
+    /// Whether a confirm on this channel failed (the channel is dead).
+    pub(crate) fn has_failed(&self) -> bool {
+        lock(&self.state).failed
+    }
+
+    /// Stops the settler once every tracked confirm has completed.
+    pub(crate) fn close(&self) {
+        lock(&self.state).closed = true;
+        self.settler.wake();
+    }
+
+    /// Registers event `id`, runs `publish` (the `basic_publish` call) and tracks its
+    /// confirm. The returned future resolves with the event's exact outcome.
+    ///
+    /// Dropping the returned future never loses track of the confirm: if it is
+    /// dropped while `basic_publish` is running, the rest of the publish is spawned.
+    pub(crate) fn track(self: &Arc<Self>, id: Uuid, publish: PublishFuture) -> Tracked {
+        let (tx, rx) = oneshot::channel();
+        let seq = {
+            let mut st = lock(&self.state);
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            let waker = Waker::from(Arc::new(TrackingWaker {
+                tracker: Arc::downgrade(self),
+                seq,
+            }));
+            st.entries.insert(
+                seq,
+                Entry {
+                    id,
+                    stage: Stage::Untracked,
+                    waker,
+                    reply: Some(tx),
+                },
+            );
+            st.by_id.insert(id, seq);
+            st.untracked.insert(seq);
+            seq
+        };
+        Tracked {
+            tracker: self.clone(),
+            seq,
+            publish: Some(publish),
+            outcome: rx,
+        }
+    }
+
+    fn handoff(&self, seq: u64, result: lapin::Result<PublisherConfirm>) {
+        lock(&self.state).handoffs.push((seq, Some(result)));
+        self.settler.wake();
+    }
+
+    /// The publish of `seq` was dropped outside a runtime: its confirm cannot be
+    /// tracked, so the channel can no longer prove anything and is marked failed.
+    fn abandon(&self, seq: u64) {
+        lock(&self.state).handoffs.push((seq, None));
+        self.settler.wake();
+    }
+
+    /// One run of the settler: take hand-offs and wake-ups, record outcomes, settle.
+    fn run(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.settler.register(cx.waker());
+        let mut st = lock(&self.state);
+        let st = &mut *st;
+
+        // Newly handed-off confirms: poll once with their tracking waker. One that is
+        // already complete gets a rank now, later than its true completion.
+        for (seq, result) in std::mem::take(&mut st.handoffs) {
+            st.untracked.remove(&seq);
+            let Some(entry) = st.entries.get_mut(&seq) else {
+                continue;
+            };
+            match result {
+                None => {
+                    entry.stage = Stage::Done;
+                    st.failed = true;
+                    Self::settle(st, seq, Outcome::Failed(None));
+                }
+                Some(Err(error)) => {
+                    entry.stage = Stage::Done;
+                    st.failed = true;
+                    Self::settle(st, seq, Outcome::Failed(Some(error)));
+                }
+                Some(Ok(confirm)) => {
+                    entry.stage = Stage::Pending(Box::new(confirm));
+                    let rank = self.rank.fetch_add(1, Ordering::SeqCst);
+                    Self::poll_entry(st, seq, rank, false);
+                }
+            }
+        }
+
+        // Completions in the order lapin resolved them.
+        let woken = std::mem::take(&mut *lock(&self.woken));
+        for (seq, rank) in woken {
+            Self::poll_entry(st, seq, rank, true);
+        }
+
+        Self::settle_awaiting(st);
+
+        if st.closed && st.entries.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn poll_entry(st: &mut State, seq: u64, rank: u64, exact: bool) {
+        let Some(entry) = st.entries.get_mut(&seq) else {
+            return;
+        };
+        let Stage::Pending(confirm) = &mut entry.stage else {
+            return;
+        };
+        let waker = entry.waker.clone();
+        let result = match Pin::new(&mut **confirm).poll(&mut Context::from_waker(&waker)) {
+            Poll::Pending => return,
+            Poll::Ready(result) => result,
+        };
+        entry.stage = Stage::Done;
+        let barrier = st.next_seq;
+        match result {
+            Ok(Confirmation::Ack(returned)) => {
+                let is_witness = returned.is_none();
+                if let Some(message) = returned {
+                    let parts = *message_parts(&message);
+                    if parts.0 != st.entries.get(&seq).map(|e| e.id) {
+                        REATTRIBUTED_RETURNS.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Self::record_return(st, parts);
+                }
+                if is_witness && exact {
+                    st.witnesses.push_back(Witness { rank, barrier });
+                }
+                if !Self::settle_if_returned(st, seq) {
+                    st.awaiting.insert(
+                        seq,
+                        Awaiting {
+                            rank,
+                            own_barrier: is_witness.then_some(barrier),
+                        },
+                    );
+                }
+            }
+            Ok(Confirmation::Nack(returned)) => {
+                let is_witness = returned.is_none();
+                if let Some(message) = returned {
+                    Self::record_return(st, *message_parts(&message));
+                }
+                if is_witness && exact {
+                    st.witnesses.push_back(Witness { rank, barrier });
+                }
+                if !Self::settle_if_returned(st, seq) {
+                    Self::settle(st, seq, Outcome::Nacked);
+                }
+            }
+            Ok(Confirmation::NotRequested) => {
+                st.failed = true;
+                Self::settle(st, seq, Outcome::Failed(None));
+            }
+            Err(error) => {
+                st.failed = true;
+                Self::settle(st, seq, Outcome::Failed(Some(error)));
+            }
+        }
+    }
+
+    fn record_return(st: &mut State, (id, reply_code, reply_text): (Option<Uuid>, u16, String)) {
+        let Some(id) = id else {
+            tracing::warn!(reply_code, %reply_text, "broker returned a message without an event id");
+            return;
+        };
+        let Some(&seq) = st.by_id.get(&id) else {
+            return;
+        };
+        st.returned.insert(id, (reply_code, reply_text));
+        Self::settle_if_returned(st, seq);
+    }
+
+    /// Settles `seq` as unroutable if its return has been seen.
+    fn settle_if_returned(st: &mut State, seq: u64) -> bool {
+        let Some(entry) = st.entries.get(&seq) else {
+            return false;
+        };
+        let Some((reply_code, reply_text)) = st.returned.get(&entry.id).cloned() else {
+            return false;
+        };
+        st.awaiting.remove(&seq);
+        Self::settle(
+            st,
+            seq,
+            Outcome::Unroutable {
+                reply_code,
+                reply_text,
+            },
+        );
+        true
+    }
+
+    fn settle_awaiting(st: &mut State) {
+        if st.awaiting.is_empty() {
+            st.witnesses.clear();
+            return;
+        }
+        let oldest_untracked = st.untracked.first().copied().unwrap_or(u64::MAX);
+        if st.failed && st.untracked.is_empty() {
+            // Returns may be lost with the channel: the broker acked these events but
+            // whether they were routed cannot be known any more.
+            for seq in st.awaiting.drain().map(|(seq, _)| seq).collect::<Vec<_>>() {
+                Self::settle(st, seq, Outcome::Unknown);
+            }
+            return;
+        }
+        let settled: Vec<u64> = st
+            .awaiting
+            .iter()
+            .filter(|(_, awaiting)| {
+                if awaiting.own_barrier.is_some_and(|b| b <= oldest_untracked) {
+                    return true;
+                }
+                // The first witness that completed after this event.
+                let first = st.witnesses.partition_point(|w| w.rank <= awaiting.rank);
+                st.witnesses
+                    .get(first)
+                    .is_some_and(|w| w.barrier <= oldest_untracked)
+            })
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in settled {
+            st.awaiting.remove(&seq);
+            Self::settle(st, seq, Outcome::Routed);
+        }
+        // Witnesses older than every awaiting event are no longer needed.
+        let min_rank = st.awaiting.values().map(|a| a.rank).min();
+        match min_rank {
+            None => st.witnesses.clear(),
+            Some(min) => {
+                let keep_from = st.witnesses.partition_point(|w| w.rank <= min);
+                st.witnesses.drain(..keep_from);
+            }
+        }
+    }
+
+    /// Sends the outcome of `seq` (once) and forgets it when its confirm is done.
+    fn settle(st: &mut State, seq: u64, outcome: Outcome) {
+        let Some(entry) = st.entries.get_mut(&seq) else {
+            return;
+        };
+        if let Some(reply) = entry.reply.take() {
+            // The caller may have gone (timeout); the outcome then only matters for others.
+            let _ = reply.send(outcome);
+        }
+        if matches!(entry.stage, Stage::Done) {
+            let id = entry.id;
+            st.entries.remove(&seq);
+            st.by_id.remove(&id);
+            st.returned.remove(&id);
+        }
+    }
+}
+
+fn message_parts(message: &lapin::message::BasicReturnMessage) -> Box<(Option<Uuid>, u16, String)> {
+    let id = message
+        .delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .and_then(|id| Uuid::parse_str(id.as_str()).ok());
+    Box::new((id, message.reply_code, message.reply_text.to_string()))
+}
+
+/// The settler task of one channel.
+struct Settler(Weak<ConfirmTracker>);
+
+impl Future for Settler {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.0.upgrade() {
+            Some(tracker) => tracker.run(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+/// The outcome of one tracked publish.
+pub(crate) struct Tracked {
+    tracker: Arc<ConfirmTracker>,
+    seq: u64,
+    publish: Option<PublishFuture>,
+    outcome: oneshot::Receiver<Outcome>,
+}
+
+impl std::fmt::Debug for Tracked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracked").field("seq", &self.seq).finish()
+    }
+}
+
+impl Future for Tracked {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = &mut *self;
+        if let Some(publish) = this.publish.as_mut() {
+            let result = std::task::ready!(publish.as_mut().poll(cx));
+            this.publish = None;
+            this.tracker.handoff(this.seq, result);
+        }
+        match Pin::new(&mut this.outcome).poll(cx) {
+            Poll::Ready(Ok(outcome)) => Poll::Ready(outcome),
+            // The settler is gone: the tracker was dropped with the runtime.
+            Poll::Ready(Err(_)) => Poll::Ready(Outcome::Failed(None)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(publish) = self.publish.take() {
+            // Finish the publish so the confirm is tracked: other events' returns may
+            // be attached to it.
+            let tracker = self.tracker.clone();
+            let seq = self.seq;
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let result = publish.await;
+                    tracker.handoff(seq, result);
+                });
+            } else {
+                tracker.abandon(seq);
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Middleware that validates events before anything else sees them.
+//!
+//! It checks the event type (lowercase `noun.verb`, at most 255 bytes), then the
+//! payload: a typed [`DomainEvent`](crate::DomainEvent) by its own rules, a JSON
+//! payload against the schema registered for its type in the [`SchemaRegistry`].
+//! An unregistered type is rejected unless allowed. A rejected event never reaches
+//! the inner service, so it is never retried and never counts as a broker failure.
+//!
+//! # Example
+//! ```
+//! use fitviz_events::{Event, ErrorKind, SchemaRegistry, validate::ValidationLayer};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let inner = service_fn(|e: Event| async move {
+//!     Ok::<_, fitviz_events::PublishError>(fitviz_events::Receipt::new(e.id(), Default::default()))
+//! });
+//! let svc = ServiceBuilder::new()
+//!     .layer(ValidationLayer::new(SchemaRegistry::builtin()))
+//!     .service(inner);
+//! let bad = Event::from_json("workout.created", serde_json::json!({"workout_id": 7}));
+//! let err = svc.oneshot(bad).await.unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::Validation);
+//! # }
+//! ```
+
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready, ready};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{
+    Event, PublishError, SchemaRegistry, ValidationError, check_event_type, event::EventData,
+};
+
+/// Validates events; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct ValidationLayer {
+    registry: SchemaRegistry,
+    allow_unregistered: bool,
+}
+
+impl ValidationLayer {
+    /// Validates against `registry`; unregistered JSON event types are rejected.
+    pub fn new(registry: SchemaRegistry) -> Self {
+        Self {
+            registry,
+            allow_unregistered: false,
+        }
+    }
+
+    /// Lets JSON events of unregistered types through (their type name is still checked).
+    #[must_use]
+    pub fn allow_unregistered(mut self, allow: bool) -> Self {
+        self.allow_unregistered = allow;
+        self
+    }
+}
+
+impl<S> Layer<S> for ValidationLayer {
+    type Service = Validate<S>;
+
+    fn layer(&self, inner: S) -> Validate<S> {
+        Validate {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service built by [`ValidationLayer`].
+#[derive(Clone, Debug)]
+pub struct Validate<S> {
+    inner: S,
+    layer: ValidationLayer,
+}
+
+impl ValidationLayer {
+    /// Validates one event, filling in its schema version from the registry.
+    ///
+    /// # Errors
+    /// A [`ValidationError`] naming the field at fault.
+    pub fn check(&self, event: &mut Event) -> Result<(), ValidationError> {
+        let event_type = event.event_type();
+        check_event_type(event_type)
+            .map_err(|why| ValidationError::single(event_type, "event_type", why))?;
+        match &event.data {
+            EventData::Typed(typed) => typed.validate_dyn(),
+            EventData::Json(data) => match self.registry.validate_json(event_type, data) {
+                Some(result) => {
+                    result?;
+                    if !event.version_is_set() {
+                        if let Some(version) = self.registry.version(event_type) {
+                            *event = event.clone().with_version(version);
+                        }
+                    }
+                    Ok(())
+                }
+                None if self.allow_unregistered => Ok(()),
+                None => Err(ValidationError::single(
+                    event_type,
+                    "event_type",
+                    "is not a registered event type (register its schema, or allow unregistered types)",
+                )),
+            },
+        }
+    }
+}
+
+impl<S> Service<Event> for Validate<S>
+where
+    S: Service<Event, Error = PublishError>,
+{
+    type Response = S::Response;
+    type Error = PublishError;
+    type Future = Either<Ready<Result<S::Response, PublishError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut event: Event) -> Self::Future {
+        match self.layer.check(&mut event) {
+            Ok(()) => Either::Right(self.inner.call(event)),
+            Err(error) => {
+                tracing::debug!(event_id = %event.id(), event_type = event.event_type(), %error, "event rejected by validation");
+                Either::Left(ready(Err(
+                    PublishError::validation(error).for_event(event.id())
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Shared helpers for the broker tests: broker discovery, unique topology per test,
+//! and a consumer to read back what was published.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::time::Duration;
+
+use fitviz_events::PublisherConfig;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    options::{
+        BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+
+pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+pub fn broker_url() -> String {
+    std::env::var("FITVIZ_EVENTS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// Host and port of the broker, for the fault proxy.
+pub fn broker_addr() -> String {
+    let url = url::Url::parse(&broker_url()).expect("broker url");
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(5672)
+    )
+}
+
+/// Whether the broker answers. In CI (`CI` set) a missing broker fails the test;
+/// elsewhere the test is skipped with a loud message.
+pub async fn broker_available() -> bool {
+    let reachable = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(broker_addr()),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if reachable {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "CI is set but RabbitMQ is not reachable at {}: broker tests must run in CI",
+            broker_addr()
+        );
+    }
+    eprintln!(
+        "\n\n************************************************************\n\
+         SKIPPING broker test: RabbitMQ is not reachable at {}.\n\
+         Start it (rabbitmq-server -detached) to run this test.\n\
+         ************************************************************\n",
+        broker_addr()
+    );
+    false
+}
+
+/// Returns from the test when there is no broker (outside CI).
+#[macro_export]
+macro_rules! require_broker {
+    () => {
+        if !$crate::support::broker_available().await {
+            return;
+        }
+    };
+}
+
+/// A name unique to this test run.
+pub fn unique(test: &str) -> String {
+    format!("fvtest.{test}.{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A test's own exchange, queue and connection name, deleted by [`Fixture::cleanup`].
+pub struct Fixture {
+    pub name: String,
+    pub exchange: String,
+    pub queue: String,
+    pub connection: Connection,
+    pub channel: Channel,
+}
+
+impl Fixture {
+    /// Declares a durable topic exchange and a queue bound to it with `binding`.
+    pub async fn new(test: &str, binding: &str) -> Self {
+        Self::with_queue_args(test, binding, FieldTable::default()).await
+    }
+
+    pub async fn with_queue_args(test: &str, binding: &str, mut args: FieldTable) -> Self {
+        let name = unique(test);
+        let connection = Connection::connect(
+            &broker_url(),
+            ConnectionProperties::default().with_connection_name(format!("{name}.fixture").into()),
+        )
+        .await
+        .expect("connect to the broker");
+        let channel = connection.create_channel().await.expect("channel");
+        let exchange = format!("{name}.x");
+        let queue = format!("{name}.q");
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare exchange");
+        // Safety net: the queue disappears 5 minutes after a crashed test.
+        args.insert("x-expires".into(), AMQPValue::LongInt(300_000));
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: std::env::var_os("FV_TRANSIENT").is_none(),
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .expect("declare queue");
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                binding.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind queue");
+        Self {
+            name,
+            exchange,
+            queue,
+            connection,
+            channel,
+        }
+    }
+
+    /// A publisher configuration for this fixture's exchange and a unique connection name.
+    pub fn config(&self) -> fitviz_events::config::PublisherConfigBuilder {
+        PublisherConfig::builder()
+            .url(broker_url())
+            .exchange(self.exchange.clone())
+            .connection_name(format!("{}.publisher", self.name))
+    }
+
+    /// Messages waiting in the queue.
+    pub async fn queue_len(&self) -> u32 {
+        self.channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare")
+            .message_count()
+    }
+
+    /// Takes every message from the queue (acking them).
+    pub async fn drain(&self) -> Vec<(Vec<u8>, BasicProperties)> {
+        let mut out = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            out.push((
+                message.delivery.data.clone(),
+                message.delivery.properties.clone(),
+            ));
+        }
+        out
+    }
+
+    /// Deletes the queue and exchange and closes the connection.
+    pub async fn cleanup(self) {
+        let _ = self
+            .channel
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = self
+            .channel
+            .exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        let _ = self.connection.close(200, "test done".into()).await;
+    }
+}
