@@ -1,6 +1,6 @@
 //! The one error type every layer of the publish stack returns.
 
-use std::{borrow::Cow, fmt};
+use std::{borrow::Cow, fmt, time::Duration};
 
 use uuid::Uuid;
 
@@ -88,6 +88,22 @@ impl PublishError {
 
     pub(crate) fn shutdown() -> Self {
         Self::new(ErrorKind::Shutdown, "the publisher is closed")
+    }
+
+    /// A deadline expired: `what` is the operation, e.g. `"publish attempt"`.
+    pub(crate) fn timeout(what: &str, after: Duration) -> Self {
+        Self::new(
+            ErrorKind::Timeout,
+            format!("{what} timed out after {} ms", after.as_millis()),
+        )
+    }
+
+    /// The circuit breaker refused the call; no allocation beyond the error itself.
+    pub(crate) fn circuit_open() -> Self {
+        Self::new(
+            ErrorKind::CircuitOpen,
+            "circuit breaker is open: the broker has been failing; event not sent",
+        )
     }
 
     /// What went wrong.

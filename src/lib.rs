@@ -7,18 +7,26 @@
     rust_2018_idioms
 )]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod config;
+pub mod detached;
 mod error;
 mod event;
 pub mod events;
+pub mod http;
 pub mod schema;
 
 pub use config::{ConfigError, PublisherConfig, PublisherConfigBuilder};
+pub use detached::{CloseReport, DetachedConfig, Overflow};
 pub use error::{BoxError, ErrorKind, PublishError};
 pub use event::{Event, OrganizationId, Receipt, check_event_type};
 pub use schema::{DomainEvent, SchemaRegistry, ValidationError, Violation};
+pub mod circuit_breaker;
 pub mod organization;
 mod pool;
+pub mod retry;
+pub mod timeout;
 pub mod transport;
 pub mod validate;
 

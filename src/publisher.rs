@@ -8,13 +8,19 @@ use std::{
     },
 };
 
+use std::time::Duration;
+
 use tokio::sync::Notify;
 use tower::{ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
 use crate::{
     AmqpPublish, ChannelPool, DomainEvent, Event, OrganizationId, PublishError, PublisherConfig,
     Receipt, SchemaRegistry,
+    circuit_breaker::{BreakerHandle, BreakerState, CircuitBreakerLayer},
+    detached::{CloseReport, DetachedConfig, DetachedQueue},
     organization::{GetOrganization, NoOrganizationSource, OrganizationLayer},
+    retry::RetryLayer,
+    timeout::TimeoutLayer,
     validate::ValidationLayer,
 };
 
@@ -51,6 +57,11 @@ pub struct EventPublisher {
 
 struct Shared {
     pool: Option<ChannelPool>,
+    breaker: Option<BreakerHandle>,
+    validation: Option<ValidationLayer>,
+    organization: OrganizationLayer,
+    detached: DetachedQueue,
+    flush_timeout: Duration,
     closed: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
@@ -72,6 +83,7 @@ pub struct EventPublisherBuilder {
     config: PublisherConfig,
     registry: SchemaRegistry,
     organization: OrganizationLayer,
+    detached: DetachedConfig,
 }
 
 impl fmt::Debug for EventPublisherBuilder {
@@ -80,6 +92,7 @@ impl fmt::Debug for EventPublisherBuilder {
             .field("config", &self.config)
             .field("registry", &self.registry)
             .field("organization", &self.organization)
+            .field("detached", &self.detached)
             .finish()
     }
 }
@@ -105,6 +118,12 @@ impl EventPublisherBuilder {
         self
     }
 
+    /// Settings of the detached-publish queue used by [`EventPublisher::spawn`].
+    pub fn detached(mut self, detached: DetachedConfig) -> Self {
+        self.detached = detached;
+        self
+    }
+
     /// Connects: builds the channel pool and declares (or checks) the exchange.
     ///
     /// # Errors
@@ -115,8 +134,9 @@ impl EventPublisherBuilder {
         pool.declare_exchange(&self.config).await?;
         let transport =
             AmqpPublish::new(pool.clone(), self.config.exchange(), self.config.source());
-        let service = self.stack(transport);
-        Ok(EventPublisher::from_parts(service, Some(pool)))
+        let breaker = self.breaker_layer();
+        let service = self.stack(&breaker, transport);
+        Ok(self.finish(service, Some(pool), Some(breaker.handle())))
     }
 
     /// Builds the publisher over any transport (for example the in-memory sink of
@@ -130,11 +150,56 @@ impl EventPublisherBuilder {
             + 'static,
         T::Future: Send + 'static,
     {
-        let service = self.stack(transport);
-        EventPublisher::from_parts(service, None)
+        let breaker = self.breaker_layer();
+        let service = self.stack(&breaker, transport);
+        self.finish(service, None, Some(breaker.handle()))
     }
 
-    fn stack<T>(&self, transport: T) -> PublishService
+    fn breaker_layer(&self) -> CircuitBreakerLayer {
+        CircuitBreakerLayer::new(
+            self.config.breaker_failure_threshold(),
+            self.config.breaker_open_duration(),
+        )
+    }
+
+    /// A publisher over a ready-made service stack (see `examples/custom_stack.rs`);
+    /// `spawn` and `close` work as usual. Must be called inside a tokio runtime.
+    pub fn build_with_service(self, service: PublishService) -> EventPublisher {
+        self.finish(service, None, None)
+    }
+
+    fn validation_layer(&self) -> Option<ValidationLayer> {
+        self.config.validation().then(|| {
+            ValidationLayer::new(self.registry.clone())
+                .allow_unregistered(self.config.allow_unregistered())
+        })
+    }
+
+    fn finish(
+        self,
+        service: PublishService,
+        pool: Option<ChannelPool>,
+        breaker: Option<BreakerHandle>,
+    ) -> EventPublisher {
+        EventPublisher {
+            shared: Arc::new(Shared {
+                pool,
+                breaker,
+                validation: self.validation_layer(),
+                organization: self.organization.clone(),
+                detached: DetachedQueue::start(service.clone(), self.detached.clone()),
+                flush_timeout: self.config.publish_timeout(),
+                closed: AtomicBool::new(false),
+                in_flight: AtomicUsize::new(0),
+                idle: Notify::new(),
+            }),
+            service,
+        }
+    }
+
+    /// The default stack, outermost first: validation → organization → overall
+    /// deadline → retry → circuit breaker → per-attempt deadline → transport.
+    fn stack<T>(&self, breaker: &CircuitBreakerLayer, transport: T) -> PublishService
     where
         T: tower_service::Service<Event, Response = Receipt, Error = PublishError>
             + Clone
@@ -143,16 +208,20 @@ impl EventPublisherBuilder {
             + 'static,
         T::Future: Send + 'static,
     {
-        let validation = self.config.validation().then(|| {
-            ValidationLayer::new(self.registry.clone())
-                .allow_unregistered(self.config.allow_unregistered())
-        });
+        let config = &self.config;
         BoxCloneSyncService::new(
             ServiceBuilder::new()
-                .option_layer(validation)
+                .option_layer(self.validation_layer())
                 .layer(self.organization.clone())
-                .service(transport)
-                .map_err(|e: PublishError| e),
+                .layer(TimeoutLayer::overall(config.publish_timeout()))
+                .layer(RetryLayer::new(
+                    config.retry_attempts(),
+                    config.retry_base_delay(),
+                    config.retry_max_delay(),
+                ))
+                .layer(breaker.clone())
+                .layer(TimeoutLayer::attempt(config.confirm_timeout()))
+                .service(transport),
         )
     }
 }
@@ -175,6 +244,7 @@ impl EventPublisher {
             config,
             registry: SchemaRegistry::builtin(),
             organization: OrganizationLayer::new(NoOrganizationSource),
+            detached: DetachedConfig::default(),
         }
     }
 
@@ -184,23 +254,6 @@ impl EventPublisher {
     /// See [`EventPublisherBuilder::connect`].
     pub async fn connect(config: PublisherConfig) -> Result<Self, PublishError> {
         Self::builder(config).connect().await
-    }
-
-    /// A publisher over a ready-made service stack (see `examples/custom_stack.rs`).
-    pub fn from_service(service: PublishService) -> Self {
-        Self::from_parts(service, None)
-    }
-
-    fn from_parts(service: PublishService, pool: Option<ChannelPool>) -> Self {
-        Self {
-            service,
-            shared: Arc::new(Shared {
-                pool,
-                closed: AtomicBool::new(false),
-                in_flight: AtomicUsize::new(0),
-                idle: Notify::new(),
-            }),
-        }
     }
 
     /// Publishes one event and waits for the broker's confirm.
@@ -216,6 +269,17 @@ impl EventPublisher {
             return Err(PublishError::shutdown().for_event(event.id()));
         }
         self.service.clone().oneshot(event).await
+    }
+
+    /// Publishes many events at once, pipelined over the pool's channels, and
+    /// returns one outcome per event, in the order given. A failure of some events
+    /// never hides which ones failed; the others are still published.
+    pub async fn publish_batch<I>(&self, events: I) -> Vec<Result<Receipt, PublishError>>
+    where
+        I: IntoIterator,
+        I::Item: Into<Event>,
+    {
+        futures_util::future::join_all(events.into_iter().map(|event| self.publish(event))).await
     }
 
     /// Publishes a JSON payload under `event_type` — the original library's
@@ -251,11 +315,54 @@ impl EventPublisher {
         }
     }
 
-    /// Stops accepting events, waits for the publishes in flight to finish, then
-    /// closes the channels and connections.
-    pub async fn close(&self) {
+    /// Hands the event to the bounded detached-publish queue and returns at once —
+    /// the original library's `async_publish`. The event is validated and stamped
+    /// with its organization id now, so a bad event is reported to the caller; the
+    /// background worker then publishes it through the same stack, retrying while
+    /// the broker is unavailable (see [`detached`](crate::detached)).
+    ///
+    /// # Errors
+    /// Validation and organization errors, [`ErrorKind::QueueFull`](crate::ErrorKind::QueueFull)
+    /// when the queue is full (per its [`Overflow`](crate::detached::Overflow) policy), and
+    /// [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown) after `close`.
+    pub async fn spawn(&self, event: impl Into<Event>) -> Result<(), PublishError> {
+        let mut event = event.into();
+        let shared = &*self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(PublishError::shutdown().for_event(event.id()));
+        }
+        if let Some(validation) = &shared.validation {
+            validation
+                .check(&mut event)
+                .map_err(|e| PublishError::validation(e).for_event(event.id()))?;
+        }
+        shared.organization.stamp(&mut event)?;
+        shared.detached.enqueue(event).await
+    }
+
+    /// The circuit breaker's state, for health checks (`None` for a custom stack
+    /// built with [`EventPublisherBuilder::build_with_service`]).
+    pub fn breaker_state(&self) -> Option<BreakerState> {
+        self.shared.breaker.as_ref().map(BreakerHandle::state)
+    }
+
+    /// Detached events waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.shared.detached.queued()
+    }
+
+    /// Stops accepting events, publishes the detached queue (for at most the
+    /// configured publish timeout), waits for the publishes in flight to finish,
+    /// then closes the channels and connections. Reports what was not sent.
+    pub async fn close(&self) -> CloseReport {
+        self.close_within(self.shared.flush_timeout).await
+    }
+
+    /// [`close`](Self::close) with an explicit deadline for flushing the detached queue.
+    pub async fn close_within(&self, flush_deadline: Duration) -> CloseReport {
         let shared = &*self.shared;
         shared.closed.store(true, Ordering::Release);
+        let report = shared.detached.flush(flush_deadline).await;
         loop {
             let idle = shared.idle.notified();
             if shared.in_flight.load(Ordering::Acquire) == 0 {
@@ -266,6 +373,7 @@ impl EventPublisher {
         if let Some(pool) = &shared.pool {
             pool.close().await;
         }
+        report
     }
 
     /// Whether [`close`](Self::close) was called.

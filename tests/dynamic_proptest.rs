@@ -47,7 +47,7 @@ proptest! {
         source in ".{0,300}",
         allow_unregistered in any::<bool>(),
     ) {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let sink = MemorySink::new();
             let config = PublisherConfig::builder().allow_unregistered(allow_unregistered).build().unwrap();

@@ -70,6 +70,46 @@ macro_rules! require_broker {
     };
 }
 
+/// Closes, from the broker side, every connection whose client-provided name is
+/// `name` (with `rabbitmqctl`, scoped so that parallel tests are not disturbed).
+/// Returns how many were closed.
+pub async fn close_connections_named(name: &str) -> usize {
+    let mut closed = 0;
+    for _ in 0..50 {
+        let out = tokio::process::Command::new("rabbitmqctl")
+            .args(["list_connections", "--silent", "pid", "client_properties"])
+            .output()
+            .await
+            .expect("run rabbitmqctl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines() {
+            let Some((pid, properties)) = line.split_once('\t') else {
+                continue;
+            };
+            if properties.contains(&format!("<<\"{name}\">>")) {
+                let status = tokio::process::Command::new("rabbitmqctl")
+                    .args([
+                        "close_connection",
+                        pid.trim(),
+                        "fitviz-events test: broker-side kill",
+                    ])
+                    .status()
+                    .await
+                    .expect("run rabbitmqctl");
+                if status.success() {
+                    closed += 1;
+                }
+            }
+        }
+        if closed > 0 {
+            return closed;
+        }
+        // The broker lists a new connection after a short delay.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    closed
+}
+
 /// A name unique to this test run.
 pub fn unique(test: &str) -> String {
     format!("fvtest.{test}.{}", uuid::Uuid::now_v7().simple())

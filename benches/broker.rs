@@ -1,0 +1,361 @@
+//! Confirmed-publish throughput against the real broker, each case next to a raw
+//! lapin baseline measured in the same run: same envelope bytes and properties, same
+//! exchange and durable queue, same channels and number of confirms in flight.
+//! At the end it prints the stack/raw ratio of every case.
+//!
+//! ```sh
+//! cargo bench --bench broker
+//! ```
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use fitviz_events::{Event, EventPublisher, PublisherConfig};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    options::*,
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const CHANNELS: usize = 4;
+
+fn event() -> Event {
+    Event::from_json(
+        "bench.event",
+        serde_json::json!({"member_id": "mem-42", "workout_id": "wo-1001", "note": "x".repeat(160)}),
+    )
+    .with_organization("org-42")
+    .with_source("bench")
+}
+
+/// The same body and properties the transport sends.
+fn raw_message() -> (Vec<u8>, BasicProperties) {
+    let event = event();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "organization_id".into(),
+        AMQPValue::LongString(LongString::from("org-42")),
+    );
+    headers.insert("schema_version".into(), AMQPValue::LongLongInt(1));
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(event.id().to_string().into())
+        .with_timestamp(event.timestamp().timestamp() as u64)
+        .with_type("bench.event".into())
+        .with_app_id("bench".into())
+        .with_headers(headers);
+    (event.to_json_bytes().unwrap(), props)
+}
+
+struct Bench {
+    exchange: String,
+    queue: String,
+    admin: Channel,
+    _connection: Connection,
+    raw_channels: Vec<Channel>,
+    publisher: EventPublisher,
+}
+
+impl Bench {
+    async fn new() -> Self {
+        let exchange = format!("fitviz.bench.{}", std::process::id());
+        let queue = format!("{exchange}.q");
+        let connection = Connection::connect(URL, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let admin = connection.create_channel().await.unwrap();
+        admin
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        admin
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        admin
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut raw_channels = Vec::new();
+        for _ in 0..CHANNELS {
+            let ch = connection.create_channel().await.unwrap();
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .unwrap();
+            raw_channels.push(ch);
+        }
+        let config = PublisherConfig::builder()
+            .url(URL)
+            .exchange(exchange.clone())
+            .pool_size(CHANNELS)
+            .allow_unregistered(true)
+            .build()
+            .unwrap();
+        let publisher = EventPublisher::connect(config).await.unwrap();
+        Self {
+            exchange,
+            queue,
+            admin,
+            _connection: connection,
+            raw_channels,
+            publisher,
+        }
+    }
+
+    async fn purge(&self) {
+        self.admin
+            .queue_purge(self.queue.as_str().into(), QueuePurgeOptions::default())
+            .await
+            .unwrap();
+    }
+
+    /// Raw lapin: `concurrency` tasks, each publishing and awaiting its confirm in turn.
+    async fn raw(&self, events: u64, concurrency: usize) -> Duration {
+        let (body, props) = raw_message();
+        let body = Arc::new(body);
+        let started = Instant::now();
+        let per_task = events.div_ceil(concurrency as u64);
+        let mut tasks = Vec::new();
+        for t in 0..concurrency {
+            let ch = self.raw_channels[t % CHANNELS].clone();
+            let (body, props, exchange) = (body.clone(), props.clone(), self.exchange.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per_task {
+                    let confirm = ch
+                        .basic_publish(
+                            exchange.as_str().into(),
+                            "bench.event".into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                ..Default::default()
+                            },
+                            &body,
+                            props.clone(),
+                        )
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                    assert!(matches!(confirm, Confirmation::Ack(None)));
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        started.elapsed()
+    }
+
+    async fn stack(&self, events: u64, concurrency: usize) -> Duration {
+        let started = Instant::now();
+        let per_task = events.div_ceil(concurrency as u64);
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let publisher = self.publisher.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per_task {
+                    publisher.publish(event()).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        started.elapsed()
+    }
+
+    async fn raw_batch(&self, size: usize) -> Duration {
+        let (body, props) = raw_message();
+        let started = Instant::now();
+        let futures = (0..size).map(|i| {
+            let ch = &self.raw_channels[i % CHANNELS];
+            let (body, props) = (&body, props.clone());
+            async move {
+                ch.basic_publish(
+                    self.exchange.as_str().into(),
+                    "bench.event".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    body,
+                    props,
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+            }
+        });
+        let results = futures_util::future::join_all(futures).await;
+        assert!(results.iter().all(|c| matches!(c, Confirmation::Ack(None))));
+        started.elapsed()
+    }
+
+    async fn stack_batch(&self, size: usize) -> Duration {
+        let started = Instant::now();
+        let results = self
+            .publisher
+            .publish_batch((0..size).map(|_| event()))
+            .await;
+        assert!(results.iter().all(Result::is_ok));
+        started.elapsed()
+    }
+
+    async fn cleanup(&self) {
+        self.publisher.close().await;
+        let _ = self
+            .admin
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = self
+            .admin
+            .exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bench = Arc::new(rt.block_on(Bench::new()));
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
+
+    let mut ratios = Vec::new();
+    for concurrency in [1usize, 16, 256] {
+        let mut group = c.benchmark_group(format!("confirmed_publish/c{concurrency}"));
+        group.throughput(Throughput::Elements(1));
+        let mut per_event = [0f64; 2];
+        for (i, name) in ["raw_lapin", "fitviz_stack"].into_iter().enumerate() {
+            let b2 = bench.clone();
+            let mut total = Duration::ZERO;
+            let mut count = 0u64;
+            group.bench_function(BenchmarkId::new(name, concurrency), |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let bench = b2.clone();
+                    async move {
+                        let events = iters.max(concurrency as u64);
+                        let took = if i == 0 {
+                            bench.raw(events, concurrency).await
+                        } else {
+                            bench.stack(events, concurrency).await
+                        };
+                        bench.purge().await;
+                        took.mul_f64(iters as f64 / events as f64)
+                    }
+                });
+            });
+            // One more measured run outside criterion for the summary.
+            rt.block_on(async {
+                let events = (2_000 * concurrency as u64).clamp(2_000, 40_000);
+                let took = if i == 0 {
+                    bench.raw(events, concurrency).await
+                } else {
+                    bench.stack(events, concurrency).await
+                };
+                bench.purge().await;
+                total += took;
+                count += events;
+            });
+            per_event[i] = total.as_secs_f64() / count as f64;
+        }
+        group.finish();
+        ratios.push((
+            format!("concurrency {concurrency}"),
+            per_event[0],
+            per_event[1],
+        ));
+    }
+
+    let mut group = c.benchmark_group("publish_batch");
+    let size = 1000;
+    group.throughput(Throughput::Elements(size as u64));
+    let mut per_batch = [0f64; 2];
+    for (i, name) in ["raw_lapin", "fitviz_stack"].into_iter().enumerate() {
+        let b2 = bench.clone();
+        group.bench_function(BenchmarkId::new(name, size), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let bench = b2.clone();
+                async move {
+                    let mut took = Duration::ZERO;
+                    for _ in 0..iters {
+                        took += if i == 0 {
+                            bench.raw_batch(size).await
+                        } else {
+                            bench.stack_batch(size).await
+                        };
+                    }
+                    bench.purge().await;
+                    took
+                }
+            });
+        });
+        per_batch[i] = rt.block_on(async {
+            let mut took = Duration::ZERO;
+            for _ in 0..10 {
+                took += if i == 0 {
+                    bench.raw_batch(size).await
+                } else {
+                    bench.stack_batch(size).await
+                };
+            }
+            bench.purge().await;
+            took.as_secs_f64() / 10.0
+        });
+    }
+    group.finish();
+    ratios.push((
+        format!("batch of {size}"),
+        per_batch[0] / size as f64,
+        per_batch[1] / size as f64,
+    ));
+
+    println!(
+        "\n{:<18} {:>14} {:>14} {:>12}",
+        "case", "raw events/s", "stack events/s", "stack/raw"
+    );
+    for (case, raw, stack) in ratios {
+        println!(
+            "{case:<18} {:>14.0} {:>14.0} {:>12.3}",
+            1.0 / raw,
+            1.0 / stack,
+            raw / stack
+        );
+    }
+    rt.block_on(bench.cleanup());
+}

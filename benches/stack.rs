@@ -1,0 +1,93 @@
+//! What a publish costs on top of the broker: the full middleware stack over an
+//! in-memory sink versus the bare sink, with validation on and off, and the JSON
+//! encoding of each built-in event. No broker needed.
+//!
+//! ```sh
+//! cargo bench --bench stack
+//! ```
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use fitviz_events::{
+    Event, EventPublisher, OrganizationId, PublisherConfig, events::*, testing::MemorySink,
+};
+use tower::Service;
+
+fn builtin_events() -> Vec<Event> {
+    vec![
+        Event::new(WorkoutCreated::example()),
+        Event::new(WorkoutUpdated::example()),
+        Event::new(WorkoutDeleted::example()),
+        Event::new(BookingConfirmed::example()),
+        Event::new(BookingCancelled::example()),
+        Event::new(MembershipCreated::example()),
+        Event::new(MembershipExpired::example()),
+        Event::new(PaymentCompleted::example()),
+        Event::new(PaymentFailed::example()),
+        Event::new(ClassScheduled::example()),
+        Event::new(ClassCancelled::example()),
+    ]
+}
+
+fn stack(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let org = OrganizationId::from("org-42");
+    let mut group = c.benchmark_group("stack_overhead");
+    group.throughput(Throughput::Elements(1));
+
+    let sink = MemorySink::counting();
+    group.bench_function("bare_sink", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut sink = sink.clone();
+            let event = Event::new(WorkoutCreated::example()).with_organization(org.clone());
+            async move { sink.call(event).await.unwrap() }
+        })
+    });
+    for validation in [true, false] {
+        let publisher = rt.block_on(async {
+            let config = PublisherConfig::builder()
+                .validation(validation)
+                .build()
+                .unwrap();
+            EventPublisher::builder(config).build_with_transport(MemorySink::counting())
+        });
+        let name = if validation {
+            "full_stack_validated"
+        } else {
+            "full_stack_no_validation"
+        };
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                let publisher = publisher.clone();
+                let event = Event::new(WorkoutCreated::example()).with_organization(org.clone());
+                async move { publisher.publish(event).await.unwrap() }
+            })
+        });
+        let json = serde_json::to_value(WorkoutCreated::example()).unwrap();
+        group.bench_function(format!("{name}_json"), |b| {
+            b.to_async(&rt).iter(|| {
+                let publisher = publisher.clone();
+                let event = Event::from_json("workout.created", json.clone())
+                    .with_organization(org.clone());
+                async move { publisher.publish(event).await.unwrap() }
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("encode_json");
+    for event in builtin_events() {
+        let event = event.with_organization(org.clone()).with_source("bench");
+        group.bench_with_input(
+            BenchmarkId::from_parameter(event.event_type().to_owned()),
+            &event,
+            |b, e| b.iter(|| e.to_json_bytes().unwrap()),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, stack);
+criterion_main!(benches);

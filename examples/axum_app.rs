@@ -1,0 +1,148 @@
+//! A small FitViz API in Axum that publishes events from its handlers.
+//!
+//! - a toy auth middleware sets the request's `OrganizationId` from `X-Organization-Id`;
+//! - `EventPublishLayer` gives every handler a `Publisher` bound to that organization
+//!   and to the `x-request-id` (the events' correlation id);
+//! - `POST /workouts` publishes and waits for the broker's confirm (`?` maps errors to
+//!   422 / 503 / 500), `POST /bookings` publishes detached, `POST /payments` uses the
+//!   JSON path, `GET /health` reports the circuit breaker's state;
+//! - Ctrl-C shuts down gracefully and flushes the detached queue.
+//!
+//! ```sh
+//! cargo run --example axum_app            # listens on 127.0.0.1:3000, or $PORT
+//! curl -X POST -H 'X-Organization-Id: org-1' -H 'content-type: application/json' \
+//!      localhost:3000/workouts -d '{"workout_id":"w-1","member_id":"m-1","workout_type":"run","duration_minutes":30}'
+//! ```
+//!
+//! Events are published with `mandatory`; bind a queue to the `fitviz.events` exchange
+//! (the notification service does) or they come back as unroutable (HTTP 500).
+
+use axum::{
+    Json, Router,
+    extract::Request,
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use fitviz_events::{
+    Event, EventPublisher, OrganizationId, PublishError, PublisherConfig,
+    events::{BookingConfirmed, WorkoutCreated},
+    http::{EventPublishLayer, Publisher},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Stand-in for real authentication: trusts the `X-Organization-Id` header.
+async fn toy_auth(mut request: Request, next: Next) -> Response {
+    match request
+        .headers()
+        .get("x-organization-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+    {
+        Some(org) => {
+            let org = OrganizationId::from(org);
+            request.extensions_mut().insert(org);
+            next.run(request).await
+        }
+        None if request.uri().path() == "/health" => next.run(request).await,
+        None => (StatusCode::UNAUTHORIZED, "missing X-Organization-Id").into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewWorkout {
+    workout_id: String,
+    member_id: String,
+    workout_type: String,
+    duration_minutes: u32,
+    calories: Option<u32>,
+}
+
+async fn create_workout(
+    publisher: Publisher,
+    Json(body): Json<NewWorkout>,
+) -> Result<(StatusCode, Json<Value>), PublishError> {
+    let event = WorkoutCreated {
+        workout_id: body.workout_id,
+        member_id: body.member_id,
+        workout_type: body.workout_type,
+        duration_minutes: body.duration_minutes,
+        calories: body.calories,
+        started_at: chrono::Utc::now(),
+    };
+    let receipt = publisher.publish(event).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "event_id": receipt.event_id })),
+    ))
+}
+
+async fn confirm_booking(
+    publisher: Publisher,
+    Json(body): Json<Value>,
+) -> Result<StatusCode, PublishError> {
+    let mut booking = BookingConfirmed::example();
+    if let Some(id) = body["booking_id"].as_str() {
+        booking.booking_id = id.to_owned();
+    }
+    // Validated now; published in the background.
+    publisher.spawn(Event::new(booking)).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn payment_failed(
+    publisher: Publisher,
+    Json(body): Json<Value>,
+) -> Result<StatusCode, PublishError> {
+    publisher.publish_json("payment.failed", body).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn health(
+    axum::extract::State(publisher): axum::extract::State<EventPublisher>,
+) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "event_bus": publisher.breaker_state().map(|s| s.as_str()),
+        "queued_events": publisher.queued(),
+    }))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = PublisherConfig::from_env()?;
+    let publisher = EventPublisher::connect(config).await?;
+
+    let app = Router::new()
+        .route("/workouts", post(create_workout))
+        .route("/bookings", post(confirm_booking))
+        .route("/payments/failed", post(payment_failed))
+        .route("/health", get(health))
+        .with_state(publisher.clone())
+        .layer(EventPublishLayer::new(publisher.clone()))
+        .layer(middleware::from_fn(toy_auth));
+
+    let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
+    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
+    tracing::info!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+
+    let report = publisher.close().await;
+    tracing::info!(
+        published = report.published,
+        unsent = report.unsent.len(),
+        "event publisher closed"
+    );
+    Ok(())
+}
