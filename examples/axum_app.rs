@@ -14,8 +14,11 @@
 //!      localhost:3000/workouts -d '{"workout_id":"w-1","member_id":"m-1","workout_type":"run","duration_minutes":30}'
 //! ```
 //!
-//! Events are published with `mandatory`; bind a queue to the `fitviz.events` exchange
-//! (the notification service does) or they come back as unroutable (HTTP 500).
+//! Events are published with `mandatory`: an event no queue is bound for comes back as
+//! unroutable (HTTP 500). In production the notification service binds its queue; so
+//! that the demo works on its own, the app binds `fitviz.events.axum_app` (expires
+//! 10 minutes after last use) where you can see the events:
+//! `rabbitmqadmin get queue=fitviz.events.axum_app` or any consumer.
 
 use axum::{
     Json, Router,
@@ -110,6 +113,32 @@ async fn health(
     }))
 }
 
+async fn bind_demo_queue(config: &PublisherConfig) -> Result<(), lapin::Error> {
+    use lapin::{
+        options::*,
+        types::{AMQPValue, FieldTable},
+    };
+    let connection =
+        lapin::Connection::connect(config.url(), lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongInt(600_000));
+    let queue = "fitviz.events.axum_app";
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::default(), args)
+        .await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            config.exchange().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    connection.close(200, "demo queue bound".into()).await
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -118,7 +147,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let config = PublisherConfig::from_env()?;
-    let publisher = EventPublisher::connect(config).await?;
+    let publisher = EventPublisher::connect(config.clone()).await?;
+    bind_demo_queue(&config).await?;
 
     let app = Router::new()
         .route("/workouts", post(create_workout))

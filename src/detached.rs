@@ -7,7 +7,7 @@
 //! holds at most [`DetachedConfig::capacity`] events plus the
 //! [`concurrency`](DetachedConfig::concurrency) being published; when it is full, the
 //! [`Overflow`] policy decides: reject the new event with
-//! [`ErrorKind::QueueFull`](crate::ErrorKind::QueueFull), or wait up to a deadline for room.
+//! [`crate::ErrorKind::QueueFull`], or wait up to a deadline for room.
 //!
 //! Nothing is dropped silently: an event the broker refuses for good (unroutable,
 //! invalid) is logged at error level and counted, and

@@ -31,6 +31,9 @@ use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 
 use crate::{PublishError, PublisherConfig, error::ErrorKind, transport::ConfirmTracker};
 
+/// How long `close` waits for the broker to acknowledge a channel or connection close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// One pooled channel: an open lapin channel in confirm mode, its confirm tracker,
 /// and the permits for publishes in flight on it.
 pub struct PooledChannel {
@@ -62,7 +65,11 @@ impl Drop for PooledChannel {
             let channel = self.channel.clone();
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    let _ = channel.close(200, "pooled channel discarded".into()).await;
+                    let _ = tokio::time::timeout(
+                        CLOSE_TIMEOUT,
+                        channel.close(200, "pooled channel discarded".into()),
+                    )
+                    .await;
                 });
             }
         }
@@ -273,6 +280,13 @@ impl ChannelPool {
     /// [`ErrorKind::Connection`] when the broker cannot be reached or the exchange
     /// does not exist (passive) or exists with other settings.
     pub async fn declare_exchange(&self, config: &PublisherConfig) -> Result<(), PublishError> {
+        let deadline = config.connection_timeout() * 2;
+        tokio::time::timeout(deadline, self.declare_exchange_now(config))
+            .await
+            .unwrap_or_else(|_| Err(PublishError::timeout("declaring the exchange", deadline)))
+    }
+
+    async fn declare_exchange_now(&self, config: &PublisherConfig) -> Result<(), PublishError> {
         let connection = self.connections.get().await.map_err(connection_error)?;
         let channel = connection
             .create_channel()
@@ -293,7 +307,11 @@ impl ChannelPool {
             )
             .await;
         if channel.status().connected() {
-            let _ = channel.close(200, "exchange declared".into()).await;
+            let _ = tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                channel.close(200, "exchange declared".into()),
+            )
+            .await;
         }
         result.map_err(|e| {
             PublishError::connection(
@@ -313,7 +331,12 @@ impl ChannelPool {
         for lane in self.lanes.iter() {
             if let Some(pooled) = lane.lock().await.take() {
                 if pooled.channel.status().connected() {
-                    let _ = pooled.channel.close(200, "publisher closed".into()).await;
+                    // A silent broker never answers close-ok: do not wait for it.
+                    let _ = tokio::time::timeout(
+                        CLOSE_TIMEOUT,
+                        pooled.channel.close(200, "publisher closed".into()),
+                    )
+                    .await;
                 }
             }
         }
@@ -328,7 +351,11 @@ impl ChannelPool {
             match self.connections.timeout_get(&no_wait).await {
                 Ok(connection) => {
                     if connection.status().connected() {
-                        let _ = connection.close(200, "publisher closed".into()).await;
+                        let _ = tokio::time::timeout(
+                            CLOSE_TIMEOUT,
+                            connection.close(200, "publisher closed".into()),
+                        )
+                        .await;
                     }
                     let _ = deadpool_lapin::Object::take(connection);
                 }

@@ -214,9 +214,15 @@ impl ConfirmTracker {
         }
     }
 
+    /// Tracks the confirm of `seq` right away, in the caller's task: no settler
+    /// wake-up is needed unless lapin already completed it.
     fn handoff(&self, seq: u64, result: lapin::Result<PublisherConfirm>) {
-        lock(&self.state).handoffs.push((seq, Some(result)));
-        self.settler.wake();
+        let mut st = lock(&self.state);
+        st.handoffs.push((seq, Some(result)));
+        self.process(&mut st);
+        if st.closed && st.entries.is_empty() {
+            self.settler.wake();
+        }
     }
 
     /// The publish of `seq` was dropped outside a runtime: its confirm cannot be
@@ -230,8 +236,18 @@ impl ConfirmTracker {
     fn run(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.settler.register(cx.waker());
         let mut st = lock(&self.state);
-        let st = &mut *st;
+        self.process(&mut st);
+        if st.closed && st.entries.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 
+    /// Takes hand-offs, then completions in the order lapin resolved them, then
+    /// settles what can be settled. Always all three, in this order: a settlement is
+    /// only sound once every completion ranked before it has been processed.
+    fn process(&self, st: &mut State) {
         // Newly handed-off confirms: poll once with their tracking waker. One that is
         // already complete gets a rank now, later than its true completion.
         for (seq, result) in std::mem::take(&mut st.handoffs) {
@@ -265,12 +281,6 @@ impl ConfirmTracker {
         }
 
         Self::settle_awaiting(st);
-
-        if st.closed && st.entries.is_empty() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
     }
 
     fn poll_entry(st: &mut State, seq: u64, rank: u64, exact: bool) {

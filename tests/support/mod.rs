@@ -86,7 +86,7 @@ pub async fn close_connections_named(name: &str) -> usize {
             let Some((pid, properties)) = line.split_once('\t') else {
                 continue;
             };
-            if properties.contains(&format!("<<\"{name}\">>")) {
+            if properties.contains(&format!("{{\"connection_name\",\"{name}\"}}")) {
                 let status = tokio::process::Command::new("rabbitmqctl")
                     .args([
                         "close_connection",
