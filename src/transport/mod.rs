@@ -147,46 +147,62 @@ impl Service<Event> for AmqpPublish {
 
     fn call(&mut self, mut event: Event) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move {
-            event.set_source_if_absent(&this.source);
-            let id = event.id();
-            let (body, properties) = encode(&event).map_err(|e| e.for_event(id))?;
-            let routing_key = ShortString::from(event.event_type());
-            let started = Instant::now();
+        let span = tracing::debug_span!(
+            "publish_attempt",
+            event_id = %event.id(),
+            event_type = event.event_type(),
+        );
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                event.set_source_if_absent(&this.source);
+                let id = event.id();
+                let (body, properties) = encode(&event).map_err(|e| e.for_event(id))?;
+                let routing_key = ShortString::from(event.event_type());
+                let started = Instant::now();
 
-            let pooled = this.pool.channel().await.map_err(|e| e.for_event(id))?;
-            let permit = pooled
-                .in_flight
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| PublishError::shutdown().for_event(id))?;
-            let channel = pooled.channel.clone();
-            let exchange = ShortString::from(&*this.exchange);
-            let tracked = pooled.tracker.track(
-                id,
-                Box::pin(async move {
-                    channel
-                        .basic_publish(
-                            exchange,
-                            routing_key,
-                            BasicPublishOptions {
-                                mandatory: true,
-                                ..Default::default()
-                            },
-                            &body,
-                            properties,
-                        )
-                        .await
-                }),
-            );
-            // Other publishes share the channel while this one is written and its
-            // confirm is in flight.
-            drop(pooled);
-            let outcome = tracked.await;
-            drop(permit);
-            outcome_to_result(outcome, &event, &this.exchange, started)
-        })
+                let pooled = this.pool.channel().await.map_err(|e| e.for_event(id))?;
+                let permit = pooled
+                    .in_flight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| PublishError::shutdown().for_event(id))?;
+                let channel = pooled.channel.clone();
+                let exchange = ShortString::from(&*this.exchange);
+                let tracked = pooled.tracker.track(
+                    id,
+                    Box::pin(async move {
+                        channel
+                            .basic_publish(
+                                exchange,
+                                routing_key,
+                                BasicPublishOptions {
+                                    mandatory: true,
+                                    ..Default::default()
+                                },
+                                &body,
+                                properties,
+                            )
+                            .await
+                    }),
+                );
+                // Other publishes share the channel while this one is written and its
+                // confirm is in flight.
+                drop(pooled);
+                let outcome = tracked.await;
+                drop(permit);
+                let result = outcome_to_result(outcome, &event, &this.exchange, started);
+                match &result {
+                    Ok(receipt) => tracing::debug!(
+                        elapsed_us = receipt.elapsed.as_micros() as u64,
+                        "confirmed"
+                    ),
+                    Err(error) => tracing::debug!(kind = ?error.kind(), %error, "attempt failed"),
+                }
+                result
+            },
+            span,
+        ))
     }
 }
 

@@ -1,0 +1,92 @@
+//! Credentials never appear in logs or `Debug` output, even when connecting fails.
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use fitviz_events::{Event, EventPublisher, PublisherConfig, events::WorkoutCreated};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const PASSWORD: &str = "s3cr3t-Pa55word";
+
+#[test]
+fn the_password_appears_in_no_log_line_and_no_debug_output() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Nothing listens on this port: every connect fails and is logged.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("amqp://fitviz:{PASSWORD}@127.0.0.1:{port}/%2f");
+        let config = PublisherConfig::builder()
+            .url(url.clone())
+            .confirm_timeout(Duration::from_millis(200))
+            .publish_timeout(Duration::from_millis(600))
+            .retry_base_delay(Duration::from_millis(10))
+            .retry_max_delay(Duration::from_millis(20))
+            .build()
+            .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains(PASSWORD), "{debug}");
+        assert!(debug.contains("***"), "{debug}");
+
+        let err = EventPublisher::connect(config.clone()).await.unwrap_err();
+        assert!(!format!("{err} {err:?}").contains(PASSWORD));
+
+        let pool = fitviz_events::ChannelPool::new(&config).unwrap();
+        assert!(!format!("{pool:?}").contains(PASSWORD));
+        let transport = fitviz_events::AmqpPublish::new(pool, config.exchange(), config.source());
+        let publisher = EventPublisher::builder(config).build_with_transport(transport);
+        assert!(!format!("{publisher:?}").contains(PASSWORD));
+        for _ in 0..3 {
+            assert!(
+                !publisher
+                    .try_publish(Event::new(WorkoutCreated::example()).with_organization("o"))
+                    .await
+            );
+        }
+        let err = publisher
+            .publish(Event::new(WorkoutCreated::example()).with_organization("o"))
+            .await
+            .unwrap_err();
+        assert!(!format!("{err} {err:?}").contains(PASSWORD));
+        publisher.close().await;
+    });
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("event not published"),
+        "the failures were logged:\n{logs}"
+    );
+    assert!(
+        !logs.contains(PASSWORD),
+        "the password leaked into the logs:\n{logs}"
+    );
+}
