@@ -244,6 +244,26 @@ impl Bench {
     }
 }
 
+/// Runs `measure` for raw lapin and for the stack in turn, `ROUNDS` times each, and
+/// returns the median seconds per unit of each: `[raw, stack]`.
+async fn alternating<F, Fut>(bench: &Arc<Bench>, measure: F) -> [f64; 2]
+where
+    F: Fn(Arc<Bench>, bool) -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    const ROUNDS: usize = 5;
+    let mut samples = [Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        for (i, stack) in [false, true].into_iter().enumerate() {
+            samples[i].push(measure(bench.clone(), stack).await);
+        }
+    }
+    samples.map(|mut s| {
+        s.sort_by(f64::total_cmp);
+        s[ROUNDS / 2]
+    })
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -260,41 +280,36 @@ fn main() {
     for concurrency in [1usize, 16, 256] {
         let mut group = c.benchmark_group(format!("confirmed_publish/c{concurrency}"));
         group.throughput(Throughput::Elements(1));
-        let mut per_event = [0f64; 2];
-        for (i, name) in ["raw_lapin", "fitviz_stack"].into_iter().enumerate() {
+        for (stack, name) in [(false, "raw_lapin"), (true, "fitviz_stack")] {
             let b2 = bench.clone();
-            let mut total = Duration::ZERO;
-            let mut count = 0u64;
             group.bench_function(BenchmarkId::new(name, concurrency), |b| {
                 b.to_async(&rt).iter_custom(|iters| {
                     let bench = b2.clone();
                     async move {
                         let events = iters.max(concurrency as u64);
-                        let took = if i == 0 {
-                            bench.raw(events, concurrency).await
-                        } else {
+                        let took = if stack {
                             bench.stack(events, concurrency).await
+                        } else {
+                            bench.raw(events, concurrency).await
                         };
                         bench.purge().await;
                         took.mul_f64(iters as f64 / events as f64)
                     }
                 });
             });
-            // One more measured run outside criterion for the summary.
-            rt.block_on(async {
-                let events = (2_000 * concurrency as u64).clamp(2_000, 40_000);
-                let took = if i == 0 {
-                    bench.raw(events, concurrency).await
-                } else {
-                    bench.stack(events, concurrency).await
-                };
-                bench.purge().await;
-                total += took;
-                count += events;
-            });
-            per_event[i] = total.as_secs_f64() / count as f64;
         }
         group.finish();
+        // The summary: raw and stack alternate, five rounds each, median per side.
+        let events = (1_000 * concurrency as u64).clamp(2_000, 40_000);
+        let per_event = rt.block_on(alternating(&bench, |bench, stack| async move {
+            let took = if stack {
+                bench.stack(events, concurrency).await
+            } else {
+                bench.raw(events, concurrency).await
+            };
+            bench.purge().await;
+            took.as_secs_f64() / events as f64
+        }));
         ratios.push((
             format!("concurrency {concurrency}"),
             per_event[0],
@@ -302,11 +317,10 @@ fn main() {
         ));
     }
 
-    let mut group = c.benchmark_group("publish_batch");
     let size = 1000;
+    let mut group = c.benchmark_group("publish_batch");
     group.throughput(Throughput::Elements(size as u64));
-    let mut per_batch = [0f64; 2];
-    for (i, name) in ["raw_lapin", "fitviz_stack"].into_iter().enumerate() {
+    for (stack, name) in [(false, "raw_lapin"), (true, "fitviz_stack")] {
         let b2 = bench.clone();
         group.bench_function(BenchmarkId::new(name, size), |b| {
             b.to_async(&rt).iter_custom(|iters| {
@@ -314,10 +328,10 @@ fn main() {
                 async move {
                     let mut took = Duration::ZERO;
                     for _ in 0..iters {
-                        took += if i == 0 {
-                            bench.raw_batch(size).await
-                        } else {
+                        took += if stack {
                             bench.stack_batch(size).await
+                        } else {
+                            bench.raw_batch(size).await
                         };
                     }
                     bench.purge().await;
@@ -325,28 +339,24 @@ fn main() {
                 }
             });
         });
-        per_batch[i] = rt.block_on(async {
-            let mut took = Duration::ZERO;
-            for _ in 0..10 {
-                took += if i == 0 {
-                    bench.raw_batch(size).await
-                } else {
-                    bench.stack_batch(size).await
-                };
-            }
-            bench.purge().await;
-            took.as_secs_f64() / 10.0
-        });
     }
     group.finish();
-    ratios.push((
-        format!("batch of {size}"),
-        per_batch[0] / size as f64,
-        per_batch[1] / size as f64,
-    ));
+    let per_batch = rt.block_on(alternating(&bench, |bench, stack| async move {
+        let mut took = Duration::ZERO;
+        for _ in 0..5 {
+            took += if stack {
+                bench.stack_batch(size).await
+            } else {
+                bench.raw_batch(size).await
+            };
+        }
+        bench.purge().await;
+        took.as_secs_f64() / (5 * size) as f64
+    }));
+    ratios.push((format!("batch of {size}"), per_batch[0], per_batch[1]));
 
     println!(
-        "\n{:<18} {:>14} {:>14} {:>12}",
+        "\nmedian of 5 alternating rounds per side\n{:<18} {:>14} {:>14} {:>12}",
         "case", "raw events/s", "stack events/s", "stack/raw"
     );
     for (case, raw, stack) in ratios {

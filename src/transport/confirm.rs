@@ -130,6 +130,9 @@ pub(crate) struct ConfirmTracker {
 struct TrackingWaker {
     tracker: Weak<ConfirmTracker>,
     seq: u64,
+    /// The task waiting for this event's outcome, woken directly so that it does the
+    /// processing itself; the settler is woken instead when no one waits.
+    owner: AtomicWaker,
 }
 
 impl Wake for TrackingWaker {
@@ -144,7 +147,10 @@ impl Wake for TrackingWaker {
                 let rank = tracker.rank.fetch_add(1, Ordering::SeqCst);
                 woken.push((self.seq, rank));
             }
-            tracker.settler.wake();
+            match self.owner.take() {
+                Some(owner) => owner.wake(),
+                None => tracker.settler.wake(),
+            }
         }
     }
 }
@@ -185,14 +191,16 @@ impl ConfirmTracker {
     /// dropped while `basic_publish` is running, the rest of the publish is spawned.
     pub(crate) fn track(self: &Arc<Self>, id: Uuid, publish: PublishFuture) -> Tracked {
         let (tx, rx) = oneshot::channel();
-        let seq = {
+        let (seq, tracking) = {
             let mut st = lock(&self.state);
             let seq = st.next_seq;
             st.next_seq += 1;
-            let waker = Waker::from(Arc::new(TrackingWaker {
+            let tracking = Arc::new(TrackingWaker {
                 tracker: Arc::downgrade(self),
                 seq,
-            }));
+                owner: AtomicWaker::new(),
+            });
+            let waker = Waker::from(tracking.clone());
             st.entries.insert(
                 seq,
                 Entry {
@@ -204,13 +212,26 @@ impl ConfirmTracker {
             );
             st.by_id.insert(id, seq);
             st.untracked.insert(seq);
-            seq
+            (seq, tracking)
         };
         Tracked {
             tracker: self.clone(),
             seq,
+            tracking,
             publish: Some(publish),
             outcome: rx,
+        }
+    }
+
+    fn has_woken(&self) -> bool {
+        !lock(&self.woken).is_empty()
+    }
+
+    fn process_now(&self) {
+        let mut st = lock(&self.state);
+        self.process(&mut st);
+        if st.closed && st.entries.is_empty() {
+            self.settler.wake();
         }
     }
 
@@ -465,6 +486,7 @@ impl Future for Settler {
 pub(crate) struct Tracked {
     tracker: Arc<ConfirmTracker>,
     seq: u64,
+    tracking: Arc<TrackingWaker>,
     publish: Option<PublishFuture>,
     outcome: oneshot::Receiver<Outcome>,
 }
@@ -485,6 +507,15 @@ impl Future for Tracked {
             this.publish = None;
             this.tracker.handoff(this.seq, result);
         }
+        this.tracking.owner.register(cx.waker());
+        if let Poll::Ready(outcome) = Pin::new(&mut this.outcome).poll(cx) {
+            return Poll::Ready(outcome.unwrap_or(Outcome::Failed(None)));
+        }
+        // Woken by a completion on this channel: process it here rather than waiting
+        // for the settler task to be scheduled.
+        if this.tracker.has_woken() {
+            this.tracker.process_now();
+        }
         match Pin::new(&mut this.outcome).poll(cx) {
             Poll::Ready(Ok(outcome)) => Poll::Ready(outcome),
             // The settler is gone: the tracker was dropped with the runtime.
@@ -496,6 +527,12 @@ impl Future for Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
+        // From now on completions wake the settler; one that already chose this task
+        // is handed to the settler too.
+        drop(self.tracking.owner.take());
+        if self.tracker.has_woken() {
+            self.tracker.settler.wake();
+        }
         if let Some(publish) = self.publish.take() {
             // Finish the publish so the confirm is tracked: other events' returns may
             // be attached to it.
