@@ -20,7 +20,10 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+fn url() -> String {
+    std::env::var("FITVIZ_EVENTS_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
 const CHANNELS: usize = 4;
 
 fn event() -> Event {
@@ -65,7 +68,7 @@ impl Bench {
     async fn new() -> Self {
         let exchange = format!("fitviz.bench.{}", std::process::id());
         let queue = format!("{exchange}.q");
-        let connection = Connection::connect(URL, ConnectionProperties::default())
+        let connection = Connection::connect(&url(), ConnectionProperties::default())
             .await
             .unwrap();
         let admin = connection.create_channel().await.unwrap();
@@ -111,7 +114,7 @@ impl Bench {
             raw_channels.push(ch);
         }
         let config = PublisherConfig::builder()
-            .url(URL)
+            .url(url())
             .exchange(exchange.clone())
             .pool_size(CHANNELS)
             .allow_unregistered(true)

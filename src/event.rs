@@ -189,6 +189,10 @@ impl Event {
         self.version.unwrap_or(1)
     }
 
+    pub(crate) fn set_version(&mut self, version: u32) {
+        self.version = Some(version);
+    }
+
     pub(crate) fn version_is_set(&self) -> bool {
         self.version.is_some()
     }

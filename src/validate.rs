@@ -92,7 +92,7 @@ impl ValidationLayer {
                     result?;
                     if !event.version_is_set() {
                         if let Some(version) = self.registry.version(event_type) {
-                            *event = event.clone().with_version(version);
+                            event.set_version(version);
                         }
                     }
                     Ok(())

@@ -48,17 +48,23 @@ pub const HEADER_SCHEMA_VERSION: &str = "schema_version";
 /// broker's confirm. Cheap to clone.
 #[derive(Clone)]
 pub struct AmqpPublish {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     pool: ChannelPool,
     exchange: Arc<str>,
+    /// `None` when the name is longer than AMQP allows; publishing then fails.
+    exchange_short: Option<ShortString>,
     source: Arc<str>,
 }
 
 impl fmt::Debug for AmqpPublish {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpPublish")
-            .field("exchange", &self.exchange)
-            .field("source", &self.source)
-            .field("pool", &self.pool)
+            .field("exchange", &self.inner.exchange)
+            .field("source", &self.inner.source)
+            .field("pool", &self.inner.pool)
             .finish()
     }
 }
@@ -70,16 +76,20 @@ impl AmqpPublish {
         exchange: impl Into<Arc<str>>,
         source: impl Into<Arc<str>>,
     ) -> Self {
+        let exchange: Arc<str> = exchange.into();
         Self {
-            pool,
-            exchange: exchange.into(),
-            source: source.into(),
+            inner: Arc::new(Inner {
+                pool,
+                exchange_short: ShortString::try_new(&*exchange).ok(),
+                exchange,
+                source: source.into(),
+            }),
         }
     }
 
     /// The pool this transport publishes on.
     pub fn pool(&self) -> &ChannelPool {
-        &self.pool
+        &self.inner.pool
     }
 }
 
@@ -154,13 +164,18 @@ impl Service<Event> for AmqpPublish {
         );
         Box::pin(tracing::Instrument::instrument(
             async move {
-                event.set_source_if_absent(&this.source);
+                event.set_source_if_absent(&this.inner.source);
                 let id = event.id();
                 let (body, properties) = encode(&event).map_err(|e| e.for_event(id))?;
                 let routing_key = ShortString::from(event.event_type());
                 let started = Instant::now();
 
-                let pooled = this.pool.channel().await.map_err(|e| e.for_event(id))?;
+                let pooled = this
+                    .inner
+                    .pool
+                    .channel()
+                    .await
+                    .map_err(|e| e.for_event(id))?;
                 let permit = pooled
                     .in_flight
                     .clone()
@@ -168,7 +183,13 @@ impl Service<Event> for AmqpPublish {
                     .await
                     .map_err(|_| PublishError::shutdown().for_event(id))?;
                 let channel = pooled.channel.clone();
-                let exchange = ShortString::from(&*this.exchange);
+                let exchange = this.inner.exchange_short.clone().ok_or_else(|| {
+                    PublishError::new(
+                        ErrorKind::Config,
+                        "the exchange name is longer than 255 bytes",
+                    )
+                    .for_event(id)
+                })?;
                 let tracked = pooled.tracker.track(
                     id,
                     Box::pin(async move {
@@ -191,7 +212,7 @@ impl Service<Event> for AmqpPublish {
                 drop(pooled);
                 let outcome = tracked.await;
                 drop(permit);
-                let result = outcome_to_result(outcome, &event, &this.exchange, started);
+                let result = outcome_to_result(outcome, &event, &this.inner.exchange, started);
                 match &result {
                     Ok(receipt) => tracing::debug!(
                         elapsed_us = receipt.elapsed.as_micros() as u64,
