@@ -12,22 +12,6 @@ use fitviz_events::{
 };
 use tower::Service;
 
-fn builtin_events() -> Vec<Event> {
-    vec![
-        Event::new(WorkoutCreated::example()),
-        Event::new(WorkoutUpdated::example()),
-        Event::new(WorkoutDeleted::example()),
-        Event::new(BookingConfirmed::example()),
-        Event::new(BookingCancelled::example()),
-        Event::new(MembershipCreated::example()),
-        Event::new(MembershipExpired::example()),
-        Event::new(PaymentCompleted::example()),
-        Event::new(PaymentFailed::example()),
-        Event::new(ClassScheduled::example()),
-        Event::new(ClassCancelled::example()),
-    ]
-}
-
 fn stack(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -78,7 +62,7 @@ fn stack(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("encode_json");
-    for event in builtin_events() {
+    for event in examples() {
         let event = event.with_organization(org.clone()).with_source("bench");
         group.bench_with_input(
             BenchmarkId::from_parameter(event.event_type().to_owned()),

@@ -37,19 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let demo_queue = bind_demo_queue(&config).await?;
 
     let org = OrganizationId::from("org-42");
-    let events = [
-        Event::new(WorkoutCreated::example()),
-        Event::new(WorkoutUpdated::example()),
-        Event::new(WorkoutDeleted::example()),
-        Event::new(BookingConfirmed::example()),
-        Event::new(BookingCancelled::example()),
-        Event::new(MembershipCreated::example()),
-        Event::new(MembershipExpired::example()),
-        Event::new(PaymentCompleted::example()),
-        Event::new(PaymentFailed::example()),
-        Event::new(ClassScheduled::example()),
-        Event::new(ClassCancelled::example()),
-    ];
+    let events = fitviz_events::events::examples();
     for event in events {
         let event_type = event.event_type().to_owned();
         let receipt = publisher

@@ -79,19 +79,7 @@ async fn every_builtin_event_publishes_and_arrives() {
         .await
         .unwrap();
     let org = OrganizationId::from("org-7");
-    let events = vec![
-        Event::new(WorkoutCreated::example()),
-        Event::new(WorkoutUpdated::example()),
-        Event::new(WorkoutDeleted::example()),
-        Event::new(BookingConfirmed::example()),
-        Event::new(BookingCancelled::example()),
-        Event::new(MembershipCreated::example()),
-        Event::new(MembershipExpired::example()),
-        Event::new(PaymentCompleted::example()),
-        Event::new(PaymentFailed::example()),
-        Event::new(ClassScheduled::example()),
-        Event::new(ClassCancelled::example()),
-    ];
+    let events = fitviz_events::events::examples();
     let mut expected = HashSet::new();
     for event in events {
         let event = event.with_organization(org.clone());

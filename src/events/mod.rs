@@ -91,6 +91,31 @@ pub const BUILTIN_EVENT_TYPES: [&str; 11] = [
     ClassCancelled::EVENT_TYPE,
 ];
 
+/// One valid [`Event`](crate::Event) of each built-in type (their `example()`s), in the
+/// order of [`BUILTIN_EVENT_TYPES`]; for demos, tests and benchmarks.
+///
+/// ```
+/// let events = fitviz_events::events::examples();
+/// assert_eq!(events.len(), 11);
+/// assert_eq!(events[10].event_type(), "class.cancelled");
+/// ```
+pub fn examples() -> Vec<crate::Event> {
+    use crate::Event;
+    vec![
+        Event::new(WorkoutCreated::example()),
+        Event::new(WorkoutUpdated::example()),
+        Event::new(WorkoutDeleted::example()),
+        Event::new(BookingConfirmed::example()),
+        Event::new(BookingCancelled::example()),
+        Event::new(MembershipCreated::example()),
+        Event::new(MembershipExpired::example()),
+        Event::new(PaymentCompleted::example()),
+        Event::new(PaymentFailed::example()),
+        Event::new(ClassScheduled::example()),
+        Event::new(ClassCancelled::example()),
+    ]
+}
+
 /// Registers the eleven built-in events in `registry`.
 pub(crate) fn register_builtin(registry: SchemaRegistry) -> SchemaRegistry {
     registry
