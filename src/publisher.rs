@@ -6,9 +6,8 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
-
-use std::time::Duration;
 
 use tokio::sync::Notify;
 use tower::{ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
