@@ -117,6 +117,7 @@ pub fn unique(test: &str) -> String {
 
 /// A test's own exchange, queue and connection name, deleted by [`Fixture::cleanup`].
 pub struct Fixture {
+    cleaned: bool,
     pub name: String,
     pub exchange: String,
     pub queue: String,
@@ -177,6 +178,7 @@ impl Fixture {
             .await
             .expect("bind queue");
         Self {
+            cleaned: false,
             name,
             exchange,
             queue,
@@ -227,18 +229,50 @@ impl Fixture {
     }
 
     /// Deletes the queue and exchange and closes the connection.
-    pub async fn cleanup(self) {
-        let _ = self
-            .channel
-            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-        let _ = self
-            .channel
-            .exchange_delete(
-                self.exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
+    pub async fn cleanup(mut self) {
+        delete_topology(&self.channel, &self.queue, &self.exchange).await;
         let _ = self.connection.close(200, "test done".into()).await;
+        self.cleaned = true;
+    }
+}
+
+async fn delete_topology(channel: &Channel, queue: &str, exchange: &str) {
+    let _ = channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = channel
+        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+        .await;
+}
+
+impl Drop for Fixture {
+    /// A test that failed before `cleanup` still leaves the broker clean: the
+    /// topology is deleted over a fresh connection from a thread of its own.
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let (queue, exchange) = (self.queue.clone(), self.exchange.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let url = broker_url();
+                let connect = Connection::connect(&url, ConnectionProperties::default());
+                if let Ok(Ok(connection)) =
+                    tokio::time::timeout(Duration::from_secs(5), connect).await
+                {
+                    if let Ok(channel) = connection.create_channel().await {
+                        delete_topology(&channel, &queue, &exchange).await;
+                    }
+                    let _ = connection.close(200, "test cleanup".into()).await;
+                }
+            });
+        })
+        .join();
     }
 }
