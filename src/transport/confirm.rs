@@ -91,6 +91,16 @@ struct Entry {
     reply: Option<oneshot::Sender<Outcome>>,
 }
 
+/// Where a completion's rank comes from.
+enum Rank<'a> {
+    /// Taken by the tracking waker when lapin completed the confirm.
+    Exact(u64),
+    /// The confirm had completed before it was tracked: rank it when observed,
+    /// which is later than its true completion (safe for its own settlement, so it
+    /// never serves as a witness for others).
+    AfterCompletion(&'a AtomicU64),
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Witness {
     rank: u64,
@@ -122,6 +132,9 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct ConfirmTracker {
     state: Mutex<State>,
+    /// Held while a publish takes its delivery tag and queues its frames; see
+    /// [`OrderedPublish`].
+    publish_order: Arc<Mutex<()>>,
     woken: Mutex<Vec<(u64, u64)>>,
     rank: AtomicU64,
     settler: AtomicWaker,
@@ -164,6 +177,7 @@ impl ConfirmTracker {
     pub(crate) fn spawn() -> Arc<Self> {
         let tracker = Arc::new(Self {
             state: Mutex::new(State::default()),
+            publish_order: Arc::new(Mutex::new(())),
             woken: Mutex::new(Vec::new()),
             rank: AtomicU64::new(0),
             settler: AtomicWaker::new(),
@@ -218,7 +232,11 @@ impl ConfirmTracker {
             tracker: self.clone(),
             seq,
             tracking,
-            publish: Some(publish),
+            publish: Some(OrderedPublish {
+                inner: publish,
+                order: self.publish_order.clone(),
+                started: false,
+            }),
             outcome: rx,
         }
     }
@@ -289,8 +307,7 @@ impl ConfirmTracker {
                 }
                 Some(Ok(confirm)) => {
                     entry.stage = Stage::Pending(Box::new(confirm));
-                    let rank = self.rank.fetch_add(1, Ordering::SeqCst);
-                    Self::poll_entry(st, seq, rank, false);
+                    Self::poll_entry(st, seq, Rank::AfterCompletion(&self.rank));
                 }
             }
         }
@@ -298,13 +315,13 @@ impl ConfirmTracker {
         // Completions in the order lapin resolved them.
         let woken = std::mem::take(&mut *lock(&self.woken));
         for (seq, rank) in woken {
-            Self::poll_entry(st, seq, rank, true);
+            Self::poll_entry(st, seq, Rank::Exact(rank));
         }
 
         Self::settle_awaiting(st);
     }
 
-    fn poll_entry(st: &mut State, seq: u64, rank: u64, exact: bool) {
+    fn poll_entry(st: &mut State, seq: u64, rank: Rank<'_>) {
         let Some(entry) = st.entries.get_mut(&seq) else {
             return;
         };
@@ -317,6 +334,13 @@ impl ConfirmTracker {
             Poll::Ready(result) => result,
         };
         entry.stage = Stage::Done;
+        // A confirm found complete on its first poll is ranked only now, after its
+        // completion was observed: a rank taken before the poll could be older than
+        // a completion that happened during it.
+        let (rank, exact) = match rank {
+            Rank::Exact(rank) => (rank, true),
+            Rank::AfterCompletion(counter) => (counter.fetch_add(1, Ordering::SeqCst), false),
+        };
         let barrier = st.next_seq;
         match result {
             Ok(Confirmation::Ack(returned)) => {
@@ -482,12 +506,40 @@ impl Future for Settler {
     }
 }
 
+/// A `basic_publish` whose first poll runs under the channel's publish-order lock.
+///
+/// lapin's `basic_publish` takes the next delivery tag and queues the frames in its
+/// first poll, without holding any lock between the two. Two tasks publishing on one
+/// channel from two threads can interleave: one takes tag 5, the other takes tag 6
+/// and queues its frames first, so the broker's message 5 is lapin's tag 6 and every
+/// ack and return after it lands on the wrong confirm. Holding a lock across that
+/// first poll (a few microseconds, no I/O) makes the tag order the wire order.
+struct OrderedPublish {
+    inner: PublishFuture,
+    order: Arc<Mutex<()>>,
+    started: bool,
+}
+
+impl Future for OrderedPublish {
+    type Output = lapin::Result<PublisherConfirm>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if this.started {
+            return this.inner.as_mut().poll(cx);
+        }
+        this.started = true;
+        let _order = lock(&this.order);
+        this.inner.as_mut().poll(cx)
+    }
+}
+
 /// The outcome of one tracked publish.
 pub(crate) struct Tracked {
     tracker: Arc<ConfirmTracker>,
     seq: u64,
     tracking: Arc<TrackingWaker>,
-    publish: Option<PublishFuture>,
+    publish: Option<OrderedPublish>,
     outcome: oneshot::Receiver<Outcome>,
 }
 
@@ -503,7 +555,7 @@ impl Future for Tracked {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = &mut *self;
         if let Some(publish) = this.publish.as_mut() {
-            let result = std::task::ready!(publish.as_mut().poll(cx));
+            let result = std::task::ready!(Pin::new(publish).poll(cx));
             this.publish = None;
             this.tracker.handoff(this.seq, result);
         }
