@@ -15,7 +15,7 @@
 use std::{
     fmt,
     sync::{
-        Arc,
+        Arc, RwLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -158,7 +158,7 @@ fn connection_error(error: deadpool_lapin::PoolError) -> PublishError {
 #[derive(Clone)]
 pub struct ChannelPool {
     channels: managed::Pool<ChannelManager>,
-    lanes: Arc<[AsyncMutex<Option<Arc<PooledObject>>>]>,
+    lanes: Arc<[Lane]>,
     next_lane: Arc<AtomicUsize>,
     connections: deadpool_lapin::Pool,
     redacted_url: Arc<str>,
@@ -175,6 +175,29 @@ impl fmt::Debug for ChannelPool {
 
 /// A channel taken from the pool; it goes back when dropped.
 pub(crate) type PooledObject = managed::Object<ChannelManager>;
+
+/// One lane: the channel publishes share, and a lock that lets one task replace it.
+///
+/// The healthy case only takes the read lock for an `Arc` clone: it never awaits, so
+/// a task starting many publishes (a batch) does not spend tokio's cooperative budget
+/// on it and hands all of them to lapin in one go.
+#[derive(Default)]
+struct Lane {
+    current: RwLock<Option<Arc<PooledObject>>>,
+    replacing: AsyncMutex<()>,
+}
+
+impl Lane {
+    fn healthy(&self) -> Option<Arc<PooledObject>> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current.as_ref().filter(|c| c.is_healthy()).cloned()
+    }
+
+    fn replace(&self, channel: Option<Arc<PooledObject>>) -> Option<Arc<PooledObject>> {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *current, channel)
+    }
+}
 
 impl ChannelPool {
     /// Builds the pool; connections and channels are opened lazily, on first use.
@@ -228,9 +251,7 @@ impl ChannelPool {
             })?;
         Ok(Self {
             channels,
-            lanes: (0..config.pool_size())
-                .map(|_| AsyncMutex::new(None))
-                .collect(),
+            lanes: (0..config.pool_size()).map(|_| Lane::default()).collect(),
             next_lane: Arc::new(AtomicUsize::new(0)),
             connections,
             redacted_url: config.redacted_url().into(),
@@ -247,17 +268,23 @@ impl ChannelPool {
     /// healthy. A lane whose channel died gets a fresh one from the pool; the dead
     /// one goes back to deadpool, whose `recycle` discards it.
     pub(crate) async fn channel(&self) -> Result<Arc<PooledObject>, PublishError> {
-        let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        let mut slot = self.lanes[lane].lock().await;
-        if let Some(channel) = slot.as_ref() {
-            if channel.is_healthy() {
-                return Ok(channel.clone());
-            }
-            tracing::info!(lane, "replacing a dead channel");
+        let index = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        let lane = &self.lanes[index];
+        if let Some(channel) = lane.healthy() {
+            return Ok(channel);
         }
-        *slot = None;
-        let channel = Arc::new(self.get().await?);
-        *slot = Some(channel.clone());
+        let _replacing = lane.replacing.lock().await;
+        // Another task may have replaced it while this one waited.
+        if let Some(channel) = lane.healthy() {
+            return Ok(channel);
+        }
+        if lane.replace(None).is_some() {
+            tracing::info!(lane = index, "replacing a dead channel");
+        }
+        // Rare path, boxed: deadpool's `get` future is several kilobytes, and it would
+        // otherwise be part of every publish's future.
+        let channel = Arc::new(Box::pin(self.get()).await?);
+        lane.replace(Some(channel.clone()));
         Ok(channel)
     }
 
@@ -329,7 +356,8 @@ impl ChannelPool {
     /// with [`ErrorKind::Shutdown`].
     pub async fn close(&self) {
         for lane in self.lanes.iter() {
-            if let Some(pooled) = lane.lock().await.take() {
+            let taken = lane.replace(None);
+            if let Some(pooled) = taken {
                 if pooled.channel.status().connected() {
                     // A silent broker never answers close-ok: do not wait for it.
                     let _ = tokio::time::timeout(

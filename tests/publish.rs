@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::{collections::HashSet, future::Future, pin::pin, task::Poll, time::Duration};
 
 use fitviz_events::{ErrorKind, Event, EventPublisher, OrganizationId, events::*};
 use lapin::types::AMQPValue;
@@ -319,6 +319,150 @@ async fn a_nack_surfaces_as_a_nack_error() {
     assert_eq!(err.kind(), ErrorKind::Nacked, "{err}");
     assert!(err.is_retryable());
     assert_eq!(fx.queue_len().await, 1);
+    publisher.close().await;
+    fx.cleanup().await;
+}
+
+fn message_ids(messages: Vec<(Vec<u8>, lapin::BasicProperties)>) -> Vec<String> {
+    messages
+        .into_iter()
+        .map(|(_, props)| props.message_id().as_ref().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_dropped_before_it_is_written_is_never_sent() {
+    require_broker!();
+    let fx = support::Fixture::new("withdrawn", "#").await;
+    let config = fx
+        .config()
+        .allow_unregistered(true)
+        .pool_size(1)
+        .build()
+        .unwrap();
+    let publisher = EventPublisher::connect(config).await.unwrap();
+    // The lane now holds an open channel: the next publish needs no I/O to get ready.
+    let warm_up = Event::from_json("test.warm_up", json!({})).with_organization("org-1");
+    let mut expected = vec![warm_up.id().to_string()];
+    publisher.publish(warm_up).await.unwrap();
+
+    let dropped = Event::from_json("test.dropped", json!({})).with_organization("org-1");
+    let dropped_id = dropped.id().to_string();
+    {
+        let mut publish = pin!(publisher.publish(dropped));
+        // One poll prepares the publish (encoded, channel and confirm slot taken) and
+        // stops where it lets other ready publishes catch up, before writing.
+        let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
+        assert!(
+            first.is_pending(),
+            "the first poll already finished: {first:?}"
+        );
+    }
+
+    // The withdrawn slot holds nothing up: later publishes on the channel settle.
+    for _ in 0..20 {
+        let event = Event::from_json("test.after", json!({})).with_organization("org-1");
+        expected.push(event.id().to_string());
+        tokio::time::timeout(Duration::from_secs(10), publisher.publish(event))
+            .await
+            .expect("a publish after the dropped one hung")
+            .unwrap();
+    }
+    let in_queue = message_ids(fx.drain().await);
+    assert!(
+        !in_queue.contains(&dropped_id),
+        "the dropped publish reached the broker"
+    );
+    assert_eq!(in_queue, expected);
+    publisher.close().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_publishes_leave_the_other_outcomes_exact() {
+    require_broker!();
+    let fx = support::Fixture::new("cancelled", "routed.#").await;
+    let config = fx
+        .config()
+        .allow_unregistered(true)
+        .pool_size(1)
+        .build()
+        .unwrap();
+    let publisher = EventPublisher::connect(config).await.unwrap();
+    // Every other publish is cancelled after 0 to 3 ms: before it is written, while it
+    // is written, or while its confirm is in flight. The others must get their exact
+    // outcome, and only events that were reported routed or cancelled may be queued.
+    let mut tasks = Vec::new();
+    for i in 0..3000u32 {
+        let publisher = publisher.clone();
+        let routed = i % 3 != 0;
+        let event_type = if routed {
+            "routed.event"
+        } else {
+            "unrouted.event"
+        };
+        let event = Event::from_json(event_type, json!({ "i": i })).with_organization("org-1");
+        let id = event.id();
+        let cancel_after = (i % 2 == 1).then(|| Duration::from_micros(u64::from(i * 7919 % 3000)));
+        tasks.push(tokio::spawn(async move {
+            let result = match cancel_after {
+                None => Some(publisher.publish(event).await),
+                Some(after) => tokio::time::timeout(after, publisher.publish(event))
+                    .await
+                    .ok(),
+            };
+            (routed, id, result)
+        }));
+    }
+    let (mut routed_ids, mut cancelled_routed) = (HashSet::new(), HashSet::new());
+    let mut cancelled = 0;
+    for task in tasks {
+        let (routed, id, result) = task.await.unwrap();
+        match result {
+            None => {
+                cancelled += 1;
+                if routed {
+                    cancelled_routed.insert(id.to_string());
+                }
+            }
+            Some(result) if routed => {
+                let receipt = result.unwrap_or_else(|e| panic!("routed event {id} failed: {e}"));
+                assert_eq!(receipt.event_id, id);
+                routed_ids.insert(id.to_string());
+            }
+            Some(result) => {
+                let err = result.expect_err("unroutable event reported published");
+                assert_eq!(err.kind(), ErrorKind::Unroutable, "{err}");
+            }
+        }
+    }
+    assert!(
+        cancelled > 0,
+        "no publish was cancelled: the test proves nothing"
+    );
+    eprintln!("cancelled {cancelled} of 3000");
+    // The channel still works and proves outcomes.
+    let last = Event::from_json("routed.last", json!({})).with_organization("org-1");
+    routed_ids.insert(last.id().to_string());
+    publisher.publish(last).await.unwrap();
+    let unknown = Event::from_json("unrouted.last", json!({})).with_organization("org-1");
+    let err = publisher.publish(unknown).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unroutable, "{err}");
+
+    let in_queue: HashSet<String> = message_ids(fx.drain().await).into_iter().collect();
+    let missing: Vec<_> = routed_ids.difference(&in_queue).collect();
+    assert!(
+        missing.is_empty(),
+        "events reported routed are not queued: {missing:?}"
+    );
+    let unexpected: Vec<_> = in_queue
+        .difference(&routed_ids)
+        .filter(|id| !cancelled_routed.contains(*id))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "queued events nobody published: {unexpected:?}"
+    );
     publisher.close().await;
     fx.cleanup().await;
 }

@@ -37,14 +37,13 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, Weak,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll, Wake, Waker},
 };
 
 use futures_util::task::AtomicWaker;
 use lapin::{Confirmation, PublisherConfirm};
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 static REATTRIBUTED_RETURNS: AtomicU64 = AtomicU64::new(0);
@@ -87,8 +86,10 @@ enum Stage {
 struct Entry {
     id: Uuid,
     stage: Stage,
+    /// The tracking waker, which also carries the outcome to the caller.
+    tracking: Arc<TrackingWaker>,
     waker: Waker,
-    reply: Option<oneshot::Sender<Outcome>>,
+    replied: bool,
 }
 
 /// Where a completion's rank comes from.
@@ -124,6 +125,8 @@ struct State {
     returned: HashMap<Uuid, (u16, String)>,
     witnesses: VecDeque<Witness>,
     awaiting: HashMap<u64, Awaiting>,
+    /// A spare buffer swapped with [`ConfirmTracker::woken`] on each round.
+    woken: Vec<(u64, u64)>,
     failed: bool,
     closed: bool,
 }
@@ -136,16 +139,35 @@ pub(crate) struct ConfirmTracker {
     /// [`OrderedPublish`].
     publish_order: Arc<Mutex<()>>,
     woken: Mutex<Vec<(u64, u64)>>,
+    /// Whether `woken` is non-empty, readable without its lock (a hint: the task
+    /// woken by a completion always looks again).
+    any_woken: AtomicBool,
+    /// Mirrors `State::failed`, so that the pool's health check takes no lock.
+    failed: AtomicBool,
     rank: AtomicU64,
     settler: AtomicWaker,
 }
 
+#[derive(Debug)]
 struct TrackingWaker {
     tracker: Weak<ConfirmTracker>,
     seq: u64,
     /// The task waiting for this event's outcome, woken directly so that it does the
     /// processing itself; the settler is woken instead when no one waits.
     owner: AtomicWaker,
+    /// The event's outcome once settled, until its caller takes it.
+    outcome: Mutex<Option<Outcome>>,
+}
+
+impl TrackingWaker {
+    fn deliver(&self, outcome: Outcome) {
+        *lock(&self.outcome) = Some(outcome);
+        self.owner.wake();
+    }
+
+    fn take_outcome(&self) -> Option<Outcome> {
+        lock(&self.outcome).take()
+    }
 }
 
 impl Wake for TrackingWaker {
@@ -159,6 +181,7 @@ impl Wake for TrackingWaker {
                 let mut woken = lock(&tracker.woken);
                 let rank = tracker.rank.fetch_add(1, Ordering::SeqCst);
                 woken.push((self.seq, rank));
+                tracker.any_woken.store(true, Ordering::Release);
             }
             match self.owner.take() {
                 Some(owner) => owner.wake(),
@@ -179,6 +202,8 @@ impl ConfirmTracker {
             state: Mutex::new(State::default()),
             publish_order: Arc::new(Mutex::new(())),
             woken: Mutex::new(Vec::new()),
+            any_woken: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             rank: AtomicU64::new(0),
             settler: AtomicWaker::new(),
         });
@@ -189,7 +214,7 @@ impl ConfirmTracker {
 
     /// Whether a confirm on this channel failed (the channel is dead).
     pub(crate) fn has_failed(&self) -> bool {
-        lock(&self.state).failed
+        self.failed.load(Ordering::Acquire)
     }
 
     /// Stops the settler once every tracked confirm has completed.
@@ -202,9 +227,9 @@ impl ConfirmTracker {
     /// confirm. The returned future resolves with the event's exact outcome.
     ///
     /// Dropping the returned future never loses track of the confirm: if it is
-    /// dropped while `basic_publish` is running, the rest of the publish is spawned.
+    /// dropped while `basic_publish` is running, the rest of the publish is spawned;
+    /// dropped before its first poll, nothing is sent.
     pub(crate) fn track(self: &Arc<Self>, id: Uuid, publish: PublishFuture) -> Tracked {
-        let (tx, rx) = oneshot::channel();
         let (seq, tracking) = {
             let mut st = lock(&self.state);
             let seq = st.next_seq;
@@ -213,6 +238,7 @@ impl ConfirmTracker {
                 tracker: Arc::downgrade(self),
                 seq,
                 owner: AtomicWaker::new(),
+                outcome: Mutex::new(None),
             });
             let waker = Waker::from(tracking.clone());
             st.entries.insert(
@@ -220,8 +246,9 @@ impl ConfirmTracker {
                 Entry {
                     id,
                     stage: Stage::Untracked,
+                    tracking: tracking.clone(),
                     waker,
-                    reply: Some(tx),
+                    replied: false,
                 },
             );
             st.by_id.insert(id, seq);
@@ -237,12 +264,11 @@ impl ConfirmTracker {
                 order: self.publish_order.clone(),
                 started: false,
             }),
-            outcome: rx,
         }
     }
 
     fn has_woken(&self) -> bool {
-        !lock(&self.woken).is_empty()
+        self.any_woken.load(Ordering::Acquire)
     }
 
     fn process_now(&self) {
@@ -258,6 +284,21 @@ impl ConfirmTracker {
     fn handoff(&self, seq: u64, result: lapin::Result<PublisherConfirm>) {
         let mut st = lock(&self.state);
         st.handoffs.push((seq, Some(result)));
+        self.process(&mut st);
+        if st.closed && st.entries.is_empty() {
+            self.settler.wake();
+        }
+    }
+
+    /// The publish of `seq` was dropped before its first poll: nothing was sent and
+    /// no delivery tag taken, so there is nothing to track; forget it.
+    fn withdraw(&self, seq: u64) {
+        let mut st = lock(&self.state);
+        st.untracked.remove(&seq);
+        if let Some(entry) = st.entries.remove(&seq) {
+            st.by_id.remove(&entry.id);
+        }
+        // Settlements it held back may be possible now.
         self.process(&mut st);
         if st.closed && st.entries.is_empty() {
             self.settler.wake();
@@ -313,12 +354,23 @@ impl ConfirmTracker {
         }
 
         // Completions in the order lapin resolved them.
-        let woken = std::mem::take(&mut *lock(&self.woken));
-        for (seq, rank) in woken {
+        let mut woken = std::mem::take(&mut st.woken);
+        {
+            let mut shared = lock(&self.woken);
+            std::mem::swap(&mut *shared, &mut woken);
+            self.any_woken.store(false, Ordering::Release);
+        }
+        for &(seq, rank) in &woken {
             Self::poll_entry(st, seq, Rank::Exact(rank));
         }
+        // Keep the buffer's capacity for the next round.
+        woken.clear();
+        st.woken = woken;
 
         Self::settle_awaiting(st);
+        if st.failed {
+            self.failed.store(true, Ordering::Release);
+        }
     }
 
     fn poll_entry(st: &mut State, seq: u64, rank: Rank<'_>) {
@@ -469,9 +521,10 @@ impl ConfirmTracker {
         let Some(entry) = st.entries.get_mut(&seq) else {
             return;
         };
-        if let Some(reply) = entry.reply.take() {
+        if !entry.replied {
+            entry.replied = true;
             // The caller may have gone (timeout); the outcome then only matters for others.
-            let _ = reply.send(outcome);
+            entry.tracking.deliver(outcome);
         }
         if matches!(entry.stage, Stage::Done) {
             let id = entry.id;
@@ -540,7 +593,6 @@ pub(crate) struct Tracked {
     seq: u64,
     tracking: Arc<TrackingWaker>,
     publish: Option<OrderedPublish>,
-    outcome: oneshot::Receiver<Outcome>,
 }
 
 impl std::fmt::Debug for Tracked {
@@ -560,19 +612,17 @@ impl Future for Tracked {
             this.tracker.handoff(this.seq, result);
         }
         this.tracking.owner.register(cx.waker());
-        if let Poll::Ready(outcome) = Pin::new(&mut this.outcome).poll(cx) {
-            return Poll::Ready(outcome.unwrap_or(Outcome::Failed(None)));
+        if let Some(outcome) = this.tracking.take_outcome() {
+            return Poll::Ready(outcome);
         }
         // Woken by a completion on this channel: process it here rather than waiting
         // for the settler task to be scheduled.
         if this.tracker.has_woken() {
             this.tracker.process_now();
         }
-        match Pin::new(&mut this.outcome).poll(cx) {
-            Poll::Ready(Ok(outcome)) => Poll::Ready(outcome),
-            // The settler is gone: the tracker was dropped with the runtime.
-            Poll::Ready(Err(_)) => Poll::Ready(Outcome::Failed(None)),
-            Poll::Pending => Poll::Pending,
+        match this.tracking.take_outcome() {
+            Some(outcome) => Poll::Ready(outcome),
+            None => Poll::Pending,
         }
     }
 }
@@ -586,6 +636,11 @@ impl Drop for Tracked {
             self.tracker.settler.wake();
         }
         if let Some(publish) = self.publish.take() {
+            if !publish.started {
+                // Nothing was sent: there is no confirm to track.
+                self.tracker.withdraw(self.seq);
+                return;
+            }
             // Finish the publish so the confirm is tracked: other events' returns may
             // be attached to it.
             let tracker = self.tracker.clone();
