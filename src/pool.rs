@@ -40,6 +40,8 @@ pub struct PooledChannel {
     pub(crate) channel: lapin::Channel,
     pub(crate) tracker: Arc<ConfirmTracker>,
     pub(crate) in_flight: Arc<Semaphore>,
+    /// The number of permits `in_flight` started with.
+    pub(crate) max_in_flight: usize,
 }
 
 impl fmt::Debug for PooledChannel {
@@ -52,6 +54,13 @@ impl fmt::Debug for PooledChannel {
 }
 
 impl PooledChannel {
+    /// How many publishes hold a permit on this channel (being written or awaiting
+    /// their confirm).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.max_in_flight
+            .saturating_sub(self.in_flight.available_permits())
+    }
+
     /// Open, and no confirm failed on it.
     pub(crate) fn is_healthy(&self) -> bool {
         self.channel.status().connected() && !self.tracker.has_failed()
@@ -112,6 +121,7 @@ impl managed::Manager for ChannelManager {
             channel,
             tracker: ConfirmTracker::spawn(),
             in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
+            max_in_flight: self.max_in_flight,
         })
     }
 

@@ -334,41 +334,62 @@ fn message_ids(messages: Vec<(Vec<u8>, lapin::BasicProperties)>) -> Vec<String> 
 async fn a_publish_dropped_before_it_is_written_is_never_sent() {
     require_broker!();
     let fx = support::Fixture::new("withdrawn", "#").await;
+    let proxy = support::proxy::FaultProxy::start(&support::broker_addr()).await;
     let config = fx
         .config()
+        .url(proxy.amqp_url())
         .allow_unregistered(true)
         .pool_size(1)
         .build()
         .unwrap();
     let publisher = EventPublisher::connect(config).await.unwrap();
-    // The lane now holds an open channel: the next publish needs no I/O to get ready.
-    let warm_up = Event::from_json("test.warm_up", json!({})).with_organization("org-1");
-    let mut expected = vec![warm_up.id().to_string()];
+    let event = |event_type: &'static str| {
+        Event::from_json(event_type, json!({})).with_organization("org-1")
+    };
+    // The lane now holds an open channel: the next publishes need no I/O to get ready.
+    let warm_up = event("test.warm_up");
+    let mut expected = HashSet::from([warm_up.id().to_string()]);
     publisher.publish(warm_up).await.unwrap();
 
-    let dropped = Event::from_json("test.dropped", json!({})).with_organization("org-1");
+    // A busy channel: 40 confirms in flight, slowed down by the proxy. A publish that
+    // is ready then yields once before it is written (to be written with the others).
+    proxy.set_latency(Duration::from_millis(300));
+    let mut busy = Vec::new();
+    for _ in 0..40 {
+        let event = event("test.busy");
+        expected.insert(event.id().to_string());
+        let publisher = publisher.clone();
+        busy.push(tokio::spawn(async move { publisher.publish(event).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let dropped = event("test.dropped");
     let dropped_id = dropped.id().to_string();
     {
         let mut publish = pin!(publisher.publish(dropped));
-        // One poll prepares the publish (encoded, channel and confirm slot taken) and
-        // stops where it lets other ready publishes catch up, before writing.
+        // One poll prepares it (encoded, channel, permit and confirm slot taken) and
+        // stops at that yield, before anything is written.
         let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
         assert!(
             first.is_pending(),
             "the first poll already finished: {first:?}"
         );
     }
+    for task in busy {
+        task.await.unwrap().unwrap();
+    }
+    proxy.heal();
 
     // The withdrawn slot holds nothing up: later publishes on the channel settle.
     for _ in 0..20 {
-        let event = Event::from_json("test.after", json!({})).with_organization("org-1");
-        expected.push(event.id().to_string());
+        let event = event("test.after");
+        expected.insert(event.id().to_string());
         tokio::time::timeout(Duration::from_secs(10), publisher.publish(event))
             .await
             .expect("a publish after the dropped one hung")
             .unwrap();
     }
-    let in_queue = message_ids(fx.drain().await);
+    let in_queue: HashSet<String> = message_ids(fx.drain().await).into_iter().collect();
     assert!(
         !in_queue.contains(&dropped_id),
         "the dropped publish reached the broker"

@@ -45,6 +45,12 @@ pub const HEADER_ORGANIZATION_ID: &str = "organization_id";
 /// AMQP header carrying the event's schema version.
 pub const HEADER_SCHEMA_VERSION: &str = "schema_version";
 
+/// Above this many publishes in flight on a channel, a publish that is ready to be
+/// written first yields once, so that the other ready publishes are written with it.
+/// Below it, publishes are written at once: a lone publish (or the start of a burst)
+/// pays no scheduling delay, and the broker has work while the rest of a burst gathers.
+const GATHER_ABOVE_IN_FLIGHT: usize = 32;
+
 /// Publishes events with `mandatory = true` on a [`ChannelPool`] and waits for the
 /// broker's confirm. Cheap to clone.
 #[derive(Clone)]
@@ -214,14 +220,18 @@ impl Service<Event> for AmqpPublish {
                             .await
                     }),
                 );
+                let busy = pooled.in_flight() > GATHER_ABOVE_IN_FLIGHT;
                 drop(pooled);
-                // Everything is ready. Before writing, let the other publishes that
-                // are ready to start (the rest of a batch, other requests on this
-                // worker) get this far too: they then reach lapin back to back, and its
-                // I/O thread writes them in a few large writes instead of being woken
-                // for every event (see the README's Performance section). A publish
-                // dropped here was never written: the tracker forgets it.
-                tokio::task::yield_now().await;
+                if busy {
+                    // Everything is ready, and the channel is busy anyway. Before
+                    // writing, let the other publishes that are ready to start (the rest
+                    // of a batch, other requests on this worker) get this far too: they
+                    // then reach lapin back to back, and its I/O thread writes them in a
+                    // few large writes instead of being woken for every event (see the
+                    // README's Performance section). A publish dropped here was never
+                    // written: the tracker forgets it.
+                    tokio::task::yield_now().await;
+                }
                 let outcome = tracked.await;
                 drop(permit);
                 let result = outcome_to_result(outcome, &event, &this.inner.exchange, started);
