@@ -247,24 +247,55 @@ impl Bench {
     }
 }
 
-/// Runs `measure` for raw lapin and for the stack in turn, `ROUNDS` times each, and
-/// returns the median seconds per unit of each: `[raw, stack]`.
-async fn alternating<F, Fut>(bench: &Arc<Bench>, measure: F) -> [f64; 2]
+/// CPU time used so far by every thread of this process (lapin's I/O threads
+/// included), from `/proc/self/task/*/schedstat`; `None` where that does not exist.
+fn process_cpu() -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// The medians of one side: wall seconds and process CPU seconds per unit.
+#[derive(Clone, Copy)]
+struct Side {
+    wall: f64,
+    cpu: Option<f64>,
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Runs `measure` (which returns the units it measured and their wall time) for raw
+/// lapin and for the stack in turn, `ROUNDS` times each, and returns the medians per
+/// unit of each side: `[raw, stack]`.
+async fn alternating<F, Fut>(bench: &Arc<Bench>, measure: F) -> [Side; 2]
 where
     F: Fn(Arc<Bench>, bool) -> Fut,
-    Fut: std::future::Future<Output = f64>,
+    Fut: std::future::Future<Output = (u64, Duration)>,
 {
     const ROUNDS: usize = 5;
-    let mut samples = [Vec::new(), Vec::new()];
+    let mut wall = [Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
     for _ in 0..ROUNDS {
         for (i, stack) in [false, true].into_iter().enumerate() {
-            samples[i].push(measure(bench.clone(), stack).await);
+            let cpu_before = process_cpu();
+            let (units, took) = measure(bench.clone(), stack).await;
+            if let (Some(before), Some(after)) = (cpu_before, process_cpu()) {
+                cpu[i].push((after - before).as_secs_f64() / units as f64);
+            }
+            wall[i].push(took.as_secs_f64() / units as f64);
         }
     }
-    samples.map(|mut s| {
-        s.sort_by(f64::total_cmp);
-        s[ROUNDS / 2]
-    })
+    let mut side = |i: usize| Side {
+        wall: median(std::mem::take(&mut wall[i])),
+        cpu: (cpu[i].len() == ROUNDS).then(|| median(std::mem::take(&mut cpu[i]))),
+    };
+    [side(0), side(1)]
 }
 
 fn main() {
@@ -311,13 +342,9 @@ fn main() {
                 bench.raw(events, concurrency).await
             };
             bench.purge().await;
-            took.as_secs_f64() / events as f64
+            (events, took)
         }));
-        ratios.push((
-            format!("concurrency {concurrency}"),
-            per_event[0],
-            per_event[1],
-        ));
+        ratios.push((format!("concurrency {concurrency}"), per_event));
     }
 
     let size = 1000;
@@ -354,20 +381,24 @@ fn main() {
             };
         }
         bench.purge().await;
-        took.as_secs_f64() / (5 * size) as f64
+        (5 * size as u64, took)
     }));
-    ratios.push((format!("batch of {size}"), per_batch[0], per_batch[1]));
+    ratios.push((format!("batch of {size}"), per_batch));
 
     println!(
-        "\nmedian of 5 alternating rounds per side\n{:<18} {:>14} {:>14} {:>12}",
-        "case", "raw events/s", "stack events/s", "stack/raw"
+        "\nmedian of 5 alternating rounds per side (CPU: all threads of this process, per event)\n\
+         {:<18} {:>14} {:>14} {:>10} {:>14} {:>14}",
+        "case", "raw events/s", "stack events/s", "stack/raw", "raw CPU µs", "stack CPU µs"
     );
-    for (case, raw, stack) in ratios {
+    let micros = |cpu: Option<f64>| cpu.map_or("-".to_owned(), |c| format!("{:.1}", c * 1e6));
+    for (case, [raw, stack]) in ratios {
         println!(
-            "{case:<18} {:>14.0} {:>14.0} {:>12.3}",
-            1.0 / raw,
-            1.0 / stack,
-            raw / stack
+            "{case:<18} {:>14.0} {:>14.0} {:>10.3} {:>14} {:>14}",
+            1.0 / raw.wall,
+            1.0 / stack.wall,
+            raw.wall / stack.wall,
+            micros(raw.cpu),
+            micros(stack.cpu),
         );
     }
     rt.block_on(bench.cleanup());

@@ -77,7 +77,7 @@ enum Stage {
     /// Reserved; `basic_publish` is running and the confirm is not tracked yet.
     Untracked,
     /// The confirm is being polled with the tracking waker.
-    Pending(Box<PublisherConfirm>),
+    Pending(PublisherConfirm),
     /// The confirm completed.
     Done,
 }
@@ -115,16 +115,77 @@ struct Awaiting {
     own_barrier: Option<u64>,
 }
 
+/// The live entries by sequence number. Numbers are handed out in order, so they
+/// live in a deque starting at the oldest live one (no hashing on the hot path).
+#[derive(Debug, Default)]
+struct Entries {
+    first: u64,
+    slots: VecDeque<Option<Entry>>,
+    live: usize,
+}
+
+impl Entries {
+    /// Adds the entry of `seq`, the next sequence number.
+    fn push(&mut self, seq: u64, entry: Entry) {
+        if self.slots.is_empty() {
+            self.first = seq;
+        }
+        debug_assert_eq!(seq, self.first + self.slots.len() as u64);
+        self.slots.push_back(Some(entry));
+        self.live += 1;
+    }
+
+    fn index(&self, seq: u64) -> Option<usize> {
+        usize::try_from(seq.checked_sub(self.first)?).ok()
+    }
+
+    fn get(&self, seq: u64) -> Option<&Entry> {
+        self.slots.get(self.index(seq)?)?.as_ref()
+    }
+
+    fn get_mut(&mut self, seq: u64) -> Option<&mut Entry> {
+        let index = self.index(seq)?;
+        self.slots.get_mut(index)?.as_mut()
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Entry> {
+        let index = self.index(seq)?;
+        let entry = self.slots.get_mut(index)?.take();
+        if entry.is_some() {
+            self.live -= 1;
+        }
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.first += 1;
+        }
+        entry
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// The sequence number of event `id` (a linear scan: only returns need it).
+    fn find(&self, id: Uuid) -> Option<u64> {
+        let index = self
+            .slots
+            .iter()
+            .position(|slot| slot.as_ref().is_some_and(|e| e.id == id))?;
+        Some(self.first + index as u64)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     next_seq: u64,
-    entries: HashMap<u64, Entry>,
-    by_id: HashMap<Uuid, u64>,
+    entries: Entries,
     untracked: BTreeSet<u64>,
     handoffs: Vec<(u64, Option<lapin::Result<PublisherConfirm>>)>,
     returned: HashMap<Uuid, (u16, String)>,
     witnesses: VecDeque<Witness>,
     awaiting: HashMap<u64, Awaiting>,
+    /// A spare buffer for the events settled in one round.
+    settled: Vec<u64>,
     /// A spare buffer swapped with [`ConfirmTracker::woken`] on each round.
     woken: Vec<(u64, u64)>,
     failed: bool,
@@ -241,7 +302,7 @@ impl ConfirmTracker {
                 outcome: Mutex::new(None),
             });
             let waker = Waker::from(tracking.clone());
-            st.entries.insert(
+            st.entries.push(
                 seq,
                 Entry {
                     id,
@@ -251,7 +312,6 @@ impl ConfirmTracker {
                     replied: false,
                 },
             );
-            st.by_id.insert(id, seq);
             st.untracked.insert(seq);
             (seq, tracking)
         };
@@ -295,9 +355,7 @@ impl ConfirmTracker {
     fn withdraw(&self, seq: u64) {
         let mut st = lock(&self.state);
         st.untracked.remove(&seq);
-        if let Some(entry) = st.entries.remove(&seq) {
-            st.by_id.remove(&entry.id);
-        }
+        st.entries.remove(seq);
         // Settlements it held back may be possible now.
         self.process(&mut st);
         if st.closed && st.entries.is_empty() {
@@ -332,7 +390,7 @@ impl ConfirmTracker {
         // already complete gets a rank now, later than its true completion.
         for (seq, result) in std::mem::take(&mut st.handoffs) {
             st.untracked.remove(&seq);
-            let Some(entry) = st.entries.get_mut(&seq) else {
+            let Some(entry) = st.entries.get_mut(seq) else {
                 continue;
             };
             match result {
@@ -347,7 +405,7 @@ impl ConfirmTracker {
                     Self::settle(st, seq, Outcome::Failed(Some(error)));
                 }
                 Some(Ok(confirm)) => {
-                    entry.stage = Stage::Pending(Box::new(confirm));
+                    entry.stage = Stage::Pending(confirm);
                     Self::poll_entry(st, seq, Rank::AfterCompletion(&self.rank));
                 }
             }
@@ -374,14 +432,14 @@ impl ConfirmTracker {
     }
 
     fn poll_entry(st: &mut State, seq: u64, rank: Rank<'_>) {
-        let Some(entry) = st.entries.get_mut(&seq) else {
+        let Some(entry) = st.entries.get_mut(seq) else {
             return;
         };
         let Stage::Pending(confirm) = &mut entry.stage else {
             return;
         };
         let waker = entry.waker.clone();
-        let result = match Pin::new(&mut **confirm).poll(&mut Context::from_waker(&waker)) {
+        let result = match Pin::new(confirm).poll(&mut Context::from_waker(&waker)) {
             Poll::Pending => return,
             Poll::Ready(result) => result,
         };
@@ -399,7 +457,7 @@ impl ConfirmTracker {
                 let is_witness = returned.is_none();
                 if let Some(message) = returned {
                     let parts = *message_parts(&message);
-                    if parts.0 != st.entries.get(&seq).map(|e| e.id) {
+                    if parts.0 != st.entries.get(seq).map(|e| e.id) {
                         REATTRIBUTED_RETURNS.fetch_add(1, Ordering::Relaxed);
                     }
                     Self::record_return(st, parts);
@@ -445,7 +503,7 @@ impl ConfirmTracker {
             tracing::warn!(reply_code, %reply_text, "broker returned a message without an event id");
             return;
         };
-        let Some(&seq) = st.by_id.get(&id) else {
+        let Some(seq) = st.entries.find(id) else {
             return;
         };
         st.returned.insert(id, (reply_code, reply_text));
@@ -454,7 +512,7 @@ impl ConfirmTracker {
 
     /// Settles `seq` as unroutable if its return has been seen.
     fn settle_if_returned(st: &mut State, seq: u64) -> bool {
-        let Some(entry) = st.entries.get(&seq) else {
+        let Some(entry) = st.entries.get(seq) else {
             return false;
         };
         let Some((reply_code, reply_text)) = st.returned.get(&entry.id).cloned() else {
@@ -486,25 +544,28 @@ impl ConfirmTracker {
             }
             return;
         }
-        let settled: Vec<u64> = st
-            .awaiting
-            .iter()
-            .filter(|(_, awaiting)| {
-                if awaiting.own_barrier.is_some_and(|b| b <= oldest_untracked) {
-                    return true;
-                }
-                // The first witness that completed after this event.
-                let first = st.witnesses.partition_point(|w| w.rank <= awaiting.rank);
-                st.witnesses
-                    .get(first)
-                    .is_some_and(|w| w.barrier <= oldest_untracked)
-            })
-            .map(|(&seq, _)| seq)
-            .collect();
-        for seq in settled {
+        let mut settled = std::mem::take(&mut st.settled);
+        settled.extend(
+            st.awaiting
+                .iter()
+                .filter(|(_, awaiting)| {
+                    if awaiting.own_barrier.is_some_and(|b| b <= oldest_untracked) {
+                        return true;
+                    }
+                    // The first witness that completed after this event.
+                    let first = st.witnesses.partition_point(|w| w.rank <= awaiting.rank);
+                    st.witnesses
+                        .get(first)
+                        .is_some_and(|w| w.barrier <= oldest_untracked)
+                })
+                .map(|(&seq, _)| seq),
+        );
+        for &seq in &settled {
             st.awaiting.remove(&seq);
             Self::settle(st, seq, Outcome::Routed);
         }
+        settled.clear();
+        st.settled = settled;
         // Witnesses older than every awaiting event are no longer needed.
         let min_rank = st.awaiting.values().map(|a| a.rank).min();
         match min_rank {
@@ -518,7 +579,7 @@ impl ConfirmTracker {
 
     /// Sends the outcome of `seq` (once) and forgets it when its confirm is done.
     fn settle(st: &mut State, seq: u64, outcome: Outcome) {
-        let Some(entry) = st.entries.get_mut(&seq) else {
+        let Some(entry) = st.entries.get_mut(seq) else {
             return;
         };
         if !entry.replied {
@@ -528,9 +589,10 @@ impl ConfirmTracker {
         }
         if matches!(entry.stage, Stage::Done) {
             let id = entry.id;
-            st.entries.remove(&seq);
-            st.by_id.remove(&id);
-            st.returned.remove(&id);
+            st.entries.remove(seq);
+            if !st.returned.is_empty() {
+                st.returned.remove(&id);
+            }
         }
     }
 }
