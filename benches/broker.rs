@@ -2,7 +2,9 @@
 //! lapin baseline measured in the same run: same envelope (the raw loop builds and
 //! encodes each event and its properties by hand, as a hand-written loop must), same
 //! exchange and durable queue, same channels and number of confirms in flight.
-//! At the end it prints the stack/raw ratio of every case.
+//! At the end it prints, for every case, raw lapin and the stack measured in
+//! alternating rounds: the medians of each side, the median of the per-round ratios,
+//! and the CPU time the process spent per event on each side.
 //!
 //! ```sh
 //! cargo bench --bench broker
@@ -270,18 +272,27 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
+/// One case of the summary: the medians of each side, and the median of the ratios
+/// of the rounds (each round measures raw lapin, then the stack, back to back, so a
+/// ratio compares two runs that saw the same machine and broker state).
+struct Summary {
+    case: String,
+    rounds: usize,
+    raw: Side,
+    stack: Side,
+    paired_ratio: f64,
+}
+
 /// Runs `measure` (which returns the units it measured and their wall time) for raw
-/// lapin and for the stack in turn, `ROUNDS` times each, and returns the medians per
-/// unit of each side: `[raw, stack]`.
-async fn alternating<F, Fut>(bench: &Arc<Bench>, measure: F) -> [Side; 2]
+/// lapin and for the stack in turn, `rounds` times each.
+async fn alternating<F, Fut>(bench: &Arc<Bench>, case: String, rounds: usize, measure: F) -> Summary
 where
     F: Fn(Arc<Bench>, bool) -> Fut,
     Fut: std::future::Future<Output = (u64, Duration)>,
 {
-    const ROUNDS: usize = 5;
     let mut wall = [Vec::new(), Vec::new()];
     let mut cpu = [Vec::new(), Vec::new()];
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for (i, stack) in [false, true].into_iter().enumerate() {
             let cpu_before = process_cpu();
             let (units, took) = measure(bench.clone(), stack).await;
@@ -291,11 +302,18 @@ where
             wall[i].push(took.as_secs_f64() / units as f64);
         }
     }
+    let paired_ratio = median(wall[0].iter().zip(&wall[1]).map(|(r, s)| r / s).collect());
     let mut side = |i: usize| Side {
         wall: median(std::mem::take(&mut wall[i])),
-        cpu: (cpu[i].len() == ROUNDS).then(|| median(std::mem::take(&mut cpu[i]))),
+        cpu: (cpu[i].len() == rounds).then(|| median(std::mem::take(&mut cpu[i]))),
     };
-    [side(0), side(1)]
+    Summary {
+        case,
+        rounds,
+        raw: side(0),
+        stack: side(1),
+        paired_ratio,
+    }
 }
 
 fn main() {
@@ -310,7 +328,7 @@ fn main() {
         .measurement_time(Duration::from_secs(5))
         .warm_up_time(Duration::from_secs(1));
 
-    let mut ratios = Vec::new();
+    let mut summaries = Vec::new();
     for concurrency in [1usize, 16, 256] {
         let mut group = c.benchmark_group(format!("confirmed_publish/c{concurrency}"));
         group.throughput(Throughput::Elements(1));
@@ -335,7 +353,8 @@ fn main() {
         group.finish();
         // The summary: raw and stack alternate, five rounds each, median per side.
         let events = (1_000 * concurrency as u64).clamp(2_000, 40_000);
-        let per_event = rt.block_on(alternating(&bench, |bench, stack| async move {
+        let case = format!("concurrency {concurrency}");
+        let summary = rt.block_on(alternating(&bench, case, 5, |bench, stack| async move {
             let took = if stack {
                 bench.stack(events, concurrency).await
             } else {
@@ -344,7 +363,7 @@ fn main() {
             bench.purge().await;
             (events, took)
         }));
-        ratios.push((format!("concurrency {concurrency}"), per_event));
+        summaries.push(summary);
     }
 
     let size = 1000;
@@ -363,42 +382,55 @@ fn main() {
                         } else {
                             bench.raw_batch(size).await
                         };
+                        // Untimed: every batch starts on an empty queue.
+                        bench.purge().await;
                     }
-                    bench.purge().await;
                     took
                 }
             });
         });
     }
     group.finish();
-    let per_batch = rt.block_on(alternating(&bench, |bench, stack| async move {
+    let case = format!("batch of {size}");
+    let summary = rt.block_on(alternating(&bench, case, 15, |bench, stack| async move {
         let mut took = Duration::ZERO;
-        for _ in 0..5 {
+        for _ in 0..3 {
             took += if stack {
                 bench.stack_batch(size).await
             } else {
                 bench.raw_batch(size).await
             };
+            bench.purge().await;
         }
-        bench.purge().await;
-        (5 * size as u64, took)
+        (3 * size as u64, took)
     }));
-    ratios.push((format!("batch of {size}"), per_batch));
+    summaries.push(summary);
 
     println!(
-        "\nmedian of 5 alternating rounds per side (CPU: all threads of this process, per event)\n\
-         {:<18} {:>14} {:>14} {:>10} {:>14} {:>14}",
-        "case", "raw events/s", "stack events/s", "stack/raw", "raw CPU µs", "stack CPU µs"
+        "\nraw lapin and the stack alternate, round by round; medians per side, and the median \
+         of the per-round ratios (CPU: all threads of this process, per event)\n\
+         {:<18} {:>6} {:>13} {:>14} {:>10} {:>12} {:>11} {:>12}",
+        "case",
+        "rounds",
+        "raw events/s",
+        "stack events/s",
+        "stack/raw",
+        "paired ratio",
+        "raw CPU µs",
+        "stack CPU µs"
     );
     let micros = |cpu: Option<f64>| cpu.map_or("-".to_owned(), |c| format!("{:.1}", c * 1e6));
-    for (case, [raw, stack]) in ratios {
+    for s in summaries {
         println!(
-            "{case:<18} {:>14.0} {:>14.0} {:>10.3} {:>14} {:>14}",
-            1.0 / raw.wall,
-            1.0 / stack.wall,
-            raw.wall / stack.wall,
-            micros(raw.cpu),
-            micros(stack.cpu),
+            "{:<18} {:>6} {:>13.0} {:>14.0} {:>10.3} {:>12.3} {:>11} {:>12}",
+            s.case,
+            s.rounds,
+            1.0 / s.raw.wall,
+            1.0 / s.stack.wall,
+            s.raw.wall / s.stack.wall,
+            s.paired_ratio,
+            micros(s.raw.cpu),
+            micros(s.stack.cpu),
         );
     }
     rt.block_on(bench.cleanup());
