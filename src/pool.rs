@@ -8,9 +8,11 @@
 //! a confirm failed, so the pool heals itself after a broker restart or a cut
 //! connection: the next `get` opens a new channel on a new connection.
 //!
-//! A pooled channel is held only while a publish is being written; its confirm is
-//! awaited after the channel went back to the pool, so many confirms are in flight
-//! on each channel (up to [`PublisherConfig::max_in_flight`]).
+//! Publishes share channels: [`ChannelPool`] keeps `pool_size` lanes, each holding
+//! one pooled channel for as long as it is healthy, and publishes take turns over
+//! them, so many confirms are in flight on each channel (up to
+//! [`PublisherConfig::max_in_flight`]). Taking a healthy lane's channel is a read
+//! lock and an `Arc` clone; only replacing a dead one waits.
 
 use std::{
     fmt,
@@ -366,6 +368,8 @@ impl ChannelPool {
     /// with [`ErrorKind::Shutdown`].
     pub async fn close(&self) {
         for lane in self.lanes.iter() {
+            // A replacement in progress would put a fresh channel back after this.
+            let _replacing = lane.replacing.lock().await;
             let taken = lane.replace(None);
             if let Some(pooled) = taken {
                 if pooled.channel.status().connected() {

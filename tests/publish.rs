@@ -2,7 +2,13 @@
 
 mod support;
 
-use std::{collections::HashSet, future::Future, pin::pin, task::Poll, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    pin::pin,
+    task::Poll,
+    time::Duration,
+};
 
 use fitviz_events::{ErrorKind, Event, EventPublisher, OrganizationId, events::*};
 use lapin::types::AMQPValue;
@@ -484,6 +490,56 @@ async fn cancelled_publishes_leave_the_other_outcomes_exact() {
         unexpected.is_empty(),
         "queued events nobody published: {unexpected:?}"
     );
+    publisher.close().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_in_flight_twice_gets_two_exact_outcomes() {
+    require_broker!();
+    let fx = support::Fixture::new("duplicate", "routed.#").await;
+    let config = fx
+        .config()
+        .allow_unregistered(true)
+        .pool_size(1)
+        .build()
+        .unwrap();
+    let publisher = EventPublisher::connect(config).await.unwrap();
+    // Every event is published twice at once on one channel, as a retry does after an
+    // attempt timed out with its confirm still due. Returns are matched by event id:
+    // both copies of an unroutable event must be reported unroutable, both copies of a
+    // routed one confirmed and queued.
+    let mut tasks = Vec::new();
+    for i in 0..600u32 {
+        let routed = i % 2 == 0;
+        let event_type = if routed {
+            "routed.event"
+        } else {
+            "unrouted.event"
+        };
+        let event = Event::from_json(event_type, json!({ "i": i })).with_organization("org-1");
+        for copy in [event.clone(), event] {
+            let publisher = publisher.clone();
+            tasks.push(tokio::spawn(async move {
+                (routed, copy.id(), publisher.publish(copy).await)
+            }));
+        }
+    }
+    for task in tasks {
+        let (routed, id, result) = task.await.unwrap();
+        if routed {
+            result.unwrap_or_else(|e| panic!("routed event {id} failed: {e}"));
+        } else {
+            let err = result.expect_err("unroutable event reported published");
+            assert_eq!(err.kind(), ErrorKind::Unroutable, "{err}");
+        }
+    }
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    for id in message_ids(fx.drain().await) {
+        *copies.entry(id).or_default() += 1;
+    }
+    assert_eq!(copies.len(), 300, "routed events in the queue");
+    assert!(copies.values().all(|&n| n == 2), "each routed event twice");
     publisher.close().await;
     fx.cleanup().await;
 }

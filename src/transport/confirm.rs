@@ -32,7 +32,7 @@
 //! exact without a lock around publish and confirm, so confirms stay pipelined.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     future::Future,
     pin::Pin,
     sync::{
@@ -44,6 +44,7 @@ use std::{
 
 use futures_util::task::AtomicWaker;
 use lapin::{Confirmation, PublisherConfirm};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 static REATTRIBUTED_RETURNS: AtomicU64 = AtomicU64::new(0);
@@ -70,7 +71,8 @@ pub(crate) enum Outcome {
     Unknown,
 }
 
-type PublishFuture = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
+pub(crate) type PublishFuture =
+    Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
 
 #[derive(Debug)]
 enum Stage {
@@ -164,21 +166,19 @@ impl Entries {
     fn is_empty(&self) -> bool {
         self.live == 0
     }
-
-    /// The sequence number of event `id` (a linear scan: only returns need it).
-    fn find(&self, id: Uuid) -> Option<u64> {
-        let index = self
-            .slots
-            .iter()
-            .position(|slot| slot.as_ref().is_some_and(|e| e.id == id))?;
-        Some(self.first + index as u64)
-    }
 }
 
 #[derive(Debug, Default)]
 struct State {
     next_seq: u64,
     entries: Entries,
+    /// The live entries by event id. An id is live at most once per channel (see
+    /// [`ConfirmTracker::track`]), so a return names exactly one entry.
+    by_id: HashMap<Uuid, u64>,
+    /// Ids that a publish is waiting for, to publish the same event again.
+    contested: HashSet<Uuid>,
+    /// Set when a contested id was released; [`ConfirmTracker::released`] is notified.
+    released: bool,
     untracked: BTreeSet<u64>,
     handoffs: Vec<(u64, Option<lapin::Result<PublisherConfirm>>)>,
     returned: HashMap<Uuid, (u16, String)>,
@@ -207,6 +207,8 @@ pub(crate) struct ConfirmTracker {
     failed: AtomicBool,
     rank: AtomicU64,
     settler: AtomicWaker,
+    /// Notified when an id another publish waits for is no longer live.
+    released: Notify,
 }
 
 #[derive(Debug)]
@@ -267,6 +269,7 @@ impl ConfirmTracker {
             failed: AtomicBool::new(false),
             rank: AtomicU64::new(0),
             settler: AtomicWaker::new(),
+            released: Notify::new(),
         });
         let weak = Arc::downgrade(&tracker);
         tokio::spawn(Settler(weak));
@@ -287,12 +290,25 @@ impl ConfirmTracker {
     /// Registers event `id`, runs `publish` (the `basic_publish` call) and tracks its
     /// confirm. The returned future resolves with the event's exact outcome.
     ///
+    /// A return is matched to its event by `message_id`, so one id must not be in
+    /// flight twice on a channel (a retry after a timed-out attempt whose confirm is
+    /// still due, or the same event published twice at once): then `publish` is given
+    /// back, to be tracked once [`released`](Self::released) says the id is free.
+    ///
     /// Dropping the returned future never loses track of the confirm: if it is
     /// dropped while `basic_publish` is running, the rest of the publish is spawned;
     /// dropped before its first poll, nothing is sent.
-    pub(crate) fn track(self: &Arc<Self>, id: Uuid, publish: PublishFuture) -> Tracked {
+    pub(crate) fn track(
+        self: &Arc<Self>,
+        id: Uuid,
+        publish: PublishFuture,
+    ) -> Result<Tracked, PublishFuture> {
         let (seq, tracking) = {
             let mut st = lock(&self.state);
+            if st.by_id.contains_key(&id) {
+                st.contested.insert(id);
+                return Err(publish);
+            }
             let seq = st.next_seq;
             st.next_seq += 1;
             let tracking = Arc::new(TrackingWaker {
@@ -312,10 +328,11 @@ impl ConfirmTracker {
                     replied: false,
                 },
             );
+            st.by_id.insert(id, seq);
             st.untracked.insert(seq);
             (seq, tracking)
         };
-        Tracked {
+        Ok(Tracked {
             tracker: self.clone(),
             seq,
             tracking,
@@ -324,6 +341,32 @@ impl ConfirmTracker {
                 order: self.publish_order.clone(),
                 started: false,
             }),
+        })
+    }
+
+    /// Resolves when an id that [`track`](Self::track) refused may be free again
+    /// (enable the future before calling `track` so that no release is missed).
+    pub(crate) fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.released.notified()
+    }
+
+    /// Forgets a settled entry.
+    fn forget(st: &mut State, seq: u64) {
+        if let Some(entry) = st.entries.remove(seq) {
+            st.by_id.remove(&entry.id);
+            if !st.returned.is_empty() {
+                st.returned.remove(&entry.id);
+            }
+            if !st.contested.is_empty() && st.contested.remove(&entry.id) {
+                st.released = true;
+            }
+        }
+    }
+
+    /// Wakes the publishes waiting for an id that was released.
+    fn notify_released(&self, st: &mut State) {
+        if std::mem::take(&mut st.released) {
+            self.released.notify_waiters();
         }
     }
 
@@ -355,7 +398,7 @@ impl ConfirmTracker {
     fn withdraw(&self, seq: u64) {
         let mut st = lock(&self.state);
         st.untracked.remove(&seq);
-        st.entries.remove(seq);
+        Self::forget(&mut st, seq);
         // Settlements it held back may be possible now.
         self.process(&mut st);
         if st.closed && st.entries.is_empty() {
@@ -429,6 +472,7 @@ impl ConfirmTracker {
         if st.failed {
             self.failed.store(true, Ordering::Release);
         }
+        self.notify_released(st);
     }
 
     fn poll_entry(st: &mut State, seq: u64, rank: Rank<'_>) {
@@ -465,7 +509,8 @@ impl ConfirmTracker {
                 if is_witness && exact {
                     st.witnesses.push_back(Witness { rank, barrier });
                 }
-                if !Self::settle_if_returned(st, seq) {
+                // Its own return (if it carried it) has settled and forgotten it.
+                if st.entries.get(seq).is_some() && !Self::settle_if_returned(st, seq) {
                     st.awaiting.insert(
                         seq,
                         Awaiting {
@@ -503,7 +548,7 @@ impl ConfirmTracker {
             tracing::warn!(reply_code, %reply_text, "broker returned a message without an event id");
             return;
         };
-        let Some(seq) = st.entries.find(id) else {
+        let Some(&seq) = st.by_id.get(&id) else {
             return;
         };
         st.returned.insert(id, (reply_code, reply_text));
@@ -588,11 +633,7 @@ impl ConfirmTracker {
             entry.tracking.deliver(outcome);
         }
         if matches!(entry.stage, Stage::Done) {
-            let id = entry.id;
-            st.entries.remove(seq);
-            if !st.returned.is_empty() {
-                st.returned.remove(&id);
-            }
+            Self::forget(st, seq);
         }
     }
 }

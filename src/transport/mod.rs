@@ -202,36 +202,47 @@ impl Service<Event> for AmqpPublish {
                     }
                 };
                 let publish_on = Arc::clone(&pooled);
-                let tracked = pooled.tracker.track(
-                    id,
-                    Box::pin(async move {
-                        publish_on
-                            .channel
-                            .basic_publish(
-                                exchange,
-                                routing_key,
-                                BasicPublishOptions {
-                                    mandatory: true,
-                                    ..Default::default()
-                                },
-                                &body,
-                                properties,
-                            )
-                            .await
-                    }),
-                );
-                let busy = pooled.in_flight() > GATHER_ABOVE_IN_FLIGHT;
-                drop(pooled);
-                if busy {
+                let mut publish: confirm::PublishFuture = Box::pin(async move {
+                    publish_on
+                        .channel
+                        .basic_publish(
+                            exchange,
+                            routing_key,
+                            BasicPublishOptions {
+                                mandatory: true,
+                                ..Default::default()
+                            },
+                            &body,
+                            properties,
+                        )
+                        .await
+                });
+                if pooled.in_flight() > GATHER_ABOVE_IN_FLIGHT {
                     // Everything is ready, and the channel is busy anyway. Before
                     // writing, let the other publishes that are ready to start (the rest
                     // of a batch, other requests on this worker) get this far too: they
                     // then reach lapin back to back, and its I/O thread writes them in a
                     // few large writes instead of being woken for every event (see the
-                    // README's Performance section). A publish dropped here was never
-                    // written: the tracker forgets it.
+                    // README's Performance section). Nothing is registered yet: a
+                    // publish dropped here is never sent.
                     tokio::task::yield_now().await;
                 }
+                let tracked = loop {
+                    let released = pooled.tracker.released();
+                    let mut released = std::pin::pin!(released);
+                    released.as_mut().enable();
+                    match pooled.tracker.track(id, publish) {
+                        Ok(tracked) => break tracked,
+                        // This event is still in flight on the channel (an earlier
+                        // attempt whose confirm is due): wait for it, within this
+                        // attempt's deadline.
+                        Err(unstarted) => {
+                            publish = unstarted;
+                            released.await;
+                        }
+                    }
+                };
+                drop(pooled);
                 let outcome = tracked.await;
                 drop(permit);
                 let result = outcome_to_result(outcome, &event, &this.inner.exchange, started);
