@@ -293,7 +293,7 @@ impl ConfirmTracker {
     /// A return is matched to its event by `message_id`, so one id must not be in
     /// flight twice on a channel (a retry after a timed-out attempt whose confirm is
     /// still due, or the same event published twice at once): then `publish` is given
-    /// back, to be tracked once [`released`](Self::released) says the id is free.
+    /// back ([`track_when_free`](Self::track_when_free) waits and tries again).
     ///
     /// Dropping the returned future never loses track of the confirm: if it is
     /// dropped while `basic_publish` is running, the rest of the publish is spawned;
@@ -344,10 +344,28 @@ impl ConfirmTracker {
         })
     }
 
-    /// Resolves when an id that [`track`](Self::track) refused may be free again
-    /// (enable the future before calling `track` so that no release is missed).
-    pub(crate) fn released(&self) -> tokio::sync::futures::Notified<'_> {
-        self.released.notified()
+    /// [`track`](Self::track), waiting first for an earlier publish of the same id on
+    /// this channel to be settled.
+    pub(crate) async fn track_when_free(
+        self: &Arc<Self>,
+        id: Uuid,
+        publish: PublishFuture,
+    ) -> Tracked {
+        let mut publish = match self.track(id, publish) {
+            Ok(tracked) => return tracked,
+            Err(unstarted) => unstarted,
+        };
+        loop {
+            // Listen before looking again, so that no release is missed.
+            let released = self.released.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
+            match self.track(id, publish) {
+                Ok(tracked) => return tracked,
+                Err(unstarted) => publish = unstarted,
+            }
+            released.await;
+        }
     }
 
     /// Forgets a settled entry.

@@ -202,7 +202,7 @@ impl Service<Event> for AmqpPublish {
                     }
                 };
                 let publish_on = Arc::clone(&pooled);
-                let mut publish: confirm::PublishFuture = Box::pin(async move {
+                let publish: confirm::PublishFuture = Box::pin(async move {
                     publish_on
                         .channel
                         .basic_publish(
@@ -227,21 +227,9 @@ impl Service<Event> for AmqpPublish {
                     // publish dropped here is never sent.
                     tokio::task::yield_now().await;
                 }
-                let tracked = loop {
-                    let released = pooled.tracker.released();
-                    let mut released = std::pin::pin!(released);
-                    released.as_mut().enable();
-                    match pooled.tracker.track(id, publish) {
-                        Ok(tracked) => break tracked,
-                        // This event is still in flight on the channel (an earlier
-                        // attempt whose confirm is due): wait for it, within this
-                        // attempt's deadline.
-                        Err(unstarted) => {
-                            publish = unstarted;
-                            released.await;
-                        }
-                    }
-                };
+                // Waits, within this attempt's deadline, if this event is still in
+                // flight on the channel (an earlier attempt whose confirm is due).
+                let tracked = pooled.tracker.track_when_free(id, publish).await;
                 drop(pooled);
                 let outcome = tracked.await;
                 drop(permit);
