@@ -10,9 +10,12 @@ use std::{
     time::Duration,
 };
 
-use fitviz_events::{ErrorKind, Event, EventPublisher, OrganizationId, events::*};
+use fitviz_events::{
+    ErrorKind, Event, EventPublisher, OrganizationId, PublishError, Receipt, events::*,
+};
 use lapin::types::AMQPValue;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_receives_the_exact_body_and_properties() {
@@ -243,27 +246,12 @@ fn patch(event_type: &str, field: &str, value: Value) -> Value {
 async fn concurrent_publishes_get_their_own_exact_outcome() {
     require_broker!();
     let fx = support::Fixture::new("exact", "routed.#").await;
-    let config = fx
-        .config()
-        .allow_unregistered(true)
-        .pool_size(1)
-        .build()
-        .unwrap();
-    let publisher = EventPublisher::builder(config)
-        .organization_source(|| Some(OrganizationId::from("org-1")))
-        .connect()
-        .await
-        .unwrap();
+    let publisher = one_channel_publisher(&fx).await;
     let mut tasks = Vec::new();
     for i in 0..3000u32 {
         let publisher = publisher.clone();
         let routed = i % 3 != 0;
-        let event_type = if routed {
-            "routed.event"
-        } else {
-            "unrouted.event"
-        };
-        let event = Event::from_json(event_type, json!({ "i": i }));
+        let event = numbered_event(routed, i);
         let id = event.id();
         tasks.push(tokio::spawn(async move {
             (routed, id, publisher.publish(event).await)
@@ -273,15 +261,11 @@ async fn concurrent_publishes_get_their_own_exact_outcome() {
     let (mut ok, mut unroutable) = (0, 0);
     for task in tasks {
         let (routed, id, result) = task.await.unwrap();
+        assert_exact(routed, id, result);
         if routed {
-            let receipt = result.unwrap_or_else(|e| panic!("routed event {id} failed: {e}"));
-            assert_eq!(receipt.event_id, id);
             routed_ids.insert(id.to_string());
             ok += 1;
         } else {
-            let err = result.expect_err("unroutable event reported published");
-            assert_eq!(err.kind(), ErrorKind::Unroutable, "{err}");
-            assert_eq!(err.event_id(), Some(id));
             unroutable += 1;
         }
     }
@@ -327,6 +311,40 @@ async fn a_nack_surfaces_as_a_nack_error() {
     assert_eq!(fx.queue_len().await, 1);
     publisher.close().await;
     fx.cleanup().await;
+}
+
+/// An event numbered `i`, of a type the fixture binds (`routed.event`) or not.
+fn numbered_event(routed: bool, i: u32) -> Event {
+    let event_type = if routed {
+        "routed.event"
+    } else {
+        "unrouted.event"
+    };
+    Event::from_json(event_type, json!({ "i": i })).with_organization("org-1")
+}
+
+/// A routed event must be confirmed, an unroutable one reported `Unroutable`, both
+/// under their own id.
+fn assert_exact(routed: bool, id: Uuid, result: Result<Receipt, PublishError>) {
+    if routed {
+        let receipt = result.unwrap_or_else(|e| panic!("routed event {id} failed: {e}"));
+        assert_eq!(receipt.event_id, id);
+    } else {
+        let err = result.expect_err("unroutable event reported published");
+        assert_eq!(err.kind(), ErrorKind::Unroutable, "{err}");
+        assert_eq!(err.event_id(), Some(id));
+    }
+}
+
+/// A publisher on a single channel, accepting unregistered event types.
+async fn one_channel_publisher(fx: &support::Fixture) -> EventPublisher {
+    let config = fx
+        .config()
+        .allow_unregistered(true)
+        .pool_size(1)
+        .build()
+        .unwrap();
+    EventPublisher::connect(config).await.unwrap()
 }
 
 fn message_ids(messages: Vec<(Vec<u8>, lapin::BasicProperties)>) -> Vec<String> {
@@ -409,13 +427,7 @@ async fn a_publish_dropped_before_it_is_written_is_never_sent() {
 async fn cancelled_publishes_leave_the_other_outcomes_exact() {
     require_broker!();
     let fx = support::Fixture::new("cancelled", "routed.#").await;
-    let config = fx
-        .config()
-        .allow_unregistered(true)
-        .pool_size(1)
-        .build()
-        .unwrap();
-    let publisher = EventPublisher::connect(config).await.unwrap();
+    let publisher = one_channel_publisher(&fx).await;
     // Every other publish is cancelled after 0 to 3 ms: before it is written, while it
     // is written, or while its confirm is in flight. The others must get their exact
     // outcome, and only events that were reported routed or cancelled may be queued.
@@ -423,12 +435,7 @@ async fn cancelled_publishes_leave_the_other_outcomes_exact() {
     for i in 0..3000u32 {
         let publisher = publisher.clone();
         let routed = i % 3 != 0;
-        let event_type = if routed {
-            "routed.event"
-        } else {
-            "unrouted.event"
-        };
-        let event = Event::from_json(event_type, json!({ "i": i })).with_organization("org-1");
+        let event = numbered_event(routed, i);
         let id = event.id();
         let cancel_after = (i % 2 == 1).then(|| Duration::from_micros(u64::from(i * 7919 % 3000)));
         tasks.push(tokio::spawn(async move {
@@ -452,14 +459,11 @@ async fn cancelled_publishes_leave_the_other_outcomes_exact() {
                     cancelled_routed.insert(id.to_string());
                 }
             }
-            Some(result) if routed => {
-                let receipt = result.unwrap_or_else(|e| panic!("routed event {id} failed: {e}"));
-                assert_eq!(receipt.event_id, id);
-                routed_ids.insert(id.to_string());
-            }
             Some(result) => {
-                let err = result.expect_err("unroutable event reported published");
-                assert_eq!(err.kind(), ErrorKind::Unroutable, "{err}");
+                assert_exact(routed, id, result);
+                if routed {
+                    routed_ids.insert(id.to_string());
+                }
             }
         }
     }
@@ -498,13 +502,7 @@ async fn cancelled_publishes_leave_the_other_outcomes_exact() {
 async fn the_same_event_in_flight_twice_gets_two_exact_outcomes() {
     require_broker!();
     let fx = support::Fixture::new("duplicate", "routed.#").await;
-    let config = fx
-        .config()
-        .allow_unregistered(true)
-        .pool_size(1)
-        .build()
-        .unwrap();
-    let publisher = EventPublisher::connect(config).await.unwrap();
+    let publisher = one_channel_publisher(&fx).await;
     // Every event is published twice at once on one channel, as a retry does after an
     // attempt timed out with its confirm still due. Returns are matched by event id:
     // both copies of an unroutable event must be reported unroutable, both copies of a
@@ -512,12 +510,7 @@ async fn the_same_event_in_flight_twice_gets_two_exact_outcomes() {
     let mut tasks = Vec::new();
     for i in 0..600u32 {
         let routed = i % 2 == 0;
-        let event_type = if routed {
-            "routed.event"
-        } else {
-            "unrouted.event"
-        };
-        let event = Event::from_json(event_type, json!({ "i": i })).with_organization("org-1");
+        let event = numbered_event(routed, i);
         for copy in [event.clone(), event] {
             let publisher = publisher.clone();
             tasks.push(tokio::spawn(async move {
@@ -527,12 +520,7 @@ async fn the_same_event_in_flight_twice_gets_two_exact_outcomes() {
     }
     for task in tasks {
         let (routed, id, result) = task.await.unwrap();
-        if routed {
-            result.unwrap_or_else(|e| panic!("routed event {id} failed: {e}"));
-        } else {
-            let err = result.expect_err("unroutable event reported published");
-            assert_eq!(err.kind(), ErrorKind::Unroutable, "{err}");
-        }
+        assert_exact(routed, id, result);
     }
     let mut copies: HashMap<String, usize> = HashMap::new();
     for id in message_ids(fx.drain().await) {
