@@ -8,7 +8,9 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fitviz_events::{
-    Event, EventPublisher, OrganizationId, PublisherConfig, events::*, testing::MemorySink,
+    Event, EventPublisher, OrganizationId, PublisherConfig,
+    events::*,
+    testing::{Example, MemorySink, examples},
 };
 use tower::Service;
 

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use fitviz_events::testing::Example;
 use fitviz_events::{DetachedConfig, Event, EventPublisher, Overflow, PublisherConfig, events::*};
 use lapin::{
     Connection, ConnectionProperties,

@@ -28,6 +28,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use fitviz_events::testing::Example;
 use fitviz_events::{
     Event, EventPublisher, OrganizationId, PublishError, PublisherConfig,
     events::{BookingConfirmed, WorkoutCreated},

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use fitviz_events::testing::Example;
 use fitviz_events::{
     AmqpPublish, ChannelPool, Event, EventPublisher, OrganizationId, PublisherConfig,
     SchemaRegistry, circuit_breaker::CircuitBreakerLayer, events::WorkoutCreated,

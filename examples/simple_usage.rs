@@ -12,6 +12,7 @@
 //! reported as unroutable. In production the notification service binds its queue;
 //! here the example binds a short-lived demo queue itself.
 
+use fitviz_events::testing::Example;
 use fitviz_events::{Event, EventPublisher, OrganizationId, PublisherConfig, events::*};
 use lapin::{
     Connection, ConnectionProperties,
@@ -37,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let demo_queue = bind_demo_queue(&config).await?;
 
     let org = OrganizationId::from("org-42");
-    let events = fitviz_events::events::examples();
+    let events = fitviz_events::testing::examples();
     for event in events {
         let event_type = event.event_type().to_owned();
         let receipt = publisher

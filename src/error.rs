@@ -82,8 +82,15 @@ impl PublishError {
         err
     }
 
-    pub(crate) fn connection(context: &'static str, source: impl Into<BoxError>) -> Self {
+    pub(crate) fn connection(
+        context: impl Into<Cow<'static, str>>,
+        source: impl Into<BoxError>,
+    ) -> Self {
         Self::new(ErrorKind::Connection, context).with_source(source)
+    }
+
+    pub(crate) fn config(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::Config, message)
     }
 
     pub(crate) fn shutdown() -> Self {

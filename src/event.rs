@@ -76,6 +76,16 @@ impl Serialize for EventData {
     }
 }
 
+/// What the request an event is published in adds to it: the request's organization
+/// (authoritative unless overrides are allowed) and its correlation id. Set by the
+/// [HTTP integration](crate::http); read by the organization and envelope layers.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RequestScope {
+    pub(crate) organization: Option<OrganizationId>,
+    pub(crate) correlation_id: Option<Arc<str>>,
+    pub(crate) allow_override: bool,
+}
+
 /// One FitViz domain event on its way to the broker.
 ///
 /// Build it from a typed event with [`Event::new`], or from JSON with
@@ -102,6 +112,8 @@ pub struct Event {
     source: Option<Arc<str>>,
     correlation_id: Option<Arc<str>>,
     pub(crate) data: EventData,
+    /// The request this event is published in, until the envelope is stamped.
+    pub(crate) scope: Option<Arc<RequestScope>>,
 }
 
 impl Event {
@@ -133,6 +145,7 @@ impl Event {
             source: None,
             correlation_id: None,
             data,
+            scope: None,
         }
     }
 
@@ -189,12 +202,12 @@ impl Event {
         self.version.unwrap_or(1)
     }
 
-    pub(crate) fn set_version(&mut self, version: u32) {
-        self.version = Some(version);
+    pub(crate) fn has_version(&self) -> bool {
+        self.version.is_some()
     }
 
-    pub(crate) fn version_is_set(&self) -> bool {
-        self.version.is_some()
+    pub(crate) fn set_version(&mut self, version: Option<u32>) {
+        self.version = version;
     }
 
     /// The source application name, if set.
@@ -215,15 +228,19 @@ impl Event {
         }
     }
 
-    pub(crate) fn set_organization_if_absent(&mut self, organization_id: &OrganizationId) {
-        if self.organization_id.is_none() {
-            self.organization_id = Some(organization_id.clone());
-        }
+    pub(crate) fn set_organization(&mut self, organization_id: OrganizationId) {
+        self.organization_id = Some(organization_id);
     }
 
     pub(crate) fn set_source_if_absent(&mut self, source: &Arc<str>) {
         if self.source.is_none() {
             self.source = Some(source.clone());
+        }
+    }
+
+    pub(crate) fn set_correlation_id_if_absent(&mut self, correlation_id: Option<&Arc<str>>) {
+        if self.correlation_id.is_none() {
+            self.correlation_id = correlation_id.cloned();
         }
     }
 

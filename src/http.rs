@@ -7,13 +7,16 @@
 //! request id from the `x-request-id` header (set by tower-http's request-id
 //! middleware or a gateway) becomes the events' correlation id. The request's
 //! organization is authoritative: an event that names another one is rejected with
-//! [`ErrorKind::OrganizationMismatch`] unless overrides are allowed.
+//! [`ErrorKind::OrganizationMismatch`](crate::ErrorKind::OrganizationMismatch) unless
+//! overrides are allowed. The [`Publisher`] only carries the request's scope; the
+//! publisher's [organization](crate::organization) and
+//! [envelope](crate::envelope) layers apply it, as for every other event.
 //!
 //! # Example
 //! ```
 //! use fitviz_events::{EventPublisher, OrganizationId, PublisherConfig, events::WorkoutCreated};
 //! use fitviz_events::http::{EventPublishLayer, Publisher};
-//! use fitviz_events::testing::MemorySink;
+//! use fitviz_events::testing::{Example, MemorySink};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -46,7 +49,11 @@ use http::{Request, request::Parts};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{Event, EventPublisher, OrganizationId, PublishError, Receipt, error::ErrorKind};
+use crate::{
+    error::PublishError,
+    event::{Event, OrganizationId, Receipt, RequestScope},
+    publisher::EventPublisher,
+};
 
 /// The request header whose value becomes the events' correlation id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -114,9 +121,11 @@ impl EventPublishLayer {
             .map(Arc::from);
         parts.extensions.insert(Publisher {
             inner: self.publisher.clone(),
-            organization,
-            correlation_id,
-            allow_override: self.allow_override,
+            scope: Arc::new(RequestScope {
+                organization,
+                correlation_id,
+                allow_override: self.allow_override,
+            }),
         });
         Request::from_parts(parts, body)
     }
@@ -163,16 +172,14 @@ where
 #[derive(Clone)]
 pub struct Publisher {
     inner: EventPublisher,
-    organization: Option<OrganizationId>,
-    correlation_id: Option<Arc<str>>,
-    allow_override: bool,
+    scope: Arc<RequestScope>,
 }
 
 impl fmt::Debug for Publisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publisher")
-            .field("organization", &self.organization)
-            .field("correlation_id", &self.correlation_id)
+            .field("organization", &self.scope.organization)
+            .field("correlation_id", &self.scope.correlation_id)
             .finish_non_exhaustive()
     }
 }
@@ -180,12 +187,12 @@ impl fmt::Debug for Publisher {
 impl Publisher {
     /// The request's organization id, if it has one.
     pub fn organization_id(&self) -> Option<&OrganizationId> {
-        self.organization.as_ref()
+        self.scope.organization.as_ref()
     }
 
     /// The request's correlation id, if it has one.
     pub fn correlation_id(&self) -> Option<&str> {
-        self.correlation_id.as_deref()
+        self.scope.correlation_id.as_deref()
     }
 
     /// The shared publisher behind this request's handle.
@@ -193,38 +200,20 @@ impl Publisher {
         &self.inner
     }
 
-    fn scope(&self, event: impl Into<Event>) -> Result<Event, PublishError> {
+    /// `event`, carrying this request's scope.
+    fn scope(&self, event: impl Into<Event>) -> Event {
         let mut event = event.into();
-        if let Some(org) = &self.organization {
-            match event.organization_id() {
-                Some(own) if own != org && !self.allow_override => {
-                    return Err(PublishError::new(
-                        ErrorKind::OrganizationMismatch,
-                        format!(
-                            "event names organization `{own}` but the request belongs to `{org}`; overrides are not allowed"
-                        ),
-                    )
-                    .for_event(event.id()));
-                }
-                Some(_) => {}
-                None => event = event.with_organization(org.clone()),
-            }
-        }
-        if event.correlation_id().is_none() {
-            if let Some(correlation_id) = &self.correlation_id {
-                event = event.with_correlation_id(correlation_id.clone());
-            }
-        }
-        Ok(event)
+        event.scope = Some(self.scope.clone());
+        event
     }
 
     /// Publishes and waits for the broker's confirm; see [`EventPublisher::publish`].
     ///
     /// # Errors
-    /// As [`EventPublisher::publish`], plus [`ErrorKind::OrganizationMismatch`].
+    /// As [`EventPublisher::publish`], plus
+    /// [`ErrorKind::OrganizationMismatch`](crate::ErrorKind::OrganizationMismatch).
     pub async fn publish(&self, event: impl Into<Event>) -> Result<Receipt, PublishError> {
-        let event = self.scope(event)?;
-        self.inner.publish(event).await
+        self.inner.publish(self.scope(event)).await
     }
 
     /// Publishes a JSON payload under `event_type`; see [`EventPublisher::publish_json`].
@@ -242,21 +231,15 @@ impl Publisher {
 
     /// Publishes and returns whether it was confirmed; never fails the request.
     pub async fn try_publish(&self, event: impl Into<Event>) -> bool {
-        match self.scope(event) {
-            Ok(event) => self.inner.try_publish(event).await,
-            Err(error) => {
-                tracing::warn!(%error, "event not published");
-                false
-            }
-        }
+        self.inner.try_publish(self.scope(event)).await
     }
 
     /// Validates now and publishes in the background; see [`EventPublisher::spawn`].
     ///
     /// # Errors
-    /// As [`EventPublisher::spawn`], plus [`ErrorKind::OrganizationMismatch`].
+    /// As [`EventPublisher::spawn`], plus
+    /// [`ErrorKind::OrganizationMismatch`](crate::ErrorKind::OrganizationMismatch).
     pub async fn spawn(&self, event: impl Into<Event>) -> Result<(), PublishError> {
-        let event = self.scope(event)?;
-        self.inner.spawn(event).await
+        self.inner.spawn(self.scope(event)).await
     }
 }

@@ -1,17 +1,18 @@
 #![doc = include_str!("../README.md")]
 //! # Modules
 //!
+//! The headline types are at the crate root; each middleware has its own module.
+//!
 //! | module | what it holds |
 //! |---|---|
+//! | crate root | [`EventPublisher`], [`PublisherConfig`], [`Event`], [`PublishError`], [`SchemaRegistry`], … |
 //! | [`events`] | the eleven built-in FitViz events |
-//! | [`schema`] | [`DomainEvent`], [`SchemaRegistry`], validation errors |
-//! | [`config`] | [`PublisherConfig`]: builder, environment, config files |
-//! | [`validate`], [`organization`], [`timeout`], [`retry`], [`circuit_breaker`] | one Tower middleware each |
-//! | [`transport`] | [`AmqpPublish`], the confirmed publish on a [`ChannelPool`] |
-//! | [`detached`] | the bounded background queue behind [`EventPublisher::spawn`] |
+//! | [`validate`], [`organization`], [`envelope`] | the front of the stack: one Tower middleware each |
+//! | [`timeout`], [`retry`], [`circuit_breaker`] | the delivery stack: one Tower middleware each |
+//! | [`transport`] | [`AmqpPublish`](transport::AmqpPublish): the confirmed publish on a pool of channels |
 //! | [`http`] | [`http::EventPublishLayer`] and the request-scoped [`http::Publisher`] |
 //! | `axum` | the `Publisher` extractor and `IntoResponse` for [`PublishError`] (feature `axum`) |
-//! | [`testing`] | an in-memory transport for your own tests |
+//! | [`testing`] | an in-memory transport and example events for your own tests |
 //!
 //! # Feature flags
 //!
@@ -27,27 +28,24 @@
 #[cfg(feature = "axum")]
 pub mod axum;
 pub mod circuit_breaker;
-pub mod config;
-pub mod detached;
+mod config;
+pub mod envelope;
 mod error;
 mod event;
 pub mod events;
+pub mod future;
 pub mod http;
 pub mod organization;
-mod pool;
 mod publisher;
 pub mod retry;
-pub mod schema;
+mod schema;
 pub mod testing;
 pub mod timeout;
 pub mod transport;
 pub mod validate;
 
-pub use config::{ConfigError, PublisherConfig, PublisherConfigBuilder};
-pub use detached::{CloseReport, DetachedConfig, Overflow};
+pub use config::{ConfigError, ENV_PREFIX, PublisherConfig, PublisherConfigBuilder};
 pub use error::{BoxError, ErrorKind, PublishError};
 pub use event::{Event, OrganizationId, Receipt, check_event_type};
-pub use pool::{ChannelManager, ChannelPool, PooledChannel};
-pub use publisher::{EventPublisher, EventPublisherBuilder, PublishService};
+pub use publisher::{CloseReport, EventPublisher, EventPublisherBuilder, PublishService};
 pub use schema::{DomainEvent, SchemaRegistry, ValidationError, Violation};
-pub use transport::AmqpPublish;

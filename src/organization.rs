@@ -1,10 +1,16 @@
 //! Middleware that stamps the organization id on events.
 //!
-//! An event that already carries an organization keeps it. Otherwise the layer asks
-//! its [`GetOrganization`] source (a closure, for example reading a task-local or
-//! the request extensions). An event that still has none is rejected with
-//! [`crate::ErrorKind::MissingOrganization`], unless
-//! its type is configured as organization-less.
+//! This is the one place an event's organization is decided:
+//!
+//! 1. published through a request's [`Publisher`](crate::http::Publisher), the
+//!    request's organization is authoritative: an event naming another one is
+//!    rejected with [`ErrorKind::OrganizationMismatch`] unless overrides are allowed,
+//!    and an event naming none gets the request's;
+//! 2. an event that carries an organization keeps it;
+//! 3. otherwise the layer asks its [`GetOrganization`] source (a closure, for example
+//!    reading a task-local);
+//! 4. an event that still has none is rejected with [`ErrorKind::MissingOrganization`],
+//!    unless its type is configured as organization-less.
 //!
 //! # Example
 //! ```
@@ -32,11 +38,14 @@ use std::{
     task::{Context, Poll},
 };
 
-use futures_util::future::{Either, Ready, ready};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{Event, OrganizationId, PublishError, error::ErrorKind};
+use crate::{
+    error::{ErrorKind, PublishError},
+    event::{Event, OrganizationId},
+    future::ResponseFuture,
+};
 
 /// Where the organization id of an event comes from when the event has none.
 pub trait GetOrganization: Send + Sync + 'static {
@@ -101,33 +110,59 @@ impl OrganizationLayer {
         self
     }
 
-    pub(crate) fn copy_exemptions_from(&mut self, other: &OrganizationLayer) {
-        self.organization_less = other.organization_less.clone();
+    /// Takes missing organization ids from `source` instead, keeping the
+    /// organization-less types.
+    #[must_use]
+    pub fn with_source(mut self, source: impl GetOrganization) -> Self {
+        self.source = Arc::new(source);
+        self
     }
 
-    /// Stamps `event`, or explains why it cannot be published.
+    /// Decides the organization of `event` (see the [module docs](self)), or explains
+    /// why it cannot be published.
     ///
     /// # Errors
-    /// [`ErrorKind::MissingOrganization`] when no organization id can be found.
+    /// [`ErrorKind::OrganizationMismatch`] when the event names another organization
+    /// than its request; [`ErrorKind::MissingOrganization`] when none can be found.
     pub fn stamp(&self, event: &mut Event) -> Result<(), PublishError> {
-        if event.organization_id().is_some() {
-            return Ok(());
+        let scope = event.scope.as_deref();
+        let request = scope.and_then(|scope| scope.organization.as_ref());
+        match (event.organization_id(), request) {
+            (Some(own), Some(request))
+                if own != request && !scope.is_some_and(|scope| scope.allow_override) =>
+            {
+                Err(PublishError::new(
+                    ErrorKind::OrganizationMismatch,
+                    format!(
+                        "event names organization `{own}` but the request belongs to `{request}`; overrides are not allowed"
+                    ),
+                )
+                .for_event(event.id()))
+            }
+            (Some(_), _) => Ok(()),
+            (None, Some(request)) => {
+                let request = request.clone();
+                event.set_organization(request);
+                Ok(())
+            }
+            (None, None) => {
+                if let Some(org) = self.source.organization() {
+                    event.set_organization(org);
+                    return Ok(());
+                }
+                if self.organization_less.contains(event.event_type()) {
+                    return Ok(());
+                }
+                Err(PublishError::new(
+                    ErrorKind::MissingOrganization,
+                    format!(
+                        "event `{}` has no organization id: set one on the event, configure an organization source, or declare the type organization-less",
+                        event.event_type()
+                    ),
+                )
+                .for_event(event.id()))
+            }
         }
-        if let Some(org) = self.source.organization() {
-            event.set_organization_if_absent(&org);
-            return Ok(());
-        }
-        if self.organization_less.contains(event.event_type()) {
-            return Ok(());
-        }
-        Err(PublishError::new(
-            ErrorKind::MissingOrganization,
-            format!(
-                "event `{}` has no organization id: set one on the event, configure an organization source, or declare the type organization-less",
-                event.event_type()
-            ),
-        )
-        .for_event(event.id()))
     }
 }
 
@@ -155,7 +190,7 @@ where
 {
     type Response = S::Response;
     type Error = PublishError;
-    type Future = Either<Ready<Result<S::Response, PublishError>>, S::Future>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
         self.inner.poll_ready(cx)
@@ -163,8 +198,8 @@ where
 
     fn call(&mut self, mut event: Event) -> Self::Future {
         match self.layer.stamp(&mut event) {
-            Ok(()) => Either::Right(self.inner.call(event)),
-            Err(error) => Either::Left(ready(Err(error))),
+            Ok(()) => ResponseFuture::inner(self.inner.call(event)),
+            Err(error) => ResponseFuture::rejected(error),
         }
     }
 }

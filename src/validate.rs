@@ -26,12 +26,14 @@
 
 use std::task::{Context, Poll};
 
-use futures_util::future::{Either, Ready, ready};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
-    Event, PublishError, SchemaRegistry, ValidationError, check_event_type, event::EventData,
+    error::PublishError,
+    event::{Event, EventData, check_event_type},
+    future::ResponseFuture,
+    schema::{SchemaRegistry, ValidationError},
 };
 
 /// Validates events; see the [module docs](self).
@@ -77,26 +79,18 @@ pub struct Validate<S> {
 }
 
 impl ValidationLayer {
-    /// Validates one event, filling in its schema version from the registry.
+    /// Validates one event.
     ///
     /// # Errors
     /// A [`ValidationError`] naming the field at fault.
-    pub fn check(&self, event: &mut Event) -> Result<(), ValidationError> {
+    pub fn check(&self, event: &Event) -> Result<(), ValidationError> {
         let event_type = event.event_type();
         check_event_type(event_type)
             .map_err(|why| ValidationError::single(event_type, "event_type", why))?;
         match &event.data {
             EventData::Typed(typed) => typed.validate_dyn(),
             EventData::Json(data) => match self.registry.validate_json(event_type, data) {
-                Some(result) => {
-                    result?;
-                    if !event.version_is_set() {
-                        if let Some(version) = self.registry.version(event_type) {
-                            event.set_version(version);
-                        }
-                    }
-                    Ok(())
-                }
+                Some(result) => result,
                 None if self.allow_unregistered => Ok(()),
                 None => Err(ValidationError::single(
                     event_type,
@@ -114,20 +108,18 @@ where
 {
     type Response = S::Response;
     type Error = PublishError;
-    type Future = Either<Ready<Result<S::Response, PublishError>>, S::Future>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut event: Event) -> Self::Future {
-        match self.layer.check(&mut event) {
-            Ok(()) => Either::Right(self.inner.call(event)),
+    fn call(&mut self, event: Event) -> Self::Future {
+        match self.layer.check(&event) {
+            Ok(()) => ResponseFuture::inner(self.inner.call(event)),
             Err(error) => {
                 tracing::debug!(event_id = %event.id(), event_type = event.event_type(), %error, "event rejected by validation");
-                Either::Left(ready(Err(
-                    PublishError::validation(error).for_event(event.id())
-                )))
+                ResponseFuture::rejected(PublishError::validation(error).for_event(event.id()))
             }
         }
     }

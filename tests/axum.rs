@@ -14,6 +14,7 @@ use axum::{
     response::Response,
     routing::post,
 };
+use fitviz_events::testing::Example;
 use fitviz_events::{
     Event, EventPublisher, OrganizationId, PublishError,
     events::WorkoutCreated,
@@ -211,8 +212,7 @@ async fn broker_unreachable_gives_503_within_the_deadline_and_try_publish_still_
         .build()
         .unwrap();
     // The exchange cannot be declared, so build the publisher without connecting.
-    let pool = fitviz_events::ChannelPool::new(&config).unwrap();
-    let transport = fitviz_events::AmqpPublish::new(pool, config.exchange(), config.source());
+    let transport = fitviz_events::transport::AmqpPublish::new(&config).unwrap();
     let publisher = EventPublisher::builder(config).build_with_transport(transport);
     let app = app(publisher);
 

@@ -6,6 +6,7 @@ use std::{
     time::Duration,
 };
 
+use fitviz_events::testing::Example;
 use fitviz_events::{Event, EventPublisher, PublisherConfig, events::WorkoutCreated};
 
 #[derive(Clone, Default)]
@@ -60,9 +61,8 @@ fn the_password_appears_in_no_log_line_and_no_debug_output() {
         let err = EventPublisher::connect(config.clone()).await.unwrap_err();
         assert!(!format!("{err} {err:?}").contains(PASSWORD));
 
-        let pool = fitviz_events::ChannelPool::new(&config).unwrap();
-        assert!(!format!("{pool:?}").contains(PASSWORD));
-        let transport = fitviz_events::AmqpPublish::new(pool, config.exchange(), config.source());
+        let transport = fitviz_events::transport::AmqpPublish::new(&config).unwrap();
+        assert!(!format!("{transport:?}").contains(PASSWORD));
         let publisher = EventPublisher::builder(config).build_with_transport(transport);
         assert!(!format!("{publisher:?}").contains(PASSWORD));
         for _ in 0..3 {

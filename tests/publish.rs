@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use fitviz_events::testing::Example;
 use fitviz_events::{
     ErrorKind, Event, EventPublisher, OrganizationId, PublishError, Receipt, events::*,
 };
@@ -88,7 +89,7 @@ async fn every_builtin_event_publishes_and_arrives() {
         .await
         .unwrap();
     let org = OrganizationId::from("org-7");
-    let events = fitviz_events::events::examples();
+    let events = fitviz_events::testing::examples();
     let mut expected = HashSet::new();
     for event in events {
         let event = event.with_organization(org.clone());

@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use fitviz_events::testing::Example;
 use fitviz_events::{
     DetachedConfig, ErrorKind, Event, EventPublisher, Overflow, PublisherConfig,
     circuit_breaker::BreakerState, events::WorkoutCreated,

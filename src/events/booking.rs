@@ -3,7 +3,6 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::utc;
 use crate::{DomainEvent, ValidationError};
 
 /// A member's spot in a class was confirmed (`booking.confirmed`).
@@ -25,19 +24,6 @@ pub struct BookingConfirmed {
     /// The assigned spot (bike, mat, ...), if the class numbers them; at least 1.
     #[garde(range(min = 1))]
     pub spot_number: Option<u32>,
-}
-
-impl BookingConfirmed {
-    /// A valid example: bike 12 in an evening spin class.
-    pub fn example() -> Self {
-        Self {
-            booking_id: "bk_5521".to_owned(),
-            class_id: "cls_spin_0309".to_owned(),
-            member_id: "mem_1042".to_owned(),
-            class_starts_at: utc(2026, 3, 9, 18, 0),
-            spot_number: Some(12),
-        }
-    }
 }
 
 impl DomainEvent for BookingConfirmed {
@@ -84,20 +70,6 @@ pub struct BookingCancelled {
     pub late_cancellation: bool,
 }
 
-impl BookingCancelled {
-    /// A valid example: the member cancelled in time because they felt unwell.
-    pub fn example() -> Self {
-        Self {
-            booking_id: "bk_5521".to_owned(),
-            class_id: "cls_spin_0309".to_owned(),
-            member_id: "mem_1042".to_owned(),
-            cancelled_by: CancelledBy::Member,
-            reason: Some("feeling unwell".to_owned()),
-            late_cancellation: false,
-        }
-    }
-}
-
 impl DomainEvent for BookingCancelled {
     const EVENT_TYPE: &'static str = "booking.cancelled";
 
@@ -111,6 +83,7 @@ mod tests {
     use super::super::test_support::*;
     use super::*;
     use crate::SchemaRegistry;
+    use crate::testing::Example;
 
     #[test]
     fn examples_are_valid_and_round_trip() {

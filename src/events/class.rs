@@ -3,7 +3,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{after, utc};
+use super::after;
+#[cfg(test)]
+use super::utc;
 use crate::{DomainEvent, ValidationError};
 
 /// A class was put on the schedule (`class.scheduled`).
@@ -33,21 +35,6 @@ pub struct ClassScheduled {
     pub location: Option<String>,
 }
 
-impl ClassScheduled {
-    /// A valid example: a 45-minute spin class for 24 riders in studio 2.
-    pub fn example() -> Self {
-        Self {
-            class_id: "cls_spin_0309".to_owned(),
-            name: "Evening Spin".to_owned(),
-            instructor_id: "ins_017".to_owned(),
-            starts_at: utc(2026, 3, 9, 18, 0),
-            ends_at: utc(2026, 3, 9, 18, 45),
-            capacity: 24,
-            location: Some("Studio 2".to_owned()),
-        }
-    }
-}
-
 impl DomainEvent for ClassScheduled {
     const EVENT_TYPE: &'static str = "class.scheduled";
 
@@ -74,18 +61,6 @@ pub struct ClassCancelled {
     pub notify_members: bool,
 }
 
-impl ClassCancelled {
-    /// A valid example: the instructor is unavailable and members are told.
-    pub fn example() -> Self {
-        Self {
-            class_id: "cls_spin_0309".to_owned(),
-            starts_at: utc(2026, 3, 9, 18, 0),
-            reason: "instructor unavailable".to_owned(),
-            notify_members: true,
-        }
-    }
-}
-
 impl DomainEvent for ClassCancelled {
     const EVENT_TYPE: &'static str = "class.cancelled";
 
@@ -98,6 +73,7 @@ impl DomainEvent for ClassCancelled {
 mod tests {
     use super::super::test_support::*;
     use super::*;
+    use crate::testing::Example;
 
     #[test]
     fn examples_are_valid_and_round_trip() {

@@ -3,7 +3,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{after, currency::iso_4217, utc};
+#[cfg(test)]
+use super::utc;
+use super::{after, currency::iso_4217};
 use crate::{DomainEvent, ValidationError};
 
 /// A member bought or was given a membership (`membership.created`).
@@ -31,21 +33,6 @@ pub struct MembershipCreated {
     /// The ISO-4217 currency code, uppercase, e.g. `EUR`.
     #[garde(custom(iso_4217))]
     pub currency: String,
-}
-
-impl MembershipCreated {
-    /// A valid example: one month of an unlimited plan for 49.90 EUR.
-    pub fn example() -> Self {
-        Self {
-            membership_id: "ms_3307".to_owned(),
-            member_id: "mem_1042".to_owned(),
-            plan_id: "plan_monthly_unlimited".to_owned(),
-            starts_at: utc(2026, 3, 1, 0, 0),
-            expires_at: utc(2026, 4, 1, 0, 0),
-            price_minor: 4990,
-            currency: "EUR".to_owned(),
-        }
-    }
 }
 
 impl DomainEvent for MembershipCreated {
@@ -77,19 +64,6 @@ pub struct MembershipExpired {
     pub renewed: bool,
 }
 
-impl MembershipExpired {
-    /// A valid example: a monthly membership that ran out without renewal.
-    pub fn example() -> Self {
-        Self {
-            membership_id: "ms_2871".to_owned(),
-            member_id: "mem_1042".to_owned(),
-            plan_id: "plan_monthly_unlimited".to_owned(),
-            expired_at: utc(2026, 3, 1, 0, 0),
-            renewed: false,
-        }
-    }
-}
-
 impl DomainEvent for MembershipExpired {
     const EVENT_TYPE: &'static str = "membership.expired";
 
@@ -102,6 +76,7 @@ impl DomainEvent for MembershipExpired {
 mod tests {
     use super::super::test_support::*;
     use super::*;
+    use crate::testing::Example;
 
     #[test]
     fn examples_are_valid_and_round_trip() {

@@ -91,31 +91,6 @@ pub const BUILTIN_EVENT_TYPES: [&str; 11] = [
     ClassCancelled::EVENT_TYPE,
 ];
 
-/// One valid [`Event`](crate::Event) of each built-in type (their `example()`s), in the
-/// order of [`BUILTIN_EVENT_TYPES`]; for demos, tests and benchmarks.
-///
-/// ```
-/// let events = fitviz_events::events::examples();
-/// assert_eq!(events.len(), 11);
-/// assert_eq!(events[10].event_type(), "class.cancelled");
-/// ```
-pub fn examples() -> Vec<crate::Event> {
-    use crate::Event;
-    vec![
-        Event::new(WorkoutCreated::example()),
-        Event::new(WorkoutUpdated::example()),
-        Event::new(WorkoutDeleted::example()),
-        Event::new(BookingConfirmed::example()),
-        Event::new(BookingCancelled::example()),
-        Event::new(MembershipCreated::example()),
-        Event::new(MembershipExpired::example()),
-        Event::new(PaymentCompleted::example()),
-        Event::new(PaymentFailed::example()),
-        Event::new(ClassScheduled::example()),
-        Event::new(ClassCancelled::example()),
-    ]
-}
-
 /// Registers the eleven built-in events in `registry`.
 pub(crate) fn register_builtin(registry: SchemaRegistry) -> SchemaRegistry {
     registry
@@ -151,7 +126,7 @@ fn after<'a>(
 }
 
 /// A fixed UTC timestamp for the `example()` constructors.
-fn utc(year: i32, month: u32, day: u32, hour: u32, minute: u32) -> DateTime<Utc> {
+pub(crate) fn utc(year: i32, month: u32, day: u32, hour: u32, minute: u32) -> DateTime<Utc> {
     NaiveDate::from_ymd_opt(year, month, day)
         .and_then(|date| date.and_hms_opt(hour, minute, 0))
         .expect("a valid fixed example timestamp")

@@ -47,20 +47,6 @@ pub struct PaymentCompleted {
     pub reference: Option<String>,
 }
 
-impl PaymentCompleted {
-    /// A valid example: a 49.90 EUR card payment for a monthly membership.
-    pub fn example() -> Self {
-        Self {
-            payment_id: "pay_8842".to_owned(),
-            member_id: "mem_1042".to_owned(),
-            amount_minor: 4990,
-            currency: "EUR".to_owned(),
-            method: PaymentMethod::Card,
-            reference: Some("inv-2026-000318".to_owned()),
-        }
-    }
-}
-
 impl DomainEvent for PaymentCompleted {
     const EVENT_TYPE: &'static str = "payment.completed";
 
@@ -96,21 +82,6 @@ pub struct PaymentFailed {
     pub retryable: bool,
 }
 
-impl PaymentFailed {
-    /// A valid example: a declined card that may be retried.
-    pub fn example() -> Self {
-        Self {
-            payment_id: "pay_8843".to_owned(),
-            member_id: "mem_1042".to_owned(),
-            amount_minor: 4990,
-            currency: "EUR".to_owned(),
-            failure_code: "card_declined".to_owned(),
-            failure_message: Some("the card was declined by the issuer".to_owned()),
-            retryable: true,
-        }
-    }
-}
-
 impl DomainEvent for PaymentFailed {
     const EVENT_TYPE: &'static str = "payment.failed";
 
@@ -124,6 +95,7 @@ mod tests {
     use super::super::test_support::*;
     use super::*;
     use crate::SchemaRegistry;
+    use crate::testing::Example;
 
     #[test]
     fn examples_are_valid_and_round_trip() {

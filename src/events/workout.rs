@@ -3,7 +3,6 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::utc;
 use crate::{DomainEvent, ValidationError};
 
 /// A member logged a workout (`workout.created`).
@@ -28,20 +27,6 @@ pub struct WorkoutCreated {
     /// When the workout started (UTC).
     #[garde(skip)]
     pub started_at: DateTime<Utc>,
-}
-
-impl WorkoutCreated {
-    /// A valid example: a 45-minute strength session.
-    pub fn example() -> Self {
-        Self {
-            workout_id: "wo_7f3a9c2e".to_owned(),
-            member_id: "mem_1042".to_owned(),
-            workout_type: "strength".to_owned(),
-            duration_minutes: 45,
-            calories: Some(380),
-            started_at: utc(2026, 3, 2, 7, 30),
-        }
-    }
 }
 
 impl DomainEvent for WorkoutCreated {
@@ -70,18 +55,6 @@ pub struct WorkoutUpdated {
     pub duration_minutes: Option<u32>,
 }
 
-impl WorkoutUpdated {
-    /// A valid example: the duration and calories of a workout were corrected.
-    pub fn example() -> Self {
-        Self {
-            workout_id: "wo_7f3a9c2e".to_owned(),
-            member_id: "mem_1042".to_owned(),
-            changed_fields: vec!["duration_minutes".to_owned(), "calories".to_owned()],
-            duration_minutes: Some(50),
-        }
-    }
-}
-
 impl DomainEvent for WorkoutUpdated {
     const EVENT_TYPE: &'static str = "workout.updated";
 
@@ -105,17 +78,6 @@ pub struct WorkoutDeleted {
     pub reason: Option<String>,
 }
 
-impl WorkoutDeleted {
-    /// A valid example: a workout logged twice by mistake.
-    pub fn example() -> Self {
-        Self {
-            workout_id: "wo_7f3a9c2e".to_owned(),
-            member_id: "mem_1042".to_owned(),
-            reason: Some("logged twice by mistake".to_owned()),
-        }
-    }
-}
-
 impl DomainEvent for WorkoutDeleted {
     const EVENT_TYPE: &'static str = "workout.deleted";
 
@@ -128,6 +90,7 @@ impl DomainEvent for WorkoutDeleted {
 mod tests {
     use super::super::test_support::*;
     use super::*;
+    use crate::testing::Example;
 
     #[test]
     fn examples_are_valid_and_round_trip() {

@@ -188,7 +188,7 @@ impl Fixture {
     }
 
     /// A publisher configuration for this fixture's exchange and a unique connection name.
-    pub fn config(&self) -> fitviz_events::config::PublisherConfigBuilder {
+    pub fn config(&self) -> fitviz_events::PublisherConfigBuilder {
         PublisherConfig::builder()
             .url(broker_url())
             .exchange(self.exchange.clone())

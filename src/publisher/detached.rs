@@ -1,13 +1,12 @@
 //! Detached publishing: hand an event to a bounded in-memory queue and return at once.
 //!
 //! This is the original library's `async_publish`, with its memory kept bounded: a
-//! background worker drains the queue through the same middleware stack (retry,
-//! circuit breaker, timeouts) and keeps retrying an event while the broker is
-//! unavailable, so events queued before an outage are delivered after it. The queue
-//! holds at most [`DetachedConfig::capacity`] events plus the
-//! [`concurrency`](DetachedConfig::concurrency) being published; when it is full, the
-//! [`Overflow`] policy decides: reject the new event with
-//! [`crate::ErrorKind::QueueFull`], or wait up to a deadline for room.
+//! background worker drains the queue through the delivery stack (retry, circuit
+//! breaker, timeouts) and keeps retrying an event while the broker is unavailable,
+//! so events queued before an outage are delivered after it. The queue holds at most
+//! `detached_capacity` events plus the `detached_concurrency` being published; when
+//! it is full, a new event waits up to `detached_overflow_wait` for room (by default
+//! not at all) and is then rejected with [`ErrorKind::QueueFull`].
 //!
 //! Nothing is dropped silently: an event the broker refuses for good (unroutable,
 //! invalid) is logged at error level and counted, and
@@ -17,80 +16,54 @@
 use std::{
     collections::HashMap,
     fmt,
+    future::Future,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
 use tokio::{
-    sync::{Notify, Semaphore, mpsc},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc},
     task::JoinSet,
 };
-use tower::ServiceExt;
+use tower::{ServiceExt, util::BoxCloneSyncService};
+use tower_service::Service;
 use uuid::Uuid;
 
-use crate::{Event, PublishError, error::ErrorKind, publisher::PublishService};
+use crate::{
+    config::PublisherConfig,
+    error::{ErrorKind, PublishError},
+    event::{Event, Receipt},
+};
 
-/// What [`EventPublisher::spawn`](crate::EventPublisher::spawn) does when the queue is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Overflow {
-    /// Reject the new event at once with [`ErrorKind::QueueFull`].
-    Reject,
-    /// Wait up to this long for room, then reject with [`ErrorKind::QueueFull`].
-    Wait(Duration),
-}
+/// The delivery stack the worker publishes through.
+type Delivery = BoxCloneSyncService<Event, Receipt, PublishError>;
 
-/// Settings of the detached-publish queue.
+/// The queue's settings, from the `detached_*` fields of [`PublisherConfig`].
 #[derive(Clone, Debug)]
-#[must_use]
-pub struct DetachedConfig {
+pub(crate) struct DetachedSettings {
     capacity: usize,
     concurrency: usize,
-    overflow: Overflow,
-    retry_base: Duration,
-    retry_max: Duration,
+    /// How long a new event waits for room in a full queue; zero rejects at once.
+    overflow_wait: Duration,
+    redelivery_base: Duration,
+    redelivery_max: Duration,
 }
 
-impl Default for DetachedConfig {
-    fn default() -> Self {
+impl DetachedSettings {
+    pub(crate) fn from_config(config: &PublisherConfig) -> Self {
+        let _ = config;
         Self {
             capacity: 10_000,
             concurrency: 64,
-            overflow: Overflow::Reject,
-            retry_base: Duration::from_millis(200),
-            retry_max: Duration::from_secs(5),
+            overflow_wait: Duration::ZERO,
+            redelivery_base: Duration::from_millis(200),
+            redelivery_max: Duration::from_secs(5),
         }
-    }
-}
-
-impl DetachedConfig {
-    /// Events waiting in the queue at most (default 10,000; at least 1).
-    pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity.max(1);
-        self
-    }
-
-    /// Events the worker publishes at once (default 64; at least 1).
-    pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.concurrency = concurrency.max(1);
-        self
-    }
-
-    /// What happens when the queue is full (default [`Overflow::Reject`]).
-    pub fn overflow(mut self, overflow: Overflow) -> Self {
-        self.overflow = overflow;
-        self
-    }
-
-    /// Delay between redelivery rounds of an event the stack gave up on while the
-    /// broker is unavailable: doubling from `base` up to `max` (defaults 200 ms, 5 s).
-    pub fn redelivery_delay(mut self, base: Duration, max: Duration) -> Self {
-        self.retry_base = base.max(Duration::from_millis(1));
-        self.retry_max = max.max(self.retry_base);
-        self
     }
 }
 
@@ -116,18 +89,43 @@ struct Counters {
 /// The queue and its worker.
 pub(crate) struct DetachedQueue {
     tx: mpsc::Sender<Event>,
-    overflow: Overflow,
+    overflow_wait: Duration,
     counters: Arc<Counters>,
     close: Arc<Notify>,
     abort: Arc<Notify>,
     worker: Mutex<Option<tokio::task::JoinHandle<mpsc::Receiver<Event>>>>,
 }
 
+/// The service that queues an event: the end of the front, for `spawn`.
+#[derive(Clone)]
+pub(crate) struct Enqueue(Arc<DetachedQueue>);
+
+impl Enqueue {
+    pub(crate) fn new(queue: Arc<DetachedQueue>) -> Self {
+        Self(queue)
+    }
+}
+
+impl Service<Event> for Enqueue {
+    type Response = ();
+    type Error = PublishError;
+    type Future = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, event: Event) -> Self::Future {
+        let queue = self.0.clone();
+        Box::pin(async move { queue.enqueue(event).await })
+    }
+}
+
 impl fmt::Debug for DetachedQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DetachedQueue")
             .field("queued", &(self.tx.max_capacity() - self.tx.capacity()))
-            .field("overflow", &self.overflow)
+            .field("overflow_wait", &self.overflow_wait)
             .finish_non_exhaustive()
     }
 }
@@ -138,22 +136,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl DetachedQueue {
     /// Starts the worker on the current tokio runtime.
-    pub(crate) fn start(service: PublishService, config: DetachedConfig) -> Self {
-        let (tx, rx) = mpsc::channel(config.capacity);
+    pub(crate) fn start(delivery: Delivery, settings: DetachedSettings) -> Self {
+        let (tx, rx) = mpsc::channel(settings.capacity);
         let counters = Arc::new(Counters::default());
         let close = Arc::new(Notify::new());
         let abort = Arc::new(Notify::new());
         let worker = tokio::spawn(worker(
             rx,
-            service,
-            config.clone(),
+            delivery,
+            settings.clone(),
             counters.clone(),
             close.clone(),
             abort.clone(),
         ));
         Self {
             tx,
-            overflow: config.overflow,
+            overflow_wait: settings.overflow_wait,
             counters,
             close,
             abort,
@@ -171,23 +169,19 @@ impl DetachedQueue {
             )
             .for_event(id)
         };
-        match self.overflow {
-            Overflow::Reject => self.tx.try_send(event).map_err(|e| match e {
+        if self.overflow_wait.is_zero() {
+            return self.tx.try_send(event).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => full(),
                 mpsc::error::TrySendError::Closed(_) => PublishError::shutdown().for_event(id),
-            }),
-            Overflow::Wait(deadline) => {
-                self.tx
-                    .send_timeout(event, deadline)
-                    .await
-                    .map_err(|e| match e {
-                        mpsc::error::SendTimeoutError::Timeout(_) => full(),
-                        mpsc::error::SendTimeoutError::Closed(_) => {
-                            PublishError::shutdown().for_event(id)
-                        }
-                    })
-            }
+            });
         }
+        self.tx
+            .send_timeout(event, self.overflow_wait)
+            .await
+            .map_err(|e| match e {
+                mpsc::error::SendTimeoutError::Timeout(_) => full(),
+                mpsc::error::SendTimeoutError::Closed(_) => PublishError::shutdown().for_event(id),
+            })
     }
 
     /// Events waiting in the queue (not counting those being published).
@@ -238,79 +232,79 @@ impl DetachedQueue {
 
 async fn worker(
     mut rx: mpsc::Receiver<Event>,
-    service: PublishService,
-    config: DetachedConfig,
+    delivery: Delivery,
+    settings: DetachedSettings,
     counters: Arc<Counters>,
     close: Arc<Notify>,
     abort: Arc<Notify>,
 ) -> mpsc::Receiver<Event> {
-    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let permits = Arc::new(Semaphore::new(settings.concurrency));
     let mut tasks = JoinSet::new();
     let mut closing = false;
-    // Watches abort and close while waiting for `$wait`; aborting returns the queue.
-    macro_rules! wait_for {
-        ($wait:expr) => {
-            loop {
-                tokio::select! {
-                    biased;
-                    () = abort.notified() => {
-                        tasks.abort_all();
-                        while tasks.join_next().await.is_some() {}
-                        return rx;
-                    }
-                    () = close.notified(), if !closing => {
-                        closing = true;
-                        rx.close();
-                    }
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                    value = $wait => break value,
-                }
-            }
-        };
-    }
     loop {
-        let Ok(permit) = wait_for!(permits.clone().acquire_owned()) else {
-            return rx;
-        };
-        let Some(event) = wait_for!(rx.recv()) else {
-            // Closed and drained: finish what is in progress.
-            drop(permit);
-            loop {
-                tokio::select! {
-                    biased;
-                    () = abort.notified() => {
-                        tasks.abort_all();
-                        while tasks.join_next().await.is_some() {}
-                        return rx;
-                    }
-                    next = tasks.join_next() => if next.is_none() { return rx },
-                }
+        tokio::select! {
+            biased;
+            () = abort.notified() => {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                return rx;
             }
-        };
-        lock(&counters.in_progress).insert(event.id(), event.clone());
-        let service = service.clone();
-        let counters = counters.clone();
-        let config = config.clone();
-        tasks.spawn(async move {
-            deliver(service, event, &config, &counters).await;
-            drop(permit);
-        });
+            () = close.notified(), if !closing => {
+                closing = true;
+                rx.close();
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            next = next_event(&mut rx, &permits) => {
+                let Some((permit, event)) = next else { break };
+                lock(&counters.in_progress).insert(event.id(), event.clone());
+                let delivery = delivery.clone();
+                let counters = counters.clone();
+                let settings = settings.clone();
+                tasks.spawn(async move {
+                    deliver(delivery, event, &settings, &counters).await;
+                    drop(permit);
+                });
+            }
+        }
     }
+    // Closed and drained: finish what is in progress, unless aborted.
+    loop {
+        tokio::select! {
+            biased;
+            () = abort.notified() => {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                return rx;
+            }
+            next = tasks.join_next() => if next.is_none() { return rx },
+        }
+    }
+}
+
+/// The next event to publish, once one of the `concurrency` permits is free;
+/// `None` when the queue is closed and drained.
+async fn next_event(
+    rx: &mut mpsc::Receiver<Event>,
+    permits: &Arc<Semaphore>,
+) -> Option<(OwnedSemaphorePermit, Event)> {
+    let permit = permits.clone().acquire_owned().await.ok()?;
+    let event = rx.recv().await?;
+    Some((permit, event))
 }
 
 /// Publishes one detached event, waiting and trying again while the broker is unavailable.
 async fn deliver(
-    service: PublishService,
+    delivery: Delivery,
     event: Event,
-    config: &DetachedConfig,
+    settings: &DetachedSettings,
     counters: &Counters,
 ) {
     let id = event.id();
-    let mut delay = config.retry_base;
+    let mut delay = settings.redelivery_base;
     let mut round = 0u32;
     loop {
         round += 1;
-        match service.clone().oneshot(event.clone()).await {
+        match delivery.clone().oneshot(event.clone()).await {
             Ok(_) => {
                 counters.published.fetch_add(1, Ordering::Relaxed);
                 break;
@@ -318,7 +312,7 @@ async fn deliver(
             Err(error) if error.is_retryable() || error.kind() == ErrorKind::CircuitOpen => {
                 tracing::warn!(event_id = %id, event_type = event.event_type(), round, delay_ms = delay.as_millis() as u64, %error, "detached event not published yet; will try again");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(config.retry_max);
+                delay = (delay * 2).min(settings.redelivery_max);
             }
             Err(error) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);

@@ -1,24 +1,4 @@
-//! Test helpers for users' own tests: an in-memory transport.
-//!
-//! [`MemorySink`] stands where [`AmqpPublish`](crate::AmqpPublish) stands, encodes each
-//! event exactly as the transport would (body and AMQP properties) and keeps it, so
-//! handler tests can assert on what would have been published without a broker.
-//!
-//! # Example
-//! ```
-//! use fitviz_events::{EventPublisher, PublisherConfig, events::WorkoutCreated, testing::MemorySink};
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let sink = MemorySink::new();
-//! let publisher = EventPublisher::builder(PublisherConfig::builder().build().unwrap())
-//!     .build_with_transport(sink.clone());
-//! publisher
-//!     .publish(fitviz_events::Event::new(WorkoutCreated::example()).with_organization("org-1"))
-//!     .await
-//!     .unwrap();
-//! assert_eq!(sink.published()[0].event_type(), "workout.created");
-//! # }
-//! ```
+//! [`MemorySink`]: an in-memory transport that records events instead of sending them.
 
 use std::{
     future::{Ready, ready},
@@ -32,7 +12,11 @@ use std::{
 
 use tower_service::Service;
 
-use crate::{Event, PublishError, Receipt, transport::encode};
+use crate::{
+    error::PublishError,
+    event::{Event, Receipt},
+    transport::encode,
+};
 
 /// An in-memory transport that records events instead of sending them.
 #[derive(Clone, Debug, Default)]

@@ -1,0 +1,187 @@
+//! [`EventPublisherBuilder`]: composes the front and the delivery stacks.
+
+use std::fmt;
+
+use tower::{ServiceBuilder, util::BoxCloneSyncService};
+use tower_service::Service;
+
+use super::{EventPublisher, PublishService, detached::DetachedSettings};
+use crate::{
+    circuit_breaker::CircuitBreakerLayer,
+    config::PublisherConfig,
+    envelope::EnvelopeLayer,
+    error::PublishError,
+    event::{Event, Receipt},
+    organization::{GetOrganization, NoOrganizationSource, OrganizationLayer},
+    retry::RetryLayer,
+    schema::SchemaRegistry,
+    timeout::TimeoutLayer,
+    transport::AmqpPublish,
+    validate::ValidationLayer,
+};
+
+/// Builds an [`EventPublisher`]; start with [`EventPublisher::builder`].
+#[must_use]
+pub struct EventPublisherBuilder {
+    config: PublisherConfig,
+    registry: SchemaRegistry,
+    organization: OrganizationLayer,
+}
+
+impl fmt::Debug for EventPublisherBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventPublisherBuilder")
+            .field("config", &self.config)
+            .field("registry", &self.registry)
+            .field("organization", &self.organization)
+            .finish()
+    }
+}
+
+/// The front of the stack: validation → organization → envelope. Every event passes
+/// it once, before it is published or queued.
+#[derive(Clone)]
+pub(super) struct Front {
+    validation: Option<ValidationLayer>,
+    organization: OrganizationLayer,
+    envelope: EnvelopeLayer,
+}
+
+impl Front {
+    /// `inner` behind the front, boxed.
+    pub(super) fn wrap<S>(&self, inner: S) -> BoxCloneSyncService<Event, S::Response, PublishError>
+    where
+        S: Service<Event, Error = PublishError> + Clone + Send + Sync + 'static,
+        S::Response: 'static,
+        S::Future: Send + 'static,
+    {
+        BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .option_layer(self.validation.clone())
+                .layer(self.organization.clone())
+                .layer(self.envelope.clone())
+                .service(inner),
+        )
+    }
+}
+
+impl EventPublisherBuilder {
+    pub(super) fn new(config: PublisherConfig) -> Self {
+        Self {
+            config,
+            registry: SchemaRegistry::builtin(),
+            organization: OrganizationLayer::new(NoOrganizationSource),
+        }
+    }
+
+    /// Replaces the schema registry (by default the eleven built-in events).
+    pub fn registry(mut self, registry: SchemaRegistry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Where events without an organization id take theirs from.
+    pub fn organization_source(mut self, source: impl GetOrganization) -> Self {
+        self.organization = self.organization.with_source(source);
+        self
+    }
+
+    /// Lets events of `event_type` be published without an organization id.
+    pub fn organization_less(mut self, event_type: impl Into<String>) -> Self {
+        self.organization = self.organization.organization_less(event_type);
+        self
+    }
+
+    /// Connects: opens a first connection to the broker and declares (or checks) the
+    /// exchange, then builds the default stack over an [`AmqpPublish`] transport.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for an invalid configuration;
+    /// [`ErrorKind::Connection`](crate::ErrorKind::Connection) when the broker cannot
+    /// be reached or the exchange cannot be declared.
+    pub async fn connect(self) -> Result<EventPublisher, PublishError> {
+        let transport = AmqpPublish::connect(&self.config).await?;
+        let breaker = self.breaker_layer();
+        let delivery = self.delivery(&breaker, transport.clone());
+        Ok(self.finish(delivery, Some(transport), Some(breaker)))
+    }
+
+    /// Builds the publisher over any transport (for example
+    /// [`MemorySink`](crate::testing::MemorySink), or an [`AmqpPublish`] made with
+    /// [`AmqpPublish::new`], which connects lazily) with the default stack.
+    /// Must be called inside a tokio runtime.
+    pub fn build_with_transport<T>(self, transport: T) -> EventPublisher
+    where
+        T: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + Sync + 'static,
+        T::Future: Send + 'static,
+    {
+        let breaker = self.breaker_layer();
+        let delivery = self.delivery(&breaker, transport);
+        self.finish(delivery, None, Some(breaker))
+    }
+
+    /// Builds the publisher over a delivery stack of your own (see
+    /// `examples/custom_stack.rs`): events still pass the front (validation,
+    /// organization, envelope) first, and `spawn` and `close` work as usual.
+    /// Must be called inside a tokio runtime.
+    pub fn build_with_delivery(self, delivery: PublishService) -> EventPublisher {
+        self.finish(delivery, None, None)
+    }
+
+    fn breaker_layer(&self) -> CircuitBreakerLayer {
+        CircuitBreakerLayer::new(
+            self.config.breaker_failure_threshold(),
+            self.config.breaker_open_duration(),
+        )
+    }
+
+    fn front(&self) -> Front {
+        Front {
+            validation: self.config.validation().then(|| {
+                ValidationLayer::new(self.registry.clone())
+                    .allow_unregistered(self.config.allow_unregistered())
+            }),
+            organization: self.organization.clone(),
+            envelope: EnvelopeLayer::new(self.config.source(), self.registry.clone()),
+        }
+    }
+
+    /// The default delivery stack, outermost first: overall deadline → retry →
+    /// circuit breaker → per-attempt deadline → transport.
+    fn delivery<T>(&self, breaker: &CircuitBreakerLayer, transport: T) -> PublishService
+    where
+        T: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + Sync + 'static,
+        T::Future: Send + 'static,
+    {
+        let config = &self.config;
+        BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(TimeoutLayer::overall(config.publish_timeout()))
+                .layer(RetryLayer::new(
+                    config.retry_attempts(),
+                    config.retry_base_delay(),
+                    config.retry_max_delay(),
+                ))
+                .layer(breaker.clone())
+                .layer(TimeoutLayer::attempt(config.confirm_timeout()))
+                .service(transport),
+        )
+    }
+
+    fn finish(
+        self,
+        delivery: PublishService,
+        transport: Option<AmqpPublish>,
+        breaker: Option<CircuitBreakerLayer>,
+    ) -> EventPublisher {
+        let detached = DetachedSettings::from_config(&self.config);
+        EventPublisher::new(
+            self.front(),
+            delivery,
+            detached,
+            self.config.publish_timeout(),
+            transport,
+            breaker.map(|b| b.handle()),
+        )
+    }
+}

@@ -1,0 +1,267 @@
+//! [`EventPublisher`]: the cheap-to-clone handle web handlers publish through.
+//!
+//! Data flows one way. Every event passes the *front* once — validation →
+//! organization → envelope — and then:
+//!
+//! - [`publish`](EventPublisher::publish): the *delivery* stack — overall deadline →
+//!   retry → circuit breaker → per-attempt deadline → transport;
+//! - [`spawn`](EventPublisher::spawn): a bounded queue, drained in the background
+//!   through the same delivery stack.
+
+mod builder;
+mod detached;
+
+pub use builder::EventPublisherBuilder;
+pub use detached::CloseReport;
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::Notify;
+use tower::{ServiceExt, util::BoxCloneSyncService};
+
+use self::{
+    builder::Front,
+    detached::{DetachedQueue, DetachedSettings, Enqueue},
+};
+use crate::{
+    circuit_breaker::{BreakerHandle, BreakerState},
+    config::PublisherConfig,
+    error::PublishError,
+    event::{Event, OrganizationId, Receipt},
+    schema::DomainEvent,
+    transport::AmqpPublish,
+};
+
+/// A boxed delivery stack: any `Service<Event>` with the crate's error type, as
+/// [`EventPublisherBuilder::build_with_delivery`] takes it.
+pub type PublishService = BoxCloneSyncService<Event, Receipt, PublishError>;
+
+/// The front in front of the detached queue.
+type SpawnService = BoxCloneSyncService<Event, (), PublishError>;
+
+impl<E: DomainEvent> From<E> for Event {
+    fn from(event: E) -> Self {
+        Event::new(event)
+    }
+}
+
+/// Publishes events through the full middleware stack. `Send + Sync + Clone`;
+/// clones share the pool and the stack.
+///
+/// # Example
+/// ```no_run
+/// use fitviz_events::{Event, EventPublisher, PublisherConfig, events::WorkoutCreated};
+/// use fitviz_events::testing::Example;
+///
+/// # async fn demo() -> Result<(), fitviz_events::PublishError> {
+/// let publisher = EventPublisher::connect(PublisherConfig::from_env()?).await?;
+/// let receipt = publisher
+///     .publish(Event::new(WorkoutCreated::example()).with_organization("org-42"))
+///     .await?;
+/// println!("confirmed {} in {:?}", receipt.event_id, receipt.elapsed);
+/// publisher.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EventPublisher {
+    /// Front → delivery.
+    publish: PublishService,
+    /// Front → detached queue.
+    spawn: SpawnService,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    transport: Option<AmqpPublish>,
+    breaker: Option<BreakerHandle>,
+    detached: Arc<DetachedQueue>,
+    flush_timeout: Duration,
+    closed: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+impl fmt::Debug for EventPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventPublisher")
+            .field("transport", &self.shared.transport)
+            .field("closed", &self.shared.closed.load(Ordering::Relaxed))
+            .field("in_flight", &self.shared.in_flight.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Decrements the in-flight count when a publish ends (or is dropped).
+struct InFlight<'a>(&'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl EventPublisher {
+    fn new(
+        front: Front,
+        delivery: PublishService,
+        detached: DetachedSettings,
+        flush_timeout: Duration,
+        transport: Option<AmqpPublish>,
+        breaker: Option<BreakerHandle>,
+    ) -> Self {
+        let detached = Arc::new(DetachedQueue::start(delivery.clone(), detached));
+        Self {
+            publish: front.wrap(delivery),
+            spawn: front.wrap(Enqueue::new(detached.clone())),
+            shared: Arc::new(Shared {
+                transport,
+                breaker,
+                detached,
+                flush_timeout,
+                closed: AtomicBool::new(false),
+                in_flight: AtomicUsize::new(0),
+                idle: Notify::new(),
+            }),
+        }
+    }
+
+    /// A builder for `config`.
+    pub fn builder(config: PublisherConfig) -> EventPublisherBuilder {
+        EventPublisherBuilder::new(config)
+    }
+
+    /// Connects with `config` and the default stack.
+    ///
+    /// # Errors
+    /// See [`EventPublisherBuilder::connect`].
+    pub async fn connect(config: PublisherConfig) -> Result<Self, PublishError> {
+        Self::builder(config).connect().await
+    }
+
+    /// Publishes one event and waits for the broker's confirm.
+    ///
+    /// # Errors
+    /// A [`PublishError`]; its [`kind`](PublishError::kind) says what went wrong.
+    pub async fn publish(&self, event: impl Into<Event>) -> Result<Receipt, PublishError> {
+        let event = event.into();
+        let shared = &*self.shared;
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _guard = InFlight(shared);
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(PublishError::shutdown().for_event(event.id()));
+        }
+        self.publish.clone().oneshot(event).await
+    }
+
+    /// Publishes many events at once, pipelined over the pool's channels, and
+    /// returns one outcome per event, in the order given. A failure of some events
+    /// never hides which ones failed; the others are still published.
+    pub async fn publish_batch<I>(&self, events: I) -> Vec<Result<Receipt, PublishError>>
+    where
+        I: IntoIterator,
+        I::Item: Into<Event>,
+    {
+        futures_util::future::join_all(events.into_iter().map(|event| self.publish(event))).await
+    }
+
+    /// Publishes a JSON payload under `event_type` — the original library's
+    /// `publish(event_type, data, organization_id)`. The payload is validated
+    /// against the schema registered for `event_type`.
+    ///
+    /// # Errors
+    /// As [`publish`](Self::publish).
+    pub async fn publish_json(
+        &self,
+        event_type: impl Into<String>,
+        data: serde_json::Value,
+        organization_id: Option<OrganizationId>,
+    ) -> Result<Receipt, PublishError> {
+        let mut event = Event::from_json(event_type.into(), data);
+        if let Some(org) = organization_id {
+            event = event.with_organization(org);
+        }
+        self.publish(event).await
+    }
+
+    /// Publishes and returns whether the broker confirmed the event; failures are
+    /// logged with `tracing` and never panic. The graceful mode of the original library.
+    pub async fn try_publish(&self, event: impl Into<Event>) -> bool {
+        let event = event.into();
+        let (id, event_type) = (event.id(), event.event_type().to_owned());
+        match self.publish(event).await {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(event_id = %id, %event_type, kind = ?error.kind(), %error, "event not published");
+                false
+            }
+        }
+    }
+
+    /// Hands the event to the bounded detached-publish queue and returns at once —
+    /// the original library's `async_publish`. The event passes the front now
+    /// (validation, organization, envelope), so a bad event is reported to the
+    /// caller; the background worker then delivers it through the delivery stack,
+    /// retrying while the broker is unavailable.
+    ///
+    /// # Errors
+    /// Validation and organization errors, [`ErrorKind::QueueFull`](crate::ErrorKind::QueueFull)
+    /// when the queue stays full (see the `detached_*` settings of [`PublisherConfig`]),
+    /// and [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown) after `close`.
+    pub async fn spawn(&self, event: impl Into<Event>) -> Result<(), PublishError> {
+        let event = event.into();
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(PublishError::shutdown().for_event(event.id()));
+        }
+        self.spawn.clone().oneshot(event).await
+    }
+
+    /// The circuit breaker's state, for health checks (`None` for a delivery stack
+    /// of your own, built with [`EventPublisherBuilder::build_with_delivery`]).
+    pub fn breaker_state(&self) -> Option<BreakerState> {
+        self.shared.breaker.as_ref().map(BreakerHandle::state)
+    }
+
+    /// Detached events waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.shared.detached.queued()
+    }
+
+    /// Stops accepting events, publishes the detached queue (for at most the
+    /// configured publish timeout), waits for the publishes in flight to finish,
+    /// then closes the channels and connections. Reports what was not sent.
+    pub async fn close(&self) -> CloseReport {
+        self.close_within(self.shared.flush_timeout).await
+    }
+
+    /// [`close`](Self::close) with an explicit deadline for flushing the detached queue.
+    pub async fn close_within(&self, flush_deadline: Duration) -> CloseReport {
+        let shared = &*self.shared;
+        shared.closed.store(true, Ordering::Release);
+        let report = shared.detached.flush(flush_deadline).await;
+        loop {
+            let idle = shared.idle.notified();
+            if shared.in_flight.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            idle.await;
+        }
+        if let Some(transport) = &shared.transport {
+            transport.close().await;
+        }
+        report
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}

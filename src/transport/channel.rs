@@ -1,0 +1,179 @@
+//! One confirm-mode channel: it owns the lapin channel, the tracker of its confirms
+//! and the permits for the publishes in flight on it, and publishes one message at a
+//! time with [`ConfirmChannel::publish`], resolving with that message's own outcome.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use lapin::{
+    BasicProperties, Connection,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::ShortString,
+};
+use tokio::sync::{Semaphore, TryAcquireError};
+use uuid::Uuid;
+
+use super::confirm::{ConfirmTracker, Outcome, PublishFuture};
+use crate::error::PublishError;
+
+/// How long closing a channel may take (a silent broker never answers close-ok).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Above this many publishes in flight on a channel, a publish that is ready to be
+/// written first yields once, so that the other ready publishes are written with it.
+/// Below it, publishes are written at once: a lone publish (or the start of a burst)
+/// pays no scheduling delay, and the broker has work while the rest of a burst gathers.
+const GATHER_ABOVE_IN_FLIGHT: usize = 32;
+
+/// One message, encoded and addressed.
+pub(crate) struct Message {
+    pub(crate) event_id: Uuid,
+    pub(crate) exchange: ShortString,
+    pub(crate) routing_key: ShortString,
+    pub(crate) body: Vec<u8>,
+    pub(crate) properties: BasicProperties,
+}
+
+/// An open channel in confirm mode; see the [module docs](self).
+pub(crate) struct ConfirmChannel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    channel: lapin::Channel,
+    tracker: Arc<ConfirmTracker>,
+    permits: Arc<Semaphore>,
+    /// The number of permits `permits` started with.
+    max_in_flight: usize,
+}
+
+impl fmt::Debug for ConfirmChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfirmChannel")
+            .field("id", &self.inner.channel.id())
+            .field("connected", &self.inner.channel.status().connected())
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl ConfirmChannel {
+    /// Opens a channel on `connection` and puts it in confirm mode.
+    pub(crate) async fn open(
+        connection: &Connection,
+        max_in_flight: usize,
+    ) -> Result<Self, PublishError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| PublishError::connection("could not open a channel", e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| PublishError::connection("could not enable publisher confirms", e))?;
+        tracing::debug!(channel = channel.id(), "opened confirm-mode channel");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                channel,
+                tracker: ConfirmTracker::spawn(),
+                permits: Arc::new(Semaphore::new(max_in_flight)),
+                max_in_flight,
+            }),
+        })
+    }
+
+    /// Open, and no confirm failed on it.
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.inner.channel.status().connected() && !self.inner.tracker.has_failed()
+    }
+
+    /// How many publishes hold a permit (being written or awaiting their confirm).
+    fn in_flight(&self) -> usize {
+        self.inner
+            .max_in_flight
+            .saturating_sub(self.inner.permits.available_permits())
+    }
+
+    /// Publishes `message` with `mandatory = true` and resolves with the broker's
+    /// answer for this message alone. Waits for a permit when `max_in_flight`
+    /// publishes are already in flight on the channel, and (within the caller's
+    /// deadline) while the same event id is still in flight on it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Shutdown`](crate::error::ErrorKind::Shutdown) when the channel is closed for publishing.
+    pub(crate) async fn publish(&self, message: Message) -> Result<Outcome, PublishError> {
+        let inner = &self.inner;
+        // Without awaiting while a permit is free: an uncontended semaphore await still
+        // spends the task's cooperative budget.
+        let permit = match inner.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::NoPermits) => { inner.permits.clone().acquire_owned().await }
+                .map_err(|_| PublishError::shutdown())?,
+            Err(TryAcquireError::Closed) => return Err(PublishError::shutdown()),
+        };
+        let Message {
+            event_id,
+            exchange,
+            routing_key,
+            body,
+            properties,
+        } = message;
+        let publish_on = Arc::clone(inner);
+        let publish: PublishFuture = Box::pin(async move {
+            publish_on
+                .channel
+                .basic_publish(
+                    exchange,
+                    routing_key,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    properties,
+                )
+                .await
+        });
+        if self.in_flight() > GATHER_ABOVE_IN_FLIGHT {
+            // Everything is ready, and the channel is busy anyway. Before writing, let
+            // the other publishes that are ready to start (the rest of a batch, other
+            // requests on this worker) get this far too: they then reach lapin back to
+            // back, and its I/O thread writes them in a few large writes instead of
+            // being woken for every event (see BENCHMARKS.md). Nothing is registered
+            // yet: a publish dropped here is never sent.
+            tokio::task::yield_now().await;
+        }
+        // Waits, within the caller's deadline, if this event is still in flight on the
+        // channel (an earlier attempt whose confirm is due).
+        let tracked = inner.tracker.track_when_free(event_id, publish).await;
+        let outcome = tracked.await;
+        drop(permit);
+        Ok(outcome)
+    }
+
+    /// Closes the channel, without waiting long for the broker.
+    pub(crate) async fn close(&self, reason: &str) {
+        if self.inner.channel.status().connected() {
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, self.inner.channel.close(200, reason.into()))
+                    .await;
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tracker.close();
+        if self.channel.status().connected() {
+            let channel = self.channel.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = tokio::time::timeout(
+                        CLOSE_TIMEOUT,
+                        channel.close(200, "pooled channel discarded".into()),
+                    )
+                    .await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Connections to the broker: a deadpool [`Manager`] over lapin of our own.
+//!
+//! `deadpool-lapin`'s manager takes one URL and does nothing after connecting; this
+//! one also declares the [`Exchange`] on every new connection and names the broker's
+//! address (redacted) in its errors. It is the place where several addresses and
+//! TLS settings will go.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use lapin::{Connection, ConnectionProperties};
+
+use super::exchange::Exchange;
+use crate::error::{ErrorKind, PublishError};
+
+/// What a connection is opened with.
+pub(crate) struct ConnectionSettings {
+    /// The full URI, with credentials and query parameters (heartbeat, timeout).
+    pub(crate) uri: String,
+    /// The same, with the password replaced: the only form that is ever shown.
+    pub(crate) redacted: Arc<str>,
+    /// The connection name shown in the broker's management UI.
+    pub(crate) name: Option<String>,
+    /// TCP connect, AMQP handshake and the exchange declaration, together.
+    pub(crate) timeout: Duration,
+}
+
+/// Opens connections and declares the exchange on each.
+pub(crate) struct ConnectionManager {
+    settings: ConnectionSettings,
+    exchange: Arc<Exchange>,
+}
+
+impl fmt::Debug for ConnectionManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionManager")
+            .field("url", &self.settings.redacted)
+            .field("exchange", &self.exchange.name())
+            .finish()
+    }
+}
+
+impl ConnectionManager {
+    pub(crate) fn new(settings: ConnectionSettings, exchange: Arc<Exchange>) -> Self {
+        Self { settings, exchange }
+    }
+
+    async fn connect(&self) -> Result<Connection, PublishError> {
+        let mut properties = ConnectionProperties::default();
+        if let Some(name) = &self.settings.name {
+            properties = properties.with_connection_name(name.as_str().into());
+        }
+        let connection = Connection::connect(&self.settings.uri, properties)
+            .await
+            .map_err(|e| {
+                PublishError::connection(
+                    format!(
+                        "could not connect to the broker at {}",
+                        self.settings.redacted
+                    ),
+                    e,
+                )
+            })?;
+        if let Err(error) = self.exchange.declare(&connection).await {
+            close(&connection, "exchange declaration failed").await;
+            return Err(error);
+        }
+        tracing::debug!(url = %self.settings.redacted, "connected to the broker");
+        Ok(connection)
+    }
+}
+
+impl managed::Manager for ConnectionManager {
+    type Type = Connection;
+    type Error = PublishError;
+
+    async fn create(&self) -> Result<Connection, PublishError> {
+        let timeout = self.settings.timeout;
+        tokio::time::timeout(timeout, self.connect())
+            .await
+            .unwrap_or_else(|_| {
+                Err(PublishError::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "timed out after {} ms connecting to the broker at {}",
+                        timeout.as_millis(),
+                        self.settings.redacted
+                    ),
+                ))
+            })
+    }
+
+    async fn recycle(
+        &self,
+        connection: &mut Connection,
+        _: &Metrics,
+    ) -> RecycleResult<PublishError> {
+        if connection.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("the connection is closed"))
+        }
+    }
+}
+
+/// How long `close` waits for the broker's close-ok (a silent broker never sends it).
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Closes `connection` if it is open, without waiting long for the broker.
+pub(crate) async fn close(connection: &Connection, reason: &str) {
+    if connection.status().connected() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;
+    }
+}
