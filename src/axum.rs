@@ -28,7 +28,7 @@ use axum_core::{
 };
 use http::{HeaderValue, StatusCode, header, request::Parts};
 
-use crate::{ErrorKind, PublishError, http::Publisher};
+use crate::{error::ErrorKind, error::PublishError, http::Publisher};
 
 /// The rejection when no [`EventPublishLayer`](crate::http::EventPublishLayer) ran for the request.
 #[derive(Debug, Clone, Copy, Default)]

@@ -49,7 +49,7 @@ struct Inner {
     kind: ErrorKind,
     message: Cow<'static, str>,
     event_id: Option<Uuid>,
-    validation: Option<crate::ValidationError>,
+    validation: Option<crate::schema::ValidationError>,
     source: Option<BoxError>,
 }
 
@@ -76,7 +76,7 @@ impl PublishError {
         self
     }
 
-    pub(crate) fn validation(error: crate::ValidationError) -> Self {
+    pub(crate) fn validation(error: crate::schema::ValidationError) -> Self {
         let mut err = Self::new(ErrorKind::Validation, "invalid event");
         err.inner.validation = Some(error);
         err
@@ -124,7 +124,7 @@ impl PublishError {
     }
 
     /// The validation details, for [`ErrorKind::Validation`].
-    pub fn validation_error(&self) -> Option<&crate::ValidationError> {
+    pub fn validation_error(&self) -> Option<&crate::schema::ValidationError> {
         self.inner.validation.as_ref()
     }
 
@@ -191,14 +191,14 @@ impl std::error::Error for PublishError {
     }
 }
 
-impl From<crate::ConfigError> for PublishError {
-    fn from(error: crate::ConfigError) -> Self {
+impl From<crate::config::ConfigError> for PublishError {
+    fn from(error: crate::config::ConfigError) -> Self {
         Self::new(ErrorKind::Config, format!("invalid configuration: {error}"))
     }
 }
 
-impl From<crate::ValidationError> for PublishError {
-    fn from(error: crate::ValidationError) -> Self {
+impl From<crate::schema::ValidationError> for PublishError {
+    fn from(error: crate::schema::ValidationError) -> Self {
         Self::validation(error)
     }
 }

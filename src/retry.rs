@@ -63,7 +63,7 @@ use tower::retry::Policy;
 use tower_layer::Layer;
 use uuid::Uuid;
 
-use crate::{Event, PublishError, Receipt};
+use crate::{error::PublishError, event::Event, event::Receipt};
 
 /// Retries retryable failures; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -278,7 +278,7 @@ mod tests {
     use tower_service::Service;
 
     use super::*;
-    use crate::ErrorKind;
+    use crate::error::ErrorKind;
 
     fn event() -> Event {
         Event::from_json("workout.created", serde_json::json!({}))

@@ -55,7 +55,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use uuid::Uuid;
 
-use crate::{Event, PublishError, Receipt};
+use crate::{error::PublishError, event::Event, event::Receipt};
 
 /// Puts a deadline on each call; see the [module docs](self).
 #[derive(Clone, Copy, Debug)]
@@ -183,7 +183,7 @@ mod tests {
     use tower::{ServiceExt, service_fn};
 
     use super::*;
-    use crate::ErrorKind;
+    use crate::error::ErrorKind;
 
     fn event() -> Event {
         Event::from_json("workout.created", serde_json::json!({}))

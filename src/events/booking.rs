@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{DomainEvent, ValidationError};
+use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// A member's spot in a class was confirmed (`booking.confirmed`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
@@ -82,7 +82,7 @@ impl DomainEvent for BookingCancelled {
 mod tests {
     use super::super::test_support::*;
     use super::*;
-    use crate::SchemaRegistry;
+    use crate::schema::SchemaRegistry;
     use crate::testing::Example;
 
     #[test]

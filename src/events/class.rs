@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::after;
 #[cfg(test)]
 use super::utc;
-use crate::{DomainEvent, ValidationError};
+use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// A class was put on the schedule (`class.scheduled`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(test)]
 use super::utc;
 use super::{after, currency::iso_4217};
-use crate::{DomainEvent, ValidationError};
+use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// A member bought or was given a membership (`membership.created`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
@@ -205,7 +205,7 @@ mod tests {
         let mut json = serde_json::to_value(MembershipCreated::example()).unwrap();
         json["expires_at"] = "2026-02-01T00:00:00Z".into();
         json["currency"] = "usd".into();
-        let err = crate::SchemaRegistry::builtin()
+        let err = crate::schema::SchemaRegistry::builtin()
             .validate_json(MembershipCreated::EVENT_TYPE, &json)
             .unwrap()
             .unwrap_err();

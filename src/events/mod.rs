@@ -61,7 +61,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::{DomainEvent, SchemaRegistry};
+use crate::{schema::DomainEvent, schema::SchemaRegistry};
 
 mod booking;
 mod class;
@@ -91,20 +91,23 @@ pub const BUILTIN_EVENT_TYPES: [&str; 11] = [
     ClassCancelled::EVENT_TYPE,
 ];
 
-/// Registers the eleven built-in events in `registry`.
-pub(crate) fn register_builtin(registry: SchemaRegistry) -> SchemaRegistry {
-    registry
-        .register::<WorkoutCreated>()
-        .register::<WorkoutUpdated>()
-        .register::<WorkoutDeleted>()
-        .register::<BookingConfirmed>()
-        .register::<BookingCancelled>()
-        .register::<MembershipCreated>()
-        .register::<MembershipExpired>()
-        .register::<PaymentCompleted>()
-        .register::<PaymentFailed>()
-        .register::<ClassScheduled>()
-        .register::<ClassCancelled>()
+impl SchemaRegistry {
+    /// The eleven built-in FitViz events (defined here, next to them, so that the
+    /// schema module does not depend on the events).
+    pub fn builtin() -> Self {
+        Self::empty()
+            .register::<WorkoutCreated>()
+            .register::<WorkoutUpdated>()
+            .register::<WorkoutDeleted>()
+            .register::<BookingConfirmed>()
+            .register::<BookingCancelled>()
+            .register::<MembershipCreated>()
+            .register::<MembershipExpired>()
+            .register::<PaymentCompleted>()
+            .register::<PaymentFailed>()
+            .register::<ClassScheduled>()
+            .register::<ClassCancelled>()
+    }
 }
 
 /// garde rule for a timestamp that must come strictly after `earlier`
@@ -136,7 +139,7 @@ pub(crate) fn utc(year: i32, month: u32, day: u32, hour: u32, minute: u32) -> Da
 /// Shared assertions for the per-domain tests.
 #[cfg(test)]
 mod test_support {
-    use crate::{DomainEvent, SchemaRegistry, ValidationError};
+    use crate::{schema::DomainEvent, schema::SchemaRegistry, schema::ValidationError};
 
     /// `event` must fail validation with a violation on exactly `field`.
     pub(super) fn assert_rejected<T: DomainEvent>(event: T, field: &str) -> ValidationError {
@@ -222,7 +225,7 @@ mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check_event_type;
+    use crate::event::check_event_type;
 
     #[test]
     fn builtin_registry_holds_exactly_the_builtin_types() {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::currency::iso_4217;
-use crate::{DomainEvent, ValidationError};
+use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// The largest amount a payment may carry, in minor units: 100 000 000.00.
 const MAX_AMOUNT_MINOR: i64 = 10_000_000_000;
@@ -94,7 +94,7 @@ impl DomainEvent for PaymentFailed {
 mod tests {
     use super::super::test_support::*;
     use super::*;
-    use crate::SchemaRegistry;
+    use crate::schema::SchemaRegistry;
     use crate::testing::Example;
 
     #[test]

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{DomainEvent, ValidationError};
+use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// A member logged a workout (`workout.created`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
@@ -350,7 +350,8 @@ mod tests {
         let mut json = serde_json::to_value(WorkoutCreated::example()).unwrap();
         json["calories"] = serde_json::Value::Null;
         assert_eq!(
-            crate::SchemaRegistry::builtin().validate_json(WorkoutCreated::EVENT_TYPE, &json),
+            crate::schema::SchemaRegistry::builtin()
+                .validate_json(WorkoutCreated::EVENT_TYPE, &json),
             Some(Ok(()))
         );
         json.as_object_mut().unwrap().remove("calories");

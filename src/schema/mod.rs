@@ -216,11 +216,6 @@ impl SchemaRegistry {
         Self::default()
     }
 
-    /// The eleven built-in FitViz events.
-    pub fn builtin() -> Self {
-        crate::events::register_builtin(Self::empty())
-    }
-
     /// Adds (or replaces) the schema of `T`.
     #[must_use]
     pub fn register<T: DomainEvent>(mut self) -> Self {

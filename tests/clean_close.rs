@@ -1,0 +1,78 @@
+//! A clean close logs nothing above DEBUG — neither this crate nor lapin — so that
+//! every deploy does not page someone. Its own binary: it installs a global
+//! subscriber, which sees lapin's I/O thread too.
+
+mod support;
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use fitviz_events::{Event, EventPublisher, events::WorkoutCreated, testing::Example};
+use support::Fixture;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_close_logs_nothing_above_debug() {
+    if !support::broker_available().await {
+        return;
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    )
+    .unwrap();
+    tracing::warn!("capture check");
+
+    let fx = Fixture::new("clean_close", "#").await;
+    let publisher = EventPublisher::connect(fx.config().pool_size(4).build().unwrap())
+        .await
+        .unwrap();
+    let outcomes = publisher
+        .publish_batch(
+            (0..200).map(|_| Event::new(WorkoutCreated::example()).with_organization("org-1")),
+        )
+        .await;
+    assert!(outcomes.iter().all(Result::is_ok));
+    for _ in 0..20 {
+        publisher
+            .spawn(Event::new(WorkoutCreated::example()).with_organization("org-1"))
+            .await
+            .unwrap();
+    }
+    let report = publisher.close().await;
+    assert_eq!(report.published, 20);
+    assert!(report.unsent.is_empty());
+    // lapin's internal tasks run after `close` returns; give them time to log.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fx.queue_len().await, 220);
+    fx.cleanup().await;
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("capture check"), "the capture works: {logs}");
+    let loud: Vec<&str> = logs
+        .lines()
+        .filter(|line| !line.contains("capture check"))
+        .filter(|line| line.contains(" WARN ") || line.contains("ERROR"))
+        .collect();
+    assert!(loud.is_empty(), "a clean close logged:\n{}", loud.join("\n"));
+}
