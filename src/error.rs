@@ -5,7 +5,7 @@ use std::{borrow::Cow, fmt, time::Duration};
 use uuid::Uuid;
 
 /// A boxed error, as `tower` uses for sources.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What went wrong with a publish, for callers that want to match on it.
 #[non_exhaustive]

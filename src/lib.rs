@@ -45,7 +45,7 @@ pub mod transport;
 pub mod validate;
 
 pub use config::{ConfigError, ENV_PREFIX, PublisherConfig, PublisherConfigBuilder};
-pub use error::{BoxError, ErrorKind, PublishError};
+pub use error::{ErrorKind, PublishError};
 pub use event::{Event, OrganizationId, Receipt, check_event_type};
 pub use publisher::{CloseReport, EventPublisher, EventPublisherBuilder, PublishService};
 pub use schema::{DomainEvent, SchemaRegistry, ValidationError, Violation};
