@@ -163,7 +163,7 @@ impl AmqpPublish {
 impl Service<Event> for AmqpPublish {
     type Response = Receipt;
     type Error = PublishError;
-    type Future = Pin<Box<dyn Future<Output = Result<Receipt, PublishError>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
         // Readiness is decided per call, by the pool's wait timeout.
@@ -177,7 +177,7 @@ impl Service<Event> for AmqpPublish {
             event_id = %event.id(),
             event_type = event.event_type(),
         );
-        Box::pin(tracing::Instrument::instrument(
+        ResponseFuture(Box::pin(tracing::Instrument::instrument(
             async move {
                 let id = event.id();
                 let result = this.publish(event).await.map_err(|e| e.for_event(id));
@@ -191,7 +191,25 @@ impl Service<Event> for AmqpPublish {
                 result
             },
             span,
-        ))
+        )))
+    }
+}
+
+/// The response future of [`AmqpPublish`]: resolves with the broker's answer for
+/// the event.
+pub struct ResponseFuture(Pin<Box<dyn Future<Output = Result<Receipt, PublishError>> + Send>>);
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Receipt, PublishError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
     }
 }
 
