@@ -30,9 +30,16 @@
 //! witness has been seen. Publishes that have not yet been handed to the tracker
 //! (still inside `basic_publish`) block the conclusion until they are; this keeps it
 //! exact without a lock around publish and confirm, so confirms stay pipelined.
+//!
+//! # Layout
+//! This module holds the concurrent parts: the tracking waker and its wake-up log,
+//! the polling of lapin's confirms, the settler task, the publish-order lock and
+//! the [`Tracked`] future. The bookkeeping (which events are live, which returns
+//! were seen, the witnesses, which acked events are still waiting for one) is the
+//! plain state type in `state.rs`, with its own unit tests: the tracker polls a
+//! confirm, ranks its completion and hands both to it, under one lock.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     future::Future,
     pin::Pin,
     sync::{
@@ -43,167 +50,51 @@ use std::{
 };
 
 use futures_util::task::AtomicWaker;
-use lapin::{Confirmation, PublisherConfirm};
+use lapin::{Confirmation, PublisherConfirm, message::BasicReturnMessage};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-static REATTRIBUTED_RETURNS: AtomicU64 = AtomicU64::new(0);
+mod state;
 
-/// How many returned messages lapin attached to another event's confirm, and the
-/// tracker gave back to their own event (process-wide, for tests and metrics).
-pub fn reattributed_returns() -> u64 {
-    REATTRIBUTED_RETURNS.load(Ordering::Relaxed)
-}
-
-/// What the broker said about one event.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// Confirmed and routed to at least one queue.
-    Routed,
-    /// Confirmed, but returned: no queue is bound for its routing key.
-    Unroutable { reply_code: u16, reply_text: String },
-    /// Negatively acknowledged.
-    Nacked,
-    /// The channel failed before the outcome was known (with lapin's error, when it gave one).
-    Failed(Option<lapin::Error>),
-    /// The channel failed after the broker acked the event but before it was known
-    /// whether the event was routed.
-    Unknown,
-}
+pub(crate) use state::Outcome;
+pub use state::reattributed_returns;
+use state::{Completion, Rank, Reply, Returned, State};
 
 pub(crate) type PublishFuture =
     Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
 
+/// What the tracker's lock guards.
 #[derive(Debug)]
-enum Stage {
-    /// Reserved; `basic_publish` is running and the confirm is not tracked yet.
-    Untracked,
-    /// The confirm is being polled with the tracking waker.
-    Pending(PublisherConfirm),
-    /// The confirm completed.
-    Done,
-}
-
-#[derive(Debug)]
-struct Entry {
-    id: Uuid,
-    stage: Stage,
-    /// The tracking waker, which also carries the outcome to the caller.
-    tracking: Arc<TrackingWaker>,
-    waker: Waker,
-    replied: bool,
-}
-
-/// Where a completion's rank comes from.
-enum Rank<'a> {
-    /// Taken by the tracking waker when lapin completed the confirm.
-    Exact(u64),
-    /// The confirm had completed before it was tracked: rank it when observed,
-    /// which is later than its true completion (safe for its own settlement, so it
-    /// never serves as a witness for others).
-    AfterCompletion(&'a AtomicU64),
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Witness {
-    rank: u64,
-    barrier: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Awaiting {
-    rank: u64,
-    /// Set when the event's own confirm completed with no return attached: its own witness.
-    own_barrier: Option<u64>,
-}
-
-/// The live entries by sequence number. Numbers are handed out in order, so they
-/// live in a deque starting at the oldest live one (no hashing on the hot path).
-#[derive(Debug, Default)]
-struct Entries {
-    first: u64,
-    slots: VecDeque<Option<Entry>>,
-    live: usize,
-}
-
-impl Entries {
-    /// Adds the entry of `seq`, the next sequence number.
-    fn push(&mut self, seq: u64, entry: Entry) {
-        if self.slots.is_empty() {
-            self.first = seq;
-        }
-        debug_assert_eq!(seq, self.first + self.slots.len() as u64);
-        self.slots.push_back(Some(entry));
-        self.live += 1;
-    }
-
-    fn index(&self, seq: u64) -> Option<usize> {
-        usize::try_from(seq.checked_sub(self.first)?).ok()
-    }
-
-    fn get(&self, seq: u64) -> Option<&Entry> {
-        self.slots.get(self.index(seq)?)?.as_ref()
-    }
-
-    fn get_mut(&mut self, seq: u64) -> Option<&mut Entry> {
-        let index = self.index(seq)?;
-        self.slots.get_mut(index)?.as_mut()
-    }
-
-    fn remove(&mut self, seq: u64) -> Option<Entry> {
-        let index = self.index(seq)?;
-        let entry = self.slots.get_mut(index)?.take();
-        if entry.is_some() {
-            self.live -= 1;
-        }
-        while let Some(None) = self.slots.front() {
-            self.slots.pop_front();
-            self.first += 1;
-        }
-        entry
-    }
-
-    fn is_empty(&self) -> bool {
-        self.live == 0
-    }
-}
-
-#[derive(Debug, Default)]
-struct State {
-    next_seq: u64,
-    entries: Entries,
-    /// The live entries by event id. An id is live at most once per channel (see
-    /// [`ConfirmTracker::track`]), so a return names exactly one entry.
-    by_id: HashMap<Uuid, u64>,
-    /// Ids that a publish is waiting for, to publish the same event again.
-    contested: HashSet<Uuid>,
-    /// Set when a contested id was released; [`ConfirmTracker::released`] is notified.
-    released: bool,
-    untracked: BTreeSet<u64>,
+struct Locked {
+    state: State<PublisherConfirm, Arc<TrackingWaker>>,
+    /// Publishes whose `basic_publish` finished, to be tracked on the next round:
+    /// its result, or `None` when the publish was abandoned.
     handoffs: Vec<(u64, Option<lapin::Result<PublisherConfirm>>)>,
-    returned: HashMap<Uuid, (u16, String)>,
-    witnesses: VecDeque<Witness>,
-    awaiting: HashMap<u64, Awaiting>,
-    /// A spare buffer for the events settled in one round.
-    settled: Vec<u64>,
     /// A spare buffer swapped with [`ConfirmTracker::woken`] on each round.
     woken: Vec<(u64, u64)>,
-    failed: bool,
     closed: bool,
+}
+
+impl Locked {
+    /// Closed, and no confirm is left to track: the settler may stop.
+    fn finished(&self) -> bool {
+        self.closed && self.state.is_empty()
+    }
 }
 
 /// Tracks the confirms of one confirm-mode channel; see the module docs.
 #[derive(Debug)]
 pub(crate) struct ConfirmTracker {
-    state: Mutex<State>,
+    state: Mutex<Locked>,
     /// Held while a publish takes its delivery tag and queues its frames; see
     /// [`OrderedPublish`].
     publish_order: Arc<Mutex<()>>,
+    /// The completions not processed yet, as (sequence number, rank), in rank order.
     woken: Mutex<Vec<(u64, u64)>>,
     /// Whether `woken` is non-empty, readable without its lock (a hint: the task
     /// woken by a completion always looks again).
     any_woken: AtomicBool,
-    /// Mirrors `State::failed`, so that the pool's health check takes no lock.
+    /// Mirrors the state's `has_failed`, so that the pool's health check takes no lock.
     failed: AtomicBool,
     rank: AtomicU64,
     settler: AtomicWaker,
@@ -223,13 +114,15 @@ struct TrackingWaker {
 }
 
 impl TrackingWaker {
+    fn take_outcome(&self) -> Option<Outcome> {
+        lock(&self.outcome).take()
+    }
+}
+
+impl Reply for Arc<TrackingWaker> {
     fn deliver(&self, outcome: Outcome) {
         *lock(&self.outcome) = Some(outcome);
         self.owner.wake();
-    }
-
-    fn take_outcome(&self) -> Option<Outcome> {
-        lock(&self.outcome).take()
     }
 }
 
@@ -262,7 +155,12 @@ impl ConfirmTracker {
     /// A tracker with its settler task spawned on the current tokio runtime.
     pub(crate) fn spawn() -> Arc<Self> {
         let tracker = Arc::new(Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(Locked {
+                state: State::new(),
+                handoffs: Vec::new(),
+                woken: Vec::new(),
+                closed: false,
+            }),
             publish_order: Arc::new(Mutex::new(())),
             woken: Mutex::new(Vec::new()),
             any_woken: AtomicBool::new(false),
@@ -304,33 +202,19 @@ impl ConfirmTracker {
         publish: PublishFuture,
     ) -> Result<Tracked, PublishFuture> {
         let (seq, tracking) = {
-            let mut st = lock(&self.state);
-            if st.by_id.contains_key(&id) {
-                st.contested.insert(id);
-                return Err(publish);
-            }
-            let seq = st.next_seq;
-            st.next_seq += 1;
-            let tracking = Arc::new(TrackingWaker {
-                tracker: Arc::downgrade(self),
-                seq,
-                owner: AtomicWaker::new(),
-                outcome: Mutex::new(None),
+            let mut locked = lock(&self.state);
+            let reserved = locked.state.reserve(id, |seq| {
+                Arc::new(TrackingWaker {
+                    tracker: Arc::downgrade(self),
+                    seq,
+                    owner: AtomicWaker::new(),
+                    outcome: Mutex::new(None),
+                })
             });
-            let waker = Waker::from(tracking.clone());
-            st.entries.push(
-                seq,
-                Entry {
-                    id,
-                    stage: Stage::Untracked,
-                    tracking: tracking.clone(),
-                    waker,
-                    replied: false,
-                },
-            );
-            st.by_id.insert(id, seq);
-            st.untracked.insert(seq);
-            (seq, tracking)
+            match reserved {
+                Some((seq, tracking)) => (seq, tracking.clone()),
+                None => return Err(publish),
+            }
         };
         Ok(Tracked {
             tracker: self.clone(),
@@ -368,34 +252,14 @@ impl ConfirmTracker {
         }
     }
 
-    /// Forgets a settled entry.
-    fn forget(st: &mut State, seq: u64) {
-        if let Some(entry) = st.entries.remove(seq) {
-            st.by_id.remove(&entry.id);
-            if !st.returned.is_empty() {
-                st.returned.remove(&entry.id);
-            }
-            if !st.contested.is_empty() && st.contested.remove(&entry.id) {
-                st.released = true;
-            }
-        }
-    }
-
-    /// Wakes the publishes waiting for an id that was released.
-    fn notify_released(&self, st: &mut State) {
-        if std::mem::take(&mut st.released) {
-            self.released.notify_waiters();
-        }
-    }
-
     fn has_woken(&self) -> bool {
         self.any_woken.load(Ordering::Acquire)
     }
 
     fn process_now(&self) {
-        let mut st = lock(&self.state);
-        self.process(&mut st);
-        if st.closed && st.entries.is_empty() {
+        let mut locked = lock(&self.state);
+        self.process(&mut locked);
+        if locked.finished() {
             self.settler.wake();
         }
     }
@@ -403,10 +267,10 @@ impl ConfirmTracker {
     /// Tracks the confirm of `seq` right away, in the caller's task: no settler
     /// wake-up is needed unless lapin already completed it.
     fn handoff(&self, seq: u64, result: lapin::Result<PublisherConfirm>) {
-        let mut st = lock(&self.state);
-        st.handoffs.push((seq, Some(result)));
-        self.process(&mut st);
-        if st.closed && st.entries.is_empty() {
+        let mut locked = lock(&self.state);
+        locked.handoffs.push((seq, Some(result)));
+        self.process(&mut locked);
+        if locked.finished() {
             self.settler.wake();
         }
     }
@@ -414,12 +278,11 @@ impl ConfirmTracker {
     /// The publish of `seq` was dropped before its first poll: nothing was sent and
     /// no delivery tag taken, so there is nothing to track; forget it.
     fn withdraw(&self, seq: u64) {
-        let mut st = lock(&self.state);
-        st.untracked.remove(&seq);
-        Self::forget(&mut st, seq);
+        let mut locked = lock(&self.state);
+        locked.state.withdraw(seq);
         // Settlements it held back may be possible now.
-        self.process(&mut st);
-        if st.closed && st.entries.is_empty() {
+        self.process(&mut locked);
+        if locked.finished() {
             self.settler.wake();
         }
     }
@@ -434,9 +297,9 @@ impl ConfirmTracker {
     /// One run of the settler: take hand-offs and wake-ups, record outcomes, settle.
     fn run(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.settler.register(cx.waker());
-        let mut st = lock(&self.state);
-        self.process(&mut st);
-        if st.closed && st.entries.is_empty() {
+        let mut locked = lock(&self.state);
+        self.process(&mut locked);
+        if locked.finished() {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -446,224 +309,101 @@ impl ConfirmTracker {
     /// Takes hand-offs, then completions in the order lapin resolved them, then
     /// settles what can be settled. Always all three, in this order: a settlement is
     /// only sound once every completion ranked before it has been processed.
-    fn process(&self, st: &mut State) {
+    fn process(&self, locked: &mut Locked) {
+        let Locked {
+            state,
+            handoffs,
+            woken: spare,
+            ..
+        } = locked;
+
         // Newly handed-off confirms: poll once with their tracking waker. One that is
         // already complete gets a rank now, later than its true completion.
-        for (seq, result) in std::mem::take(&mut st.handoffs) {
-            st.untracked.remove(&seq);
-            let Some(entry) = st.entries.get_mut(seq) else {
-                continue;
-            };
+        for (seq, result) in handoffs.drain(..) {
             match result {
-                None => {
-                    entry.stage = Stage::Done;
-                    st.failed = true;
-                    Self::settle(st, seq, Outcome::Failed(None));
-                }
-                Some(Err(error)) => {
-                    entry.stage = Stage::Done;
-                    st.failed = true;
-                    Self::settle(st, seq, Outcome::Failed(Some(error)));
-                }
+                None => state.publish_failed(seq, None),
+                Some(Err(error)) => state.publish_failed(seq, Some(error)),
                 Some(Ok(confirm)) => {
-                    entry.stage = Stage::Pending(confirm);
-                    Self::poll_entry(st, seq, Rank::AfterCompletion(&self.rank));
+                    state.track(seq, confirm);
+                    self.poll_confirm(state, seq, None);
                 }
             }
         }
 
         // Completions in the order lapin resolved them.
-        let mut woken = std::mem::take(&mut st.woken);
+        let mut woken = std::mem::take(spare);
         {
             let mut shared = lock(&self.woken);
             std::mem::swap(&mut *shared, &mut woken);
             self.any_woken.store(false, Ordering::Release);
         }
         for &(seq, rank) in &woken {
-            Self::poll_entry(st, seq, Rank::Exact(rank));
+            self.poll_confirm(state, seq, Some(rank));
         }
         // Keep the buffer's capacity for the next round.
         woken.clear();
-        st.woken = woken;
+        *spare = woken;
 
-        Self::settle_awaiting(st);
-        if st.failed {
+        state.settle_awaiting();
+        if state.has_failed() {
             self.failed.store(true, Ordering::Release);
         }
-        self.notify_released(st);
+        if state.take_released() {
+            self.released.notify_waiters();
+        }
     }
 
-    fn poll_entry(st: &mut State, seq: u64, rank: Rank<'_>) {
-        let Some(entry) = st.entries.get_mut(seq) else {
+    /// Polls the pending confirm of `seq` with its tracking waker and hands its
+    /// completion, if any, to the state: with `woken_rank`, the rank its tracking
+    /// waker took when lapin completed it, or else one taken now.
+    fn poll_confirm(
+        &self,
+        state: &mut State<PublisherConfirm, Arc<TrackingWaker>>,
+        seq: u64,
+        woken_rank: Option<u64>,
+    ) {
+        let Some((confirm, tracking)) = state.pending(seq) else {
             return;
         };
-        let Stage::Pending(confirm) = &mut entry.stage else {
-            return;
-        };
-        let waker = entry.waker.clone();
+        let waker = Waker::from(tracking.clone());
         let result = match Pin::new(confirm).poll(&mut Context::from_waker(&waker)) {
             Poll::Pending => return,
             Poll::Ready(result) => result,
         };
-        entry.stage = Stage::Done;
         // A confirm found complete on its first poll is ranked only now, after its
         // completion was observed: a rank taken before the poll could be older than
         // a completion that happened during it.
-        let (rank, exact) = match rank {
-            Rank::Exact(rank) => (rank, true),
-            Rank::AfterCompletion(counter) => (counter.fetch_add(1, Ordering::SeqCst), false),
+        let rank = match woken_rank {
+            Some(rank) => Rank::Exact(rank),
+            None => Rank::Observed(self.rank.fetch_add(1, Ordering::SeqCst)),
         };
-        let barrier = st.next_seq;
-        match result {
+        let completion = match result {
             Ok(Confirmation::Ack(returned)) => {
-                let is_witness = returned.is_none();
-                if let Some(message) = returned {
-                    let parts = *message_parts(&message);
-                    if parts.0 != st.entries.get(seq).map(|e| e.id) {
-                        REATTRIBUTED_RETURNS.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Self::record_return(st, parts);
-                }
-                if is_witness && exact {
-                    st.witnesses.push_back(Witness { rank, barrier });
-                }
-                // Its own return (if it carried it) has settled and forgotten it.
-                if st.entries.get(seq).is_some() && !Self::settle_if_returned(st, seq) {
-                    st.awaiting.insert(
-                        seq,
-                        Awaiting {
-                            rank,
-                            own_barrier: is_witness.then_some(barrier),
-                        },
-                    );
-                }
+                Completion::Ack(returned.as_ref().map(returned_parts))
             }
             Ok(Confirmation::Nack(returned)) => {
-                let is_witness = returned.is_none();
-                if let Some(message) = returned {
-                    Self::record_return(st, *message_parts(&message));
-                }
-                if is_witness && exact {
-                    st.witnesses.push_back(Witness { rank, barrier });
-                }
-                if !Self::settle_if_returned(st, seq) {
-                    Self::settle(st, seq, Outcome::Nacked);
-                }
+                Completion::Nack(returned.as_ref().map(returned_parts))
             }
-            Ok(Confirmation::NotRequested) => {
-                st.failed = true;
-                Self::settle(st, seq, Outcome::Failed(None));
-            }
-            Err(error) => {
-                st.failed = true;
-                Self::settle(st, seq, Outcome::Failed(Some(error)));
-            }
-        }
-    }
-
-    fn record_return(st: &mut State, (id, reply_code, reply_text): (Option<Uuid>, u16, String)) {
-        let Some(id) = id else {
-            tracing::warn!(reply_code, %reply_text, "broker returned a message without an event id");
-            return;
+            Ok(Confirmation::NotRequested) => Completion::NotRequested,
+            Err(error) => Completion::Failed(Some(error)),
         };
-        let Some(&seq) = st.by_id.get(&id) else {
-            return;
-        };
-        st.returned.insert(id, (reply_code, reply_text));
-        Self::settle_if_returned(st, seq);
-    }
-
-    /// Settles `seq` as unroutable if its return has been seen.
-    fn settle_if_returned(st: &mut State, seq: u64) -> bool {
-        let Some(entry) = st.entries.get(seq) else {
-            return false;
-        };
-        let Some((reply_code, reply_text)) = st.returned.get(&entry.id).cloned() else {
-            return false;
-        };
-        st.awaiting.remove(&seq);
-        Self::settle(
-            st,
-            seq,
-            Outcome::Unroutable {
-                reply_code,
-                reply_text,
-            },
-        );
-        true
-    }
-
-    fn settle_awaiting(st: &mut State) {
-        if st.awaiting.is_empty() {
-            st.witnesses.clear();
-            return;
-        }
-        let oldest_untracked = st.untracked.first().copied().unwrap_or(u64::MAX);
-        if st.failed && st.untracked.is_empty() {
-            // Returns may be lost with the channel: the broker acked these events but
-            // whether they were routed cannot be known any more.
-            for seq in st.awaiting.drain().map(|(seq, _)| seq).collect::<Vec<_>>() {
-                Self::settle(st, seq, Outcome::Unknown);
-            }
-            return;
-        }
-        let mut settled = std::mem::take(&mut st.settled);
-        settled.extend(
-            st.awaiting
-                .iter()
-                .filter(|(_, awaiting)| {
-                    if awaiting.own_barrier.is_some_and(|b| b <= oldest_untracked) {
-                        return true;
-                    }
-                    // The first witness that completed after this event.
-                    let first = st.witnesses.partition_point(|w| w.rank <= awaiting.rank);
-                    st.witnesses
-                        .get(first)
-                        .is_some_and(|w| w.barrier <= oldest_untracked)
-                })
-                .map(|(&seq, _)| seq),
-        );
-        for &seq in &settled {
-            st.awaiting.remove(&seq);
-            Self::settle(st, seq, Outcome::Routed);
-        }
-        settled.clear();
-        st.settled = settled;
-        // Witnesses older than every awaiting event are no longer needed.
-        let min_rank = st.awaiting.values().map(|a| a.rank).min();
-        match min_rank {
-            None => st.witnesses.clear(),
-            Some(min) => {
-                let keep_from = st.witnesses.partition_point(|w| w.rank <= min);
-                st.witnesses.drain(..keep_from);
-            }
-        }
-    }
-
-    /// Sends the outcome of `seq` (once) and forgets it when its confirm is done.
-    fn settle(st: &mut State, seq: u64, outcome: Outcome) {
-        let Some(entry) = st.entries.get_mut(seq) else {
-            return;
-        };
-        if !entry.replied {
-            entry.replied = true;
-            // The caller may have gone (timeout); the outcome then only matters for others.
-            entry.tracking.deliver(outcome);
-        }
-        if matches!(entry.stage, Stage::Done) {
-            Self::forget(st, seq);
-        }
+        state.complete(seq, rank, completion);
     }
 }
 
-fn message_parts(message: &lapin::message::BasicReturnMessage) -> Box<(Option<Uuid>, u16, String)> {
-    let id = message
+/// What the tracker needs of a returned message: its event id, code and text.
+fn returned_parts(message: &BasicReturnMessage) -> Returned {
+    let event_id = message
         .delivery
         .properties
         .message_id()
         .as_ref()
         .and_then(|id| Uuid::parse_str(id.as_str()).ok());
-    Box::new((id, message.reply_code, message.reply_text.to_string()))
+    Returned {
+        event_id,
+        reply_code: message.reply_code,
+        reply_text: message.reply_text.to_string(),
+    }
 }
 
 /// The settler task of one channel.
