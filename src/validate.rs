@@ -90,10 +90,10 @@ impl ValidationLayer {
             EventData::Json(data) => match self.registry.validate_json(event_type, data) {
                 Some(result) => {
                     result?;
-                    if !event.version_is_set() {
-                        if let Some(version) = self.registry.version(event_type) {
-                            event.set_version(version);
-                        }
+                    if !event.version_is_set()
+                        && let Some(version) = self.registry.version(event_type)
+                    {
+                        event.set_version(version);
                     }
                     Ok(())
                 }
