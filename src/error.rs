@@ -50,7 +50,8 @@ pub enum ErrorKind {
 ///   ` (event <id>)` when the event is known, then `: ` and the cause's own `Display` — the
 ///   validation details, or the error that made the publish fail:
 ///   `could not connect to the broker at amqp://guest:***@127.0.0.1:5672/%2f: protocol
-///   error: ACCESS_REFUSED - …`. Logging `%error` alone is therefore enough.
+///   error: AMQP soft error: ACCESS-REFUSED: ACCESS_REFUSED - Login was refused …`.
+///   Logging `%error` alone is therefore enough.
 /// - **`source()` continues where `Display` stopped.** It does not return the cause just
 ///   printed, but the first error further down the cause's chain whose text `Display` has
 ///   not already shown. Some causes repeat their own source in their message (lapin's
