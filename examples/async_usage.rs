@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use fitviz_events::testing::Example;
 use fitviz_events::{DetachedConfig, Event, EventPublisher, Overflow, PublisherConfig, events::*};
 use lapin::{
-    Connection, ConnectionProperties,
+    Channel, Connection, ConnectionProperties,
     options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions},
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 
 #[tokio::main]
@@ -29,25 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     // A demo queue so the events are routable (the notification service binds its own).
-    let connection = Connection::connect(config.url(), ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    let queue = "fitviz.events.async_usage";
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.into(),
-            config.exchange().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let demo_queue = DemoQueue::declare("fitviz.events.async_usage", "booking.#", &config).await?;
 
     let started = Instant::now();
     for i in 0..500 {
@@ -79,21 +61,83 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.failed,
         report.unsent.len()
     );
-    let message_count = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .message_count();
-    println!("{message_count} events waiting in {queue}");
-    channel
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await?;
-    connection.close(200, "done".into()).await?;
+    let queue = demo_queue.name;
+    let message_count = demo_queue.delete().await?;
+    println!("{message_count} events had arrived in {queue} (now deleted)");
     Ok(())
+}
+
+/// The demo queue: bound to the example's event types so its events are routable, holding at
+/// most 1,000 events (`x-max-length`), deleted on exit, and removed by the broker a
+/// minute after last use (`x-expires`) should the example stop early. Each operation
+/// uses a short connection of its own.
+struct DemoQueue {
+    name: &'static str,
+    url: String,
+    exchange: String,
+}
+
+impl DemoQueue {
+    /// Declares the queue and binds it to `routing_key` (a topic pattern).
+    async fn declare(
+        name: &'static str,
+        routing_key: &str,
+        config: &PublisherConfig,
+    ) -> Result<Self, lapin::Error> {
+        let queue = Self {
+            name,
+            url: config.url().to_owned(),
+            exchange: config.exchange().to_owned(),
+        };
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongInt(1_000));
+        args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+        queue
+            .on_channel(async |channel| {
+                channel
+                    .queue_declare(name.into(), QueueDeclareOptions::default(), args)
+                    .await?;
+                channel
+                    .queue_bind(
+                        name.into(),
+                        queue.exchange.as_str().into(),
+                        routing_key.into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+            })
+            .await?;
+        Ok(queue)
+    }
+
+    /// Deletes the queue; returns how many events it held.
+    async fn delete(self) -> Result<u32, lapin::Error> {
+        self.on_channel(async |channel| {
+            channel
+                .queue_delete(self.name.into(), QueueDeleteOptions::default())
+                .await
+        })
+        .await
+    }
+
+    async fn on_channel<T>(
+        &self,
+        op: impl AsyncFnOnce(&Channel) -> Result<T, lapin::Error>,
+    ) -> Result<T, lapin::Error> {
+        let properties = ConnectionProperties::default().with_connection_name(
+            format!("fitviz-events example {} (demo queue)", self.name).into(),
+        );
+        let connection = Connection::connect(&self.url, properties).await?;
+        let result = match connection.create_channel().await {
+            Ok(channel) => {
+                let result = op(&channel).await;
+                let _ = channel.close(200, "done".into()).await;
+                result
+            }
+            Err(e) => Err(e),
+        };
+        let _ = connection.close(200, "done".into()).await;
+        result
+    }
 }

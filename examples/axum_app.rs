@@ -6,7 +6,8 @@
 //! - `POST /workouts` publishes and waits for the broker's confirm (`?` maps errors to
 //!   422 / 503 / 500), `POST /bookings` publishes detached, `POST /payments` uses the
 //!   JSON path, `GET /health` reports the circuit breaker's state;
-//! - Ctrl-C shuts down gracefully and flushes the detached queue.
+//! - SIGTERM (how containers and systemd stop a service) or Ctrl-C shuts down gracefully:
+//!   requests in progress finish, then `publisher.close()` flushes the detached queue.
 //!
 //! ```sh
 //! cargo run --example axum_app            # listens on 127.0.0.1:3000, or $PORT
@@ -16,9 +17,11 @@
 //!
 //! Events are published with `mandatory`: an event no queue is bound for comes back as
 //! unroutable (HTTP 500). In production the notification service binds its queue; so
-//! that the demo works on its own, the app binds `fitviz.events.axum_app` (expires
-//! 10 minutes after last use) where you can see the events:
-//! `rabbitmqadmin get queue=fitviz.events.axum_app` or any consumer.
+//! that the demo works on its own, the app binds `fitviz.events.axum_app` while it runs,
+//! where you can see the events (`rabbitmqadmin get queue=fitviz.events.axum_app` or any
+//! consumer). That queue holds at most 1,000 events (`x-max-length`), is deleted when the
+//! app stops, and should the app be killed, the broker removes it a minute later
+//! (`x-expires`; the app renews it while it runs).
 
 use axum::{
     Json, Router,
@@ -114,30 +117,100 @@ async fn health(
     }))
 }
 
-async fn bind_demo_queue(config: &PublisherConfig) -> Result<(), lapin::Error> {
-    use lapin::{
-        options::*,
-        types::{AMQPValue, FieldTable},
-    };
-    let connection =
-        lapin::Connection::connect(config.url(), lapin::ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    let mut args = FieldTable::default();
-    args.insert("x-expires".into(), AMQPValue::LongInt(600_000));
-    let queue = "fitviz.events.axum_app";
-    channel
-        .queue_declare(queue.into(), QueueDeclareOptions::default(), args)
-        .await?;
-    channel
-        .queue_bind(
-            queue.into(),
-            config.exchange().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    connection.close(200, "demo queue bound".into()).await
+/// The demo queue: bound to every event type, bounded, and short-lived. Each operation
+/// uses a connection of its own, so nothing is held open between them.
+struct DemoQueue {
+    name: &'static str,
+    url: String,
+    exchange: String,
+}
+
+impl DemoQueue {
+    /// How often [`declare`](Self::declare) runs again to renew the `x-expires` lease
+    /// (publishing to a queue does not count as using it).
+    const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+
+    fn new(name: &'static str, config: &PublisherConfig) -> Self {
+        Self {
+            name,
+            url: config.url().to_owned(),
+            exchange: config.exchange().to_owned(),
+        }
+    }
+
+    async fn on_channel<T>(
+        &self,
+        op: impl AsyncFnOnce(&lapin::Channel) -> Result<T, lapin::Error>,
+    ) -> Result<T, lapin::Error> {
+        let properties = lapin::ConnectionProperties::default().with_connection_name(
+            format!("fitviz-events example {} (demo queue)", self.name).into(),
+        );
+        let connection = lapin::Connection::connect(&self.url, properties).await?;
+        let result = match connection.create_channel().await {
+            Ok(channel) => {
+                let result = op(&channel).await;
+                let _ = channel.close(200, "done".into()).await;
+                result
+            }
+            Err(e) => Err(e),
+        };
+        let _ = connection.close(200, "done".into()).await;
+        result
+    }
+
+    /// Declares the queue and binds it to every event type; run again, renews its lease.
+    async fn declare(&self) -> Result<(), lapin::Error> {
+        use lapin::{
+            options::{QueueBindOptions, QueueDeclareOptions},
+            types::{AMQPValue, FieldTable},
+        };
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongInt(1_000));
+        args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+        self.on_channel(async |channel| {
+            channel
+                .queue_declare(self.name.into(), QueueDeclareOptions::default(), args)
+                .await?;
+            channel
+                .queue_bind(
+                    self.name.into(),
+                    self.exchange.as_str().into(),
+                    "#".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        })
+        .await
+    }
+
+    /// Deletes the queue; returns how many events it held.
+    async fn delete(&self) -> Result<u32, lapin::Error> {
+        self.on_channel(async |channel| {
+            channel
+                .queue_delete(self.name.into(), Default::default())
+                .await
+        })
+        .await
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut sigterm = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM received: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received: shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("Ctrl-C received: shutting down");
+    }
 }
 
 #[tokio::main]
@@ -149,7 +222,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let config = PublisherConfig::from_env()?;
     let publisher = EventPublisher::connect(config.clone()).await?;
-    bind_demo_queue(&config).await?;
+    let demo_queue = std::sync::Arc::new(DemoQueue::new("fitviz.events.axum_app", &config));
+    demo_queue.declare().await?;
+    let renew = tokio::spawn({
+        let demo_queue = demo_queue.clone();
+        async move {
+            loop {
+                tokio::time::sleep(DemoQueue::RENEW_EVERY).await;
+                if let Err(error) = demo_queue.declare().await {
+                    tracing::warn!(%error, "could not renew the demo queue");
+                }
+            }
+        }
+    });
 
     let app = Router::new()
         .route("/workouts", post(create_workout))
@@ -164,16 +249,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await?;
 
+    // Flush the detached queue: an event accepted just before the signal is published.
     let report = publisher.close().await;
     tracing::info!(
         published = report.published,
         unsent = report.unsent.len(),
         "event publisher closed"
     );
+    renew.abort();
+    match demo_queue.delete().await {
+        Ok(events) => tracing::info!(queue = demo_queue.name, events, "demo queue deleted"),
+        Err(error) => {
+            tracing::warn!(queue = demo_queue.name, %error, "demo queue not deleted; it expires within a minute")
+        }
+    }
     Ok(())
 }

@@ -15,9 +15,9 @@ use fitviz_events::{
     organization::OrganizationLayer, timeout::TimeoutLayer, validate::ValidationLayer,
 };
 use lapin::{
-    Connection, ConnectionProperties,
+    Channel, Connection, ConnectionProperties,
     options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions},
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
@@ -44,25 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         EventPublisher::builder(config.clone()).build_with_service(BoxCloneSyncService::new(stack));
 
     // A demo queue so the events are routable.
-    let connection = Connection::connect(config.url(), ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    let queue = "fitviz.events.custom_stack";
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.into(),
-            config.exchange().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let demo_queue = DemoQueue::declare("fitviz.events.custom_stack", "workout.#", &config).await?;
 
     let receipts = publisher
         .publish_batch((0..10).map(|_| Event::new(WorkoutCreated::example())))
@@ -75,9 +57,81 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("breaker: {}", health.state());
     publisher.close().await;
-    channel
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await?;
-    connection.close(200, "done".into()).await?;
+    demo_queue.delete().await?;
     Ok(())
+}
+
+/// The demo queue: bound to the example's event types so its events are routable, holding at
+/// most 1,000 events (`x-max-length`), deleted on exit, and removed by the broker a
+/// minute after last use (`x-expires`) should the example stop early. Each operation
+/// uses a short connection of its own.
+struct DemoQueue {
+    name: &'static str,
+    url: String,
+    exchange: String,
+}
+
+impl DemoQueue {
+    /// Declares the queue and binds it to `routing_key` (a topic pattern).
+    async fn declare(
+        name: &'static str,
+        routing_key: &str,
+        config: &PublisherConfig,
+    ) -> Result<Self, lapin::Error> {
+        let queue = Self {
+            name,
+            url: config.url().to_owned(),
+            exchange: config.exchange().to_owned(),
+        };
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongInt(1_000));
+        args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+        queue
+            .on_channel(async |channel| {
+                channel
+                    .queue_declare(name.into(), QueueDeclareOptions::default(), args)
+                    .await?;
+                channel
+                    .queue_bind(
+                        name.into(),
+                        queue.exchange.as_str().into(),
+                        routing_key.into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+            })
+            .await?;
+        Ok(queue)
+    }
+
+    /// Deletes the queue; returns how many events it held.
+    async fn delete(self) -> Result<u32, lapin::Error> {
+        self.on_channel(async |channel| {
+            channel
+                .queue_delete(self.name.into(), QueueDeleteOptions::default())
+                .await
+        })
+        .await
+    }
+
+    async fn on_channel<T>(
+        &self,
+        op: impl AsyncFnOnce(&Channel) -> Result<T, lapin::Error>,
+    ) -> Result<T, lapin::Error> {
+        let properties = ConnectionProperties::default().with_connection_name(
+            format!("fitviz-events example {} (demo queue)", self.name).into(),
+        );
+        let connection = Connection::connect(&self.url, properties).await?;
+        let result = match connection.create_channel().await {
+            Ok(channel) => {
+                let result = op(&channel).await;
+                let _ = channel.close(200, "done".into()).await;
+                result
+            }
+            Err(e) => Err(e),
+        };
+        let _ = connection.close(200, "done".into()).await;
+        result
+    }
 }

@@ -9,14 +9,22 @@
 //! #          [--url U] [--exchange X] [--pool-size S] [--max-in-flight M]
 //! ```
 //!
-//! It declares a durable queue bound to the exchange (so events are routable) and
-//! purges and deletes it afterwards. Latencies go into a fixed-size histogram, so
-//! memory is bounded by the concurrency, not by N.
+//! It declares a durable queue `loadgen.<exchange>.<pid>` bound to `loadgen.#` (so the
+//! events are routable), holding at most 1,000 events (`x-max-length`), and deletes it
+//! afterwards; should loadgen be killed, the broker removes it a minute later
+//! (`x-expires`, renewed during the run). Its connections are named `fitviz-loadgen-<pid>`
+//! (the publisher's) and `fitviz-loadgen-<pid> set-up` (queue set-up and clean-up, one
+//! short connection each) in `rabbitmqctl list_connections name client_properties`.
+//!
+//! Once the run has started, the JSON summary is always printed, also when the broker
+//! closed loadgen's connections during the run, and on SIGTERM or Ctrl-C (which stop
+//! sending, flush with `close()` and clean up). Latencies go into a fixed-size
+//! histogram, so memory is bounded by the concurrency, not by N.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -24,9 +32,9 @@ use std::{
 use fitviz_events::{DetachedConfig, Event, EventPublisher, Overflow, PublisherConfig};
 use hdrhistogram::Histogram;
 use lapin::{
-    Connection, ConnectionProperties,
-    options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions},
-    types::FieldTable,
+    Channel, Connection, ConnectionProperties,
+    options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions},
+    types::{AMQPValue, FieldTable},
 };
 
 struct Args {
@@ -82,10 +90,127 @@ fn event(payload: &str) -> Event {
     .with_organization("org-load")
 }
 
+/// loadgen's own queue. Each operation opens a short connection of its own: closing
+/// loadgen's connections during the run (what a resilience test does) cannot break the
+/// set-up or the clean-up, which are not what is measured.
+struct LoadQueue {
+    name: String,
+    url: String,
+    exchange: String,
+    connection_name: String,
+}
+
+impl LoadQueue {
+    /// How often [`declare`](Self::declare) runs again to renew the `x-expires` lease
+    /// (publishing to a queue does not count as using it).
+    const RENEW_EVERY: Duration = Duration::from_secs(20);
+    /// Bound on each set-up or clean-up operation.
+    const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+    async fn on_channel<T>(
+        &self,
+        op: impl AsyncFnOnce(&Channel) -> Result<T, lapin::Error>,
+    ) -> Result<T, Box<dyn std::error::Error>> {
+        let run = async {
+            let properties = ConnectionProperties::default()
+                .with_connection_name(self.connection_name.as_str().into());
+            let connection = Connection::connect(&self.url, properties).await?;
+            let result = match connection.create_channel().await {
+                Ok(channel) => {
+                    let result = op(&channel).await;
+                    let _ = channel.close(200, "done".into()).await;
+                    result
+                }
+                Err(e) => Err(e),
+            };
+            let _ = connection.close(200, "done".into()).await;
+            result
+        };
+        Ok(tokio::time::timeout(Self::OPERATION_TIMEOUT, run).await??)
+    }
+
+    /// Declares the queue and binds it to `loadgen.#`; run again, renews its lease.
+    async fn declare(&self) -> Result<(), Box<dyn std::error::Error>> {
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongInt(1_000));
+        args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        self.on_channel(async |channel| {
+            channel
+                .queue_declare(self.name.as_str().into(), options, args)
+                .await?;
+            channel
+                .queue_bind(
+                    self.name.as_str().into(),
+                    self.exchange.as_str().into(),
+                    "loadgen.#".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        })
+        .await
+    }
+
+    /// Deletes the queue, trying twice; on failure, says so on stderr (the broker
+    /// removes the queue a minute later anyway).
+    async fn delete(&self) {
+        let mut last_error = None;
+        for _ in 0..2 {
+            let result = self
+                .on_channel(async |channel| {
+                    channel
+                        .queue_delete(self.name.as_str().into(), QueueDeleteOptions::default())
+                        .await
+                })
+                .await;
+            match result {
+                Ok(_) => return,
+                Err(error) => last_error = Some(error),
+            }
+        }
+        if let Some(error) = last_error {
+            eprintln!(
+                "loadgen: could not delete queue {}: {error}; the broker removes it within a minute (x-expires)",
+                self.name
+            );
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                tokio::select! {
+                    _ = sigterm.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
-    let mut builder = PublisherConfig::builder().allow_unregistered(true);
+    let connection_name = format!("fitviz-loadgen-{}", std::process::id());
+    let mut builder = PublisherConfig::builder()
+        .allow_unregistered(true)
+        .connection_name(connection_name.clone());
     if let Some(url) = &args.url {
         builder = builder.url(url.clone());
     } else if let Ok(url) = std::env::var("FITVIZ_EVENTS_URL") {
@@ -111,28 +236,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .connect()
         .await?;
 
-    let connection = Connection::connect(config.url(), ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    let queue = format!("loadgen.{}", config.exchange());
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            config.exchange().into(),
-            "loadgen.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let queue = Arc::new(LoadQueue {
+        name: format!("loadgen.{}.{}", config.exchange(), std::process::id()),
+        url: config.url().to_owned(),
+        exchange: config.exchange().to_owned(),
+        connection_name: format!("{connection_name} set-up"),
+    });
+    if let Err(error) = queue.declare().await {
+        publisher.close().await;
+        queue.delete().await;
+        return Err(error);
+    }
+    let renew = tokio::spawn({
+        let queue = queue.clone();
+        async move {
+            loop {
+                tokio::time::sleep(LoadQueue::RENEW_EVERY).await;
+                if let Err(error) = queue.declare().await {
+                    eprintln!("loadgen: could not renew queue {}: {error}", queue.name);
+                }
+            }
+        }
+    });
+    // SIGTERM or Ctrl-C: stop sending; what was sent is flushed and reported.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
 
     let payload = "x".repeat(args.payload_bytes);
     let progress = indicatif::ProgressBar::new(args.events);
@@ -152,18 +286,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.concurrency
     };
     for _ in 0..workers_n {
-        let (publisher, next, confirmed, failed, progress, payload) = (
+        let (publisher, next, confirmed, failed, progress, payload, stop) = (
             publisher.clone(),
             next.clone(),
             confirmed.clone(),
             failed.clone(),
             progress.clone(),
             payload.clone(),
+            stop.clone(),
         );
         let (events, batch, detached) = (args.events, args.batch, args.detached);
         workers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 let size = batch.unwrap_or(1) as u64;
                 let from = next.fetch_add(size, Ordering::Relaxed);
                 if from >= events {
@@ -197,11 +335,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for worker in workers {
-        hist.add(worker.await?)?;
+        match worker.await {
+            Ok(worker_hist) => hist.add(worker_hist)?,
+            Err(error) => eprintln!("loadgen: a worker failed: {error}"),
+        }
     }
     let report = publisher.close().await;
     let secs = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
+    stopper.abort();
     let (confirmed, failed) = if args.detached {
         (
             report.published,
@@ -214,13 +356,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
     };
 
-    channel
-        .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
-        .await?;
-    channel
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await?;
-    connection.close(200, "loadgen done".into()).await?;
+    renew.abort();
+    queue.delete().await;
 
     println!(
         "{}",

@@ -39,8 +39,28 @@ pub enum ErrorKind {
 
 /// The error of every publish: the kind, the event it concerns, and the cause.
 ///
-/// Messages are lowercase and never contain credentials. Use [`kind`](Self::kind) to
-/// branch, [`is_retryable`](Self::is_retryable) to decide whether trying again may help.
+/// Use [`kind`](Self::kind) to branch, [`is_retryable`](Self::is_retryable) to decide
+/// whether trying again may help.
+///
+/// # Display and `source()`
+///
+/// One rule, so that however the error is printed each cause appears exactly once:
+///
+/// - **`Display` tells the cause.** It is the message (lowercase, no trailing period), then
+///   ` (event <id>)` when the event is known, then `: ` and the cause's own `Display` — the
+///   validation details, or the error that made the publish fail:
+///   `could not connect to the broker at amqp://guest:***@127.0.0.1:5672/%2f: protocol
+///   error: AMQP soft error: ACCESS-REFUSED: ACCESS_REFUSED - Login was refused …`.
+///   Logging `%error` alone is therefore enough.
+/// - **`source()` continues where `Display` stopped.** It does not return the cause just
+///   printed, but the first error further down the cause's chain whose text `Display` has
+///   not already shown. Some causes repeat their own source in their message (lapin's
+///   `IO error: connection refused` over the `io::Error` `connection refused`); such links
+///   are skipped. Printing the `Display` of every error in the chain — anyhow's `{:#}`, a
+///   `Caused by:` list — thus repeats nothing.
+///
+/// Credentials never appear: a password in a URL anywhere in the message or the cause's
+/// text is shown as `***`, in `Display` and in `Debug`.
 pub struct PublishError {
     inner: Box<Inner>,
 }
@@ -91,6 +111,16 @@ impl PublishError {
 
     pub(crate) fn config(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorKind::Config, message)
+    }
+
+    /// Connecting to the broker at `url` failed: "could not connect to the broker at
+    /// `url`: `source`". The URL's password is masked here, so the raw URL may be passed.
+    pub(crate) fn connect(url: &str, source: impl Into<BoxError>) -> Self {
+        let message = format!(
+            "could not connect to the broker at {}",
+            redact_credentials(url)
+        );
+        Self::new(ErrorKind::Connection, message).with_source(source)
     }
 
     pub(crate) fn shutdown() -> Self {
@@ -148,14 +178,31 @@ impl PublishError {
     }
 }
 
+impl PublishError {
+    /// The causes `Display` prints, outermost first.
+    fn causes(&self) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+        let validation = self
+            .inner
+            .validation
+            .as_ref()
+            .map(|v| v as &(dyn std::error::Error + 'static));
+        let source = self
+            .inner
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static));
+        validation.into_iter().chain(source)
+    }
+}
+
 impl fmt::Display for PublishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.inner.message)?;
-        if let Some(validation) = &self.inner.validation {
-            write!(f, ": {validation}")?;
-        }
+        f.write_str(&redact_credentials(&self.inner.message))?;
         if let Some(id) = &self.inner.event_id {
             write!(f, " (event {id})")?;
+        }
+        for cause in self.causes() {
+            write!(f, ": {}", redact_credentials(&cause.to_string()))?;
         }
         Ok(())
     }
@@ -165,7 +212,7 @@ impl fmt::Debug for PublishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("PublishError");
         d.field("kind", &self.inner.kind)
-            .field("message", &self.inner.message);
+            .field("message", &redact_credentials(&self.inner.message));
         if let Some(id) = &self.inner.event_id {
             d.field("event_id", id);
         }
@@ -173,22 +220,59 @@ impl fmt::Debug for PublishError {
             d.field("validation", v);
         }
         if let Some(s) = &self.inner.source {
-            d.field("source", &format_args!("{s}"));
+            d.field("source", &redact_credentials(&s.to_string()));
         }
         d.finish()
     }
 }
 
+/// `source()` skips what `Display` printed: see [`PublishError`]'s docs.
 impl std::error::Error for PublishError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        if let Some(v) = &self.inner.validation {
-            return Some(v);
+        let printed = self.causes().last()?;
+        let printed_text = printed.to_string();
+        let mut next = printed.source();
+        // A link whose text is part of the printed cause's text adds nothing: skip it.
+        // Deeper links repeated by a skipped one are part of the printed text too.
+        while let Some(link) = next {
+            if !printed_text.contains(&link.to_string()) {
+                break;
+            }
+            next = link.source();
         }
-        self.inner
-            .source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
+        next
     }
+}
+
+/// Masks the password of every URL in `text` (`scheme://user:password@host` becomes
+/// `scheme://user:***@host`). Errs on the side of hiding too much: the userinfo runs to
+/// the last `@` before the next whitespace, as in an unencoded password.
+fn redact_credentials(text: &str) -> Cow<'_, str> {
+    const REDACTED: &str = "***";
+    if !text.contains("://") {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(scheme_end) = rest.find("://") {
+        let authority_start = scheme_end + 3;
+        out.push_str(&rest[..authority_start]);
+        rest = &rest[authority_start..];
+        let token_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let token = &rest[..token_end];
+        // Without a password, a later `://` in the token is looked at next.
+        if let Some((colon, at)) = token
+            .rfind('@')
+            .and_then(|at| Some((token[..at].find(':')?, at)))
+        {
+            out.push_str(&token[..=colon]);
+            out.push_str(REDACTED);
+            out.push_str(&token[at..]);
+            rest = &rest[token_end..];
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
 }
 
 impl From<crate::config::ConfigError> for PublishError {
@@ -225,5 +309,152 @@ mod tests {
             err.to_string(),
             "the broker refused the event (event 00000000-0000-0000-0000-000000000000)"
         );
+    }
+
+    /// The `Display` of every error in the `source()` chain, outermost first.
+    fn chain(err: &PublishError) -> Vec<String> {
+        let mut texts = vec![err.to_string()];
+        let mut next = std::error::Error::source(err);
+        while let Some(e) = next {
+            texts.push(e.to_string());
+            next = e.source();
+        }
+        texts
+    }
+
+    fn occurrences(haystack: &str, needle: &str) -> usize {
+        haystack.matches(needle).count()
+    }
+
+    /// An error that adds context to its source, like a TLS or auth layer would.
+    #[derive(Debug)]
+    struct Wrapper(&'static str, std::io::Error);
+
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.1)
+        }
+    }
+
+    #[test]
+    fn a_connection_error_names_its_cause_once_across_the_chain() {
+        // lapin's own error repeats its io::Error in its message ("IO error: …") and
+        // also returns it from `source()`.
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err = PublishError::connect(
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            lapin::Error::from(io),
+        )
+        .for_event(Uuid::nil());
+        assert_eq!(
+            err.to_string(),
+            "could not connect to the broker at amqp://guest:***@127.0.0.1:5672/%2f \
+             (event 00000000-0000-0000-0000-000000000000): IO error: connection refused"
+        );
+        let texts = chain(&err);
+        assert_eq!(texts.len(), 1, "nothing left untold: {texts:?}");
+        let joined = texts.join(": "); // anyhow's `{:#}`
+        assert_eq!(occurrences(&joined, "connection refused"), 1, "{joined}");
+
+        // A cause whose source says something new: that source is the next link, and
+        // every text still appears once.
+        let nested = Wrapper(
+            "the broker refused the login",
+            std::io::Error::other("ACCESS_REFUSED - login was refused"),
+        );
+        let err = PublishError::connection("could not connect to the broker", nested);
+        let texts = chain(&err);
+        assert_eq!(
+            texts,
+            [
+                "could not connect to the broker: the broker refused the login",
+                "ACCESS_REFUSED - login was refused",
+            ]
+        );
+        let joined = texts.join(": ");
+        assert_eq!(occurrences(&joined, "refused the login"), 1, "{joined}");
+        assert_eq!(occurrences(&joined, "ACCESS_REFUSED"), 1, "{joined}");
+    }
+
+    #[test]
+    fn validation_details_appear_once_across_the_chain() {
+        let validation = crate::ValidationError::single("workout.created", "member_id", "is empty");
+        let err = PublishError::validation(validation).for_event(Uuid::nil());
+        let texts = chain(&err);
+        assert_eq!(
+            texts,
+            [
+                "invalid event (event 00000000-0000-0000-0000-000000000000): \
+              `workout.created`: member_id: is empty"
+            ]
+        );
+        assert!(err.validation_error().is_some());
+    }
+
+    #[test]
+    fn no_password_appears_in_display_debug_or_the_chain() {
+        const PASSWORD: &str = "s3cr3t-Pa55word";
+        let url = format!("amqp://fitviz:{PASSWORD}@rabbit.internal:5672/fitviz");
+        // Even a cause that quotes the URL does not leak it.
+        let cause = Wrapper(
+            "connecting failed",
+            std::io::Error::other(format!("cannot reach amqp://fitviz:{PASSWORD}@rabbit")),
+        );
+        let err = PublishError::connect(&url, cause);
+        let printed = format!("{err} | {err:?} | {err:#?}");
+        assert!(!printed.contains(PASSWORD), "{printed}");
+        assert!(
+            err.to_string().starts_with(
+                "could not connect to the broker at amqp://fitviz:***@rabbit.internal:5672/fitviz: "
+            ),
+            "{err}"
+        );
+        let quoted = PublishError::connection(
+            "could not connect to the broker",
+            format!("bad uri amqp://fitviz:{PASSWORD}@rabbit/%2f and amqps://u:{PASSWORD}@h"),
+        );
+        let printed = format!("{quoted} | {quoted:?}");
+        assert!(!printed.contains(PASSWORD), "{printed}");
+        assert!(
+            printed.contains("amqp://fitviz:***@rabbit/%2f and amqps://u:***@h"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn redaction_leaves_text_without_passwords_alone() {
+        for text in [
+            "plain text",
+            "amqp://127.0.0.1:5672/%2f",
+            "amqp://guest@rabbit/v",
+            "mail me at a@b.c: amqp://rabbit:5672",
+        ] {
+            assert_eq!(redact_credentials(text), text);
+        }
+        assert_eq!(
+            redact_credentials("a amqp://u:p@h b http://x:y@z"),
+            "a amqp://u:***@h b http://x:***@z"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn redaction_hides_any_url_password(
+            pw in "[a-zA-Z0-9!$&'()*+,;=:@/]{6,16}",
+            user in "[a-z]{0,8}",
+            before in "[^@]{0,16}",
+            after in "[ /:.a-z0-9]{0,16}",
+        ) {
+            let text = format!("{before} amqp://{user}:{pw}@rabbit{after}");
+            proptest::prop_assume!(!before.contains(&pw) && !after.contains(&pw) && !user.contains(&pw));
+            let redacted = redact_credentials(&text);
+            proptest::prop_assert!(!redacted.contains(&pw), "{}", redacted);
+        }
     }
 }

@@ -43,7 +43,8 @@ use serde::{Serialize, de::DeserializeOwned};
 pub trait DomainEvent: Serialize + DeserializeOwned + fmt::Debug + Send + Sync + 'static {
     /// The event type and routing key, lowercase `noun.verb`.
     const EVENT_TYPE: &'static str;
-    /// The schema version, sent in the envelope and the `x-schema-version` header.
+    /// The schema version of the payload, sent as the envelope's `version` field and as the
+    /// AMQP header `schema_version` (an integer).
     const VERSION: u32 = 1;
 
     /// Checks the event's semantic rules.

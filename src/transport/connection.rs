@@ -52,15 +52,7 @@ impl ConnectionManager {
         }
         let connection = Connection::connect(&self.settings.uri, properties)
             .await
-            .map_err(|e| {
-                PublishError::connection(
-                    format!(
-                        "could not connect to the broker at {}",
-                        self.settings.redacted
-                    ),
-                    e,
-                )
-            })?;
+            .map_err(|e| PublishError::connect(&self.settings.redacted, e))?;
         if let Err(error) = self.exchange.declare(&connection).await {
             close(&connection, "exchange declaration failed").await;
             return Err(error);
