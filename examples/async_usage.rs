@@ -28,7 +28,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     // A demo queue so the events are routable (the notification service binds its own).
-    let connection = Connection::connect(config.url(), ConnectionProperties::default()).await?;
+    let connection =
+        Connection::connect(config.url.expose_secret(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     let queue = "fitviz.events.async_usage";
     channel
@@ -41,7 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     channel
         .queue_bind(
             queue.into(),
-            config.exchange().into(),
+            config.exchange.as_str().into(),
             "#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),

@@ -118,8 +118,11 @@ async fn bind_demo_queue(config: &PublisherConfig) -> Result<(), lapin::Error> {
         options::*,
         types::{AMQPValue, FieldTable},
     };
-    let connection =
-        lapin::Connection::connect(config.url(), lapin::ConnectionProperties::default()).await?;
+    let connection = lapin::Connection::connect(
+        config.url.expose_secret(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await?;
     let channel = connection.create_channel().await?;
     let mut args = FieldTable::default();
     args.insert("x-expires".into(), AMQPValue::LongInt(600_000));
@@ -130,7 +133,7 @@ async fn bind_demo_queue(config: &PublisherConfig) -> Result<(), lapin::Error> {
     channel
         .queue_bind(
             queue.into(),
-            config.exchange().into(),
+            config.exchange.as_str().into(),
             "#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),

@@ -25,7 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = PublisherConfig::from_env()?;
     let pool = ChannelPool::new(&config)?;
     pool.declare_exchange(&config).await?;
-    let transport = AmqpPublish::new(pool, config.exchange(), "custom-stack-example");
+    let transport = AmqpPublish::new(pool, config.exchange.as_str(), "custom-stack-example");
 
     let breaker = CircuitBreakerLayer::new(3, Duration::from_secs(2));
     let health = breaker.handle();
@@ -43,7 +43,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         EventPublisher::builder(config.clone()).build_with_service(BoxCloneSyncService::new(stack));
 
     // A demo queue so the events are routable.
-    let connection = Connection::connect(config.url(), ConnectionProperties::default()).await?;
+    let connection =
+        Connection::connect(config.url.expose_secret(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     let queue = "fitviz.events.custom_stack";
     channel
@@ -56,7 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     channel
         .queue_bind(
             queue.into(),
-            config.exchange().into(),
+            config.exchange.as_str().into(),
             "#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),

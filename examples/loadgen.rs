@@ -85,22 +85,25 @@ fn event(payload: &str) -> Event {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
-    let mut builder = PublisherConfig::builder().allow_unregistered(true);
+    let mut config = PublisherConfig {
+        allow_unregistered: true,
+        ..Default::default()
+    };
     if let Some(url) = &args.url {
-        builder = builder.url(url.clone());
+        config.url = url.parse()?;
     } else if let Ok(url) = std::env::var("FITVIZ_EVENTS_URL") {
-        builder = builder.url(url);
+        config.url = url.parse()?;
     }
     if let Some(exchange) = &args.exchange {
-        builder = builder.exchange(exchange.clone());
+        config.exchange = exchange.clone();
     }
     if let Some(size) = args.pool_size {
-        builder = builder.pool_size(size);
+        config.pool_size = size;
     }
     if let Some(m) = args.max_in_flight {
-        builder = builder.max_in_flight(m);
+        config.max_in_flight = m;
     }
-    let config = builder.build()?;
+    config.validate()?;
     let publisher = EventPublisher::builder(config.clone())
         .detached(
             DetachedConfig::default()
@@ -111,9 +114,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .connect()
         .await?;
 
-    let connection = Connection::connect(config.url(), ConnectionProperties::default()).await?;
+    let connection =
+        Connection::connect(config.url.expose_secret(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    let queue = format!("loadgen.{}", config.exchange());
+    let queue = format!("loadgen.{}", config.exchange.as_str());
     channel
         .queue_declare(
             queue.as_str().into(),
@@ -127,7 +131,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     channel
         .queue_bind(
             queue.as_str().into(),
-            config.exchange().into(),
+            config.exchange.as_str().into(),
             "loadgen.#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),

@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "publishing to {} on exchange `{}`",
         config.redacted_url(),
-        config.exchange()
+        config.exchange.as_str()
     );
     let publisher = EventPublisher::connect(config.clone()).await?;
     let demo_queue = bind_demo_queue(&config).await?;
@@ -101,7 +101,8 @@ impl DemoQueue {
 }
 
 async fn bind_demo_queue(config: &PublisherConfig) -> Result<DemoQueue, lapin::Error> {
-    let connection = Connection::connect(config.url(), ConnectionProperties::default()).await?;
+    let connection =
+        Connection::connect(config.url.expose_secret(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     let name = "fitviz.events.simple_usage";
     let mut args = FieldTable::default();
@@ -112,7 +113,7 @@ async fn bind_demo_queue(config: &PublisherConfig) -> Result<DemoQueue, lapin::E
     channel
         .queue_bind(
             name.into(),
-            config.exchange().into(),
+            config.exchange.as_str().into(),
             "#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | [`events`] | the eleven built-in FitViz events |
 //! | [`schema`] | [`DomainEvent`], [`SchemaRegistry`], validation errors |
-//! | [`config`] | [`PublisherConfig`]: builder, environment, config files |
+//! | [`config`] | [`PublisherConfig`]: settings in code, from the environment or config files |
 //! | [`validate`], [`organization`], [`timeout`], [`retry`], [`circuit_breaker`] | one Tower middleware each |
 //! | [`transport`] | [`AmqpPublish`], the confirmed publish on a [`ChannelPool`] |
 //! | [`detached`] | the bounded background queue behind [`EventPublisher::spawn`] |
@@ -43,7 +43,7 @@ pub mod timeout;
 pub mod transport;
 pub mod validate;
 
-pub use config::{ConfigError, PublisherConfig, PublisherConfigBuilder};
+pub use config::{BrokerUrl, ConfigError, PublisherConfig};
 pub use detached::{CloseReport, DetachedConfig, Overflow};
 pub use error::{BoxError, ErrorKind, PublishError};
 pub use event::{Event, OrganizationId, Receipt, check_event_type};

@@ -219,7 +219,7 @@ impl ChannelPool {
     /// # Errors
     /// [`ErrorKind::Config`] when the pool cannot be built (no tokio runtime).
     pub fn new(config: &PublisherConfig) -> Result<Self, PublishError> {
-        let name = config.connection_name().map(str::to_owned);
+        let name = config.connection_name.clone();
         let connection_properties = move || {
             let props = ConnectionProperties::default();
             match &name {
@@ -228,8 +228,8 @@ impl ChannelPool {
             }
         };
         let connection_timeouts = Timeouts {
-            wait: Some(config.connection_timeout() + config.pool_wait_timeout()),
-            create: Some(config.connection_timeout()),
+            wait: Some(config.connection_timeout + config.pool_wait_timeout),
+            create: Some(config.connection_timeout),
             recycle: Some(Duration::from_secs(1)),
         };
         let connections = deadpool_lapin::Config {
@@ -247,13 +247,13 @@ impl ChannelPool {
         })?;
         let manager = ChannelManager {
             connections: connections.clone(),
-            max_in_flight: config.max_in_flight(),
+            max_in_flight: config.max_in_flight,
         };
         let channels = managed::Pool::builder(manager)
             // Room for replacements while publishes still hold a dead channel.
-            .max_size(config.pool_size() * 2)
-            .wait_timeout(Some(config.pool_wait_timeout()))
-            .create_timeout(Some(config.connection_timeout() * 2))
+            .max_size(config.pool_size * 2)
+            .wait_timeout(Some(config.pool_wait_timeout))
+            .create_timeout(Some(config.connection_timeout * 2))
             .recycle_timeout(Some(Duration::from_secs(1)))
             .runtime(deadpool::Runtime::Tokio1)
             .build()
@@ -263,7 +263,7 @@ impl ChannelPool {
             })?;
         Ok(Self {
             channels,
-            lanes: (0..config.pool_size()).map(|_| Lane::default()).collect(),
+            lanes: (0..config.pool_size).map(|_| Lane::default()).collect(),
             next_lane: Arc::new(AtomicUsize::new(0)),
             connections,
             redacted_url: config.redacted_url().into(),
@@ -319,7 +319,7 @@ impl ChannelPool {
     /// [`ErrorKind::Connection`] when the broker cannot be reached or the exchange
     /// does not exist (passive) or exists with other settings.
     pub async fn declare_exchange(&self, config: &PublisherConfig) -> Result<(), PublishError> {
-        let deadline = config.connection_timeout() * 2;
+        let deadline = config.connection_timeout * 2;
         tokio::time::timeout(deadline, self.declare_exchange_now(config))
             .await
             .unwrap_or_else(|_| Err(PublishError::timeout("declaring the exchange", deadline)))
@@ -334,12 +334,12 @@ impl ChannelPool {
         drop(connection);
         let options = ExchangeDeclareOptions {
             durable: true,
-            passive: !config.declare_exchange(),
+            passive: !config.declare_exchange,
             ..Default::default()
         };
         let result = channel
             .exchange_declare(
-                config.exchange().into(),
+                config.exchange.as_str().into(),
                 ExchangeKind::Topic,
                 options,
                 FieldTable::default(),

@@ -131,8 +131,11 @@ impl EventPublisherBuilder {
     pub async fn connect(self) -> Result<EventPublisher, PublishError> {
         let pool = ChannelPool::new(&self.config)?;
         pool.declare_exchange(&self.config).await?;
-        let transport =
-            AmqpPublish::new(pool.clone(), self.config.exchange(), self.config.source());
+        let transport = AmqpPublish::new(
+            pool.clone(),
+            self.config.exchange.as_str(),
+            self.config.source.as_str(),
+        );
         let breaker = self.breaker_layer();
         let service = self.stack(&breaker, transport);
         Ok(self.finish(service, Some(pool), Some(breaker.handle())))
@@ -156,8 +159,8 @@ impl EventPublisherBuilder {
 
     fn breaker_layer(&self) -> CircuitBreakerLayer {
         CircuitBreakerLayer::new(
-            self.config.breaker_failure_threshold(),
-            self.config.breaker_open_duration(),
+            self.config.breaker_failure_threshold,
+            self.config.breaker_open_duration,
         )
     }
 
@@ -168,9 +171,9 @@ impl EventPublisherBuilder {
     }
 
     fn validation_layer(&self) -> Option<ValidationLayer> {
-        self.config.validation().then(|| {
+        self.config.validation.then(|| {
             ValidationLayer::new(self.registry.clone())
-                .allow_unregistered(self.config.allow_unregistered())
+                .allow_unregistered(self.config.allow_unregistered)
         })
     }
 
@@ -187,7 +190,7 @@ impl EventPublisherBuilder {
                 validation: self.validation_layer(),
                 organization: self.organization.clone(),
                 detached: DetachedQueue::start(service.clone(), self.detached.clone()),
-                flush_timeout: self.config.publish_timeout(),
+                flush_timeout: self.config.publish_timeout,
                 closed: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
@@ -212,14 +215,14 @@ impl EventPublisherBuilder {
             ServiceBuilder::new()
                 .option_layer(self.validation_layer())
                 .layer(self.organization.clone())
-                .layer(TimeoutLayer::overall(config.publish_timeout()))
+                .layer(TimeoutLayer::overall(config.publish_timeout))
                 .layer(RetryLayer::new(
-                    config.retry_attempts(),
-                    config.retry_base_delay(),
-                    config.retry_max_delay(),
+                    config.retry_attempts,
+                    config.retry_base_delay,
+                    config.retry_max_delay,
                 ))
                 .layer(breaker.clone())
-                .layer(TimeoutLayer::attempt(config.confirm_timeout()))
+                .layer(TimeoutLayer::attempt(config.confirm_timeout))
                 .service(transport),
         )
     }

@@ -45,14 +45,14 @@ fn the_password_appears_in_no_log_line_and_no_debug_output() {
             .unwrap()
             .port();
         let url = format!("amqp://fitviz:{PASSWORD}@127.0.0.1:{port}/%2f");
-        let config = PublisherConfig::builder()
-            .url(url.clone())
-            .confirm_timeout(Duration::from_millis(200))
-            .publish_timeout(Duration::from_millis(600))
-            .retry_base_delay(Duration::from_millis(10))
-            .retry_max_delay(Duration::from_millis(20))
-            .build()
-            .unwrap();
+        let config = PublisherConfig {
+            url: url.parse().unwrap(),
+            confirm_timeout: Duration::from_millis(200),
+            publish_timeout: Duration::from_millis(600),
+            retry_base_delay: Duration::from_millis(10),
+            retry_max_delay: Duration::from_millis(20),
+            ..Default::default()
+        };
         let debug = format!("{config:?}");
         assert!(!debug.contains(PASSWORD), "{debug}");
         assert!(debug.contains("***"), "{debug}");
@@ -62,7 +62,8 @@ fn the_password_appears_in_no_log_line_and_no_debug_output() {
 
         let pool = fitviz_events::ChannelPool::new(&config).unwrap();
         assert!(!format!("{pool:?}").contains(PASSWORD));
-        let transport = fitviz_events::AmqpPublish::new(pool, config.exchange(), config.source());
+        let transport =
+            fitviz_events::AmqpPublish::new(pool, config.exchange.as_str(), config.source.as_str());
         let publisher = EventPublisher::builder(config).build_with_transport(transport);
         assert!(!format!("{publisher:?}").contains(PASSWORD));
         for _ in 0..3 {

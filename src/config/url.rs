@@ -1,0 +1,224 @@
+//! [`BrokerUrl`]: the broker URL, kept secret.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+use url::{Host, Url};
+
+use super::error::ConfigError;
+
+const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// What replaces the password in redacted URLs.
+const REDACTED: &str = "***";
+/// The key errors name the URL by (the environment renames it).
+const KEY: &str = "url";
+
+/// The broker URL: `amqp://` or `amqps://`, with a host name or IPv4 address.
+///
+/// Made with [`parse`](str::parse) (or deserialized from a string), which checks it as the
+/// AMQP client will read it. The URL is held as a [`SecretString`]: [`Debug`] and
+/// [`Display`](fmt::Display) show it [redacted](Self::redacted), and only
+/// [`expose_secret`](Self::expose_secret) gives the password. [`Default`] is
+/// `amqp://guest:guest@127.0.0.1:5672/%2f`.
+///
+/// ```
+/// use fitviz_events::config::BrokerUrl;
+///
+/// let url: BrokerUrl = "amqp://app:s3cret@rabbit:5672/fitviz".parse()?;
+/// assert_eq!(url.to_string(), "amqp://app:***@rabbit:5672/fitviz");
+/// assert_eq!(url.expose_secret(), "amqp://app:s3cret@rabbit:5672/fitviz");
+///
+/// let err = "amqp://app:s3cret@[::1]/".parse::<BrokerUrl>().unwrap_err();
+/// assert!(!err.to_string().contains("s3cret"));
+/// # Ok::<(), fitviz_events::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct BrokerUrl {
+    secret: SecretString,
+    /// The URL with its password replaced, computed once.
+    redacted: String,
+}
+
+impl BrokerUrl {
+    /// The URL as given, password included: pass it to the connection and nowhere else
+    /// (prefer [`PublisherConfig::amqp_uri`](super::PublisherConfig::amqp_uri), which adds
+    /// the timeouts).
+    pub fn expose_secret(&self) -> &str {
+        self.secret.expose_secret()
+    }
+
+    /// The URL with the password replaced by `***`, safe to log, e.g.
+    /// `amqp://guest:***@127.0.0.1:5672/%2f`. A URL without a password is returned unchanged.
+    pub fn redacted(&self) -> String {
+        self.redacted.clone()
+    }
+
+    /// The URL with the `heartbeat` (seconds) and `connection_timeout` (milliseconds) query
+    /// parameters set, replacing any it had; other parameters are kept.
+    pub(super) fn with_timeouts(
+        &self,
+        heartbeat: Duration,
+        connection_timeout: Duration,
+    ) -> String {
+        let raw = self.expose_secret();
+        let Ok(mut url) = Url::parse(raw) else {
+            // Unreachable: a `BrokerUrl` is parsed before it exists.
+            return raw.to_owned();
+        };
+        let mut query: String = url
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| {
+                let key = url::form_urlencoded::parse(pair.as_bytes()).next();
+                !matches!(key, Some((key, _)) if key == "heartbeat" || key == "connection_timeout")
+                    && !pair.is_empty()
+            })
+            .map(|pair| format!("{pair}&"))
+            .collect();
+        query.push_str(&format!(
+            "heartbeat={}&connection_timeout={}",
+            heartbeat.as_secs(),
+            connection_timeout.as_millis()
+        ));
+        url.set_query(Some(&query));
+        url.into()
+    }
+}
+
+impl FromStr for BrokerUrl {
+    type Err = ConfigError;
+
+    /// Parses and checks a URL; an error names it `url` and shows it redacted.
+    fn from_str(raw: &str) -> Result<Self, ConfigError> {
+        let fail = |reason: &str| ConfigError::invalid(KEY, reason, &redact(raw));
+        let url = Url::parse(raw).map_err(|e| fail(&format!("invalid url ({e})")))?;
+        if !matches!(url.scheme(), "amqp" | "amqps") {
+            return Err(fail("expected scheme `amqp` or `amqps`"));
+        }
+        match url.host() {
+            None | Some(Host::Domain("")) => return Err(fail("expected a host")),
+            // lapin reads `Url::domain()`, which is `None` for IPv6 literals, and would
+            // silently connect to `localhost` instead.
+            Some(Host::Ipv6(_)) => {
+                return Err(fail(
+                    "expected a host name or ipv4 address, the amqp client does not support ipv6 addresses",
+                ));
+            }
+            Some(_) => {}
+        }
+        let redacted = match url.password() {
+            None => raw.to_owned(),
+            Some(_) => {
+                let mut shown = url.clone();
+                // Cannot fail: the URL has a host.
+                let _ = shown.set_password(Some(REDACTED));
+                shown.into()
+            }
+        };
+        let broker_url = Self {
+            secret: raw.into(),
+            redacted,
+        };
+        check_client_accepts(&broker_url, url.password().unwrap_or_default())?;
+        Ok(broker_url)
+    }
+}
+
+/// Parses the URL the way lapin will, so a bad query parameter (`frame_max=x`, an unknown
+/// `auth_mechanism`, …) is a config error and not a connect error.
+fn check_client_accepts(url: &BrokerUrl, password: &str) -> Result<(), ConfigError> {
+    let uri = url.with_timeouts(Duration::from_secs(10), Duration::from_secs(5));
+    let Err(message) = uri.parse::<lapin::uri::AMQPUri>() else {
+        return Ok(());
+    };
+    // lapin's messages quote no URL parts once the URL has a host; keep it that way.
+    let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
+    let leaks = message.contains("://")
+        || (!password.is_empty() && (message.contains(password) || message.contains(&*decoded)));
+    let reason = if leaks {
+        "rejected by the amqp client".to_owned()
+    } else {
+        let mut chars = message.chars();
+        let message: String = chars
+            .next()
+            .map(|first| first.to_lowercase().chain(chars).collect())
+            .unwrap_or_default();
+        format!("rejected by the amqp client ({message})")
+    };
+    Err(ConfigError::invalid(KEY, reason, &url.redacted))
+}
+
+impl Default for BrokerUrl {
+    fn default() -> Self {
+        DEFAULT_URL.parse().expect("the default URL is valid")
+    }
+}
+
+impl<'de> Deserialize<'de> for BrokerUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        SecretString::deserialize(deserializer)?
+            .expose_secret()
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl PartialEq for BrokerUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose_secret() == other.expose_secret()
+    }
+}
+
+impl Eq for BrokerUrl {}
+
+impl fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("BrokerUrl").field(&self.redacted).finish()
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+/// Redacts the password of a URL that may not be valid, for error messages.
+pub(super) fn redact(raw: &str) -> String {
+    if let Ok(mut url) = Url::parse(raw) {
+        if url.has_host() {
+            if url.password().is_none() {
+                return raw.to_owned();
+            }
+            if url.set_password(Some(REDACTED)).is_ok() {
+                return url.into();
+            }
+        }
+    }
+    redact_raw(raw)
+}
+
+/// Redacts without parsing: everything between the first `:` of what could be the userinfo
+/// and the last `@`. Errs on the side of hiding too much.
+pub(super) fn redact_raw(raw: &str) -> String {
+    let Some(at) = raw.rfind('@') else {
+        return raw.to_owned();
+    };
+    let start = match raw.find("://") {
+        Some(i)
+            if i < at
+                && raw[..i]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')) =>
+        {
+            i + 3
+        }
+        _ => 0,
+    };
+    match raw[start..at].find(':') {
+        Some(colon) => format!("{}{REDACTED}{}", &raw[..start + colon + 1], &raw[at..]),
+        None => raw.to_owned(),
+    }
+}
