@@ -14,27 +14,6 @@ use super::{
 /// What booleans accept, in any case.
 const FLAGS: &str = "expected true/false, 1/0, yes/no or on/off";
 
-pub(super) fn from_env() -> Result<PublisherConfig, ConfigError> {
-    load(std::env::vars_os().filter_map(|(name, value)| {
-        let value = value
-            .into_string()
-            .map_err(|value| value.to_string_lossy().into_owned());
-        Some((name.into_string().ok()?, value))
-    }))
-}
-
-pub(super) fn from_vars<I, K, V>(vars: I) -> Result<PublisherConfig, ConfigError>
-where
-    I: IntoIterator<Item = (K, V)>,
-    K: AsRef<str>,
-    V: AsRef<str>,
-{
-    load(
-        vars.into_iter()
-            .map(|(name, value)| (name.as_ref().to_owned(), Ok(value.as_ref().to_owned()))),
-    )
-}
-
 /// Reads the settings among `vars` over the defaults and validates them. A value is
 /// `Err(lossy)` when it was not valid Unicode.
 pub(super) fn load(

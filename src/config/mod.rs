@@ -288,7 +288,12 @@ impl PublisherConfig {
     /// A [`ConfigError`] naming the first invalid variable (in the order of the fields), also
     /// when a variable is not valid Unicode.
     pub fn from_env() -> Result<Self, ConfigError> {
-        env::from_env()
+        env::load(std::env::vars_os().filter_map(|(name, value)| {
+            let value = value
+                .into_string()
+                .map_err(|v| v.to_string_lossy().into_owned());
+            Some((name.into_string().ok()?, value))
+        }))
     }
 
     /// Like [`from_env`](Self::from_env), reading the given `(name, value)` pairs instead of
@@ -303,7 +308,10 @@ impl PublisherConfig {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        env::from_vars(vars)
+        env::load(
+            vars.into_iter()
+                .map(|(name, value)| (name.as_ref().to_owned(), Ok(value.as_ref().to_owned()))),
+        )
     }
 
     /// Checks every setting's range and the rules between settings.

@@ -63,26 +63,20 @@ impl BrokerUrl {
     ) -> String {
         let raw = self.expose_secret();
         let Ok(mut url) = Url::parse(raw) else {
-            // Unreachable: a `BrokerUrl` is parsed before it exists.
-            return raw.to_owned();
+            return raw.to_owned(); // Unreachable: a `BrokerUrl` is parsed before it exists.
         };
-        let mut query: String = url
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter(|pair| {
-                let key = url::form_urlencoded::parse(pair.as_bytes()).next();
-                !matches!(key, Some((key, _)) if key == "heartbeat" || key == "connection_timeout")
-                    && !pair.is_empty()
-            })
-            .map(|pair| format!("{pair}&"))
+        let kept: Vec<(String, String)> = (url.query_pairs())
+            .filter(|(key, _)| key != "heartbeat" && key != "connection_timeout")
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
             .collect();
-        query.push_str(&format!(
-            "heartbeat={}&connection_timeout={}",
-            heartbeat.as_secs(),
-            connection_timeout.as_millis()
-        ));
-        url.set_query(Some(&query));
+        url.query_pairs_mut()
+            .clear()
+            .extend_pairs(kept)
+            .append_pair("heartbeat", &heartbeat.as_secs().to_string())
+            .append_pair(
+                "connection_timeout",
+                &connection_timeout.as_millis().to_string(),
+            );
         url.into()
     }
 }
@@ -90,14 +84,14 @@ impl BrokerUrl {
 impl FromStr for BrokerUrl {
     type Err = ConfigError;
 
-    /// Parses and checks a URL; an error names it `url` and shows it redacted.
+    /// Parses and checks one URL; an error names it `url` and shows it redacted.
     fn from_str(raw: &str) -> Result<Self, ConfigError> {
         let fail = |reason: &str| ConfigError::invalid(KEY, reason, &redact(raw));
         let url = Url::parse(raw).map_err(|e| fail(&format!("invalid url ({e})")))?;
-        if !matches!(url.scheme(), "amqp" | "amqps") {
-            return Err(fail("expected scheme `amqp` or `amqps`"));
-        }
         match url.host() {
+            _ if !matches!(url.scheme(), "amqp" | "amqps") => {
+                return Err(fail("expected scheme `amqp` or `amqps`"));
+            }
             None | Some(Host::Domain("")) => return Err(fail("expected a host")),
             // lapin reads `Url::domain()`, which is `None` for IPv6 literals, and would
             // silently connect to `localhost` instead.
@@ -108,46 +102,28 @@ impl FromStr for BrokerUrl {
             }
             Some(_) => {}
         }
-        let redacted = match url.password() {
-            None => raw.to_owned(),
-            Some(_) => {
-                let mut shown = url.clone();
-                // Cannot fail: the URL has a host.
-                let _ = shown.set_password(Some(REDACTED));
-                shown.into()
-            }
-        };
         let broker_url = Self {
             secret: raw.into(),
-            redacted,
+            redacted: redact(raw),
         };
-        check_client_accepts(&broker_url, url.password().unwrap_or_default())?;
-        Ok(broker_url)
+        // Parse it as lapin will, so a bad query parameter (`frame_max=x`, an unknown
+        // `auth_mechanism`, …) is a config error and not a connect error.
+        let uri = broker_url.with_timeouts(Duration::from_secs(10), Duration::from_secs(5));
+        let Err(message) = uri.parse::<lapin::uri::AMQPUri>() else {
+            return Ok(broker_url);
+        };
+        // lapin's messages quote no URL parts once the URL has a host; keep it that way.
+        let password = url.password().unwrap_or_default();
+        let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
+        let leaks = message.contains("://")
+            || (!password.is_empty()
+                && (message.contains(password) || message.contains(&*decoded)));
+        let reason = match leaks {
+            true => "rejected by the amqp client".to_owned(),
+            false => format!("rejected by the amqp client ({})", message.to_lowercase()),
+        };
+        Err(ConfigError::invalid(KEY, reason, &broker_url.redacted))
     }
-}
-
-/// Parses the URL the way lapin will, so a bad query parameter (`frame_max=x`, an unknown
-/// `auth_mechanism`, …) is a config error and not a connect error.
-fn check_client_accepts(url: &BrokerUrl, password: &str) -> Result<(), ConfigError> {
-    let uri = url.with_timeouts(Duration::from_secs(10), Duration::from_secs(5));
-    let Err(message) = uri.parse::<lapin::uri::AMQPUri>() else {
-        return Ok(());
-    };
-    // lapin's messages quote no URL parts once the URL has a host; keep it that way.
-    let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
-    let leaks = message.contains("://")
-        || (!password.is_empty() && (message.contains(password) || message.contains(&*decoded)));
-    let reason = if leaks {
-        "rejected by the amqp client".to_owned()
-    } else {
-        let mut chars = message.chars();
-        let message: String = chars
-            .next()
-            .map(|first| first.to_lowercase().chain(chars).collect())
-            .unwrap_or_default();
-        format!("rejected by the amqp client ({message})")
-    };
-    Err(ConfigError::invalid(KEY, reason, &url.redacted))
 }
 
 impl Default for BrokerUrl {
@@ -158,8 +134,8 @@ impl Default for BrokerUrl {
 
 impl<'de> Deserialize<'de> for BrokerUrl {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        SecretString::deserialize(deserializer)?
-            .expose_secret()
+        let raw = SecretString::deserialize(deserializer)?;
+        raw.expose_secret()
             .parse()
             .map_err(serde::de::Error::custom)
     }
@@ -185,19 +161,16 @@ impl fmt::Display for BrokerUrl {
     }
 }
 
-/// Redacts the password of a URL that may not be valid, for error messages.
+/// Replaces the password of a URL, which may be invalid, by `***`.
 pub(super) fn redact(raw: &str) -> String {
-    if let Ok(mut url) = Url::parse(raw) {
-        if url.has_host() {
-            if url.password().is_none() {
-                return raw.to_owned();
-            }
-            if url.set_password(Some(REDACTED)).is_ok() {
-                return url.into();
-            }
-        }
+    match Url::parse(raw) {
+        Ok(url) if url.has_host() && url.password().is_none() => raw.to_owned(),
+        Ok(mut url) if url.has_host() => match url.set_password(Some(REDACTED)) {
+            Ok(()) => url.into(),
+            Err(()) => redact_raw(raw),
+        },
+        _ => redact_raw(raw),
     }
-    redact_raw(raw)
 }
 
 /// Redacts without parsing: everything between the first `:` of what could be the userinfo
@@ -206,15 +179,9 @@ pub(super) fn redact_raw(raw: &str) -> String {
     let Some(at) = raw.rfind('@') else {
         return raw.to_owned();
     };
+    let scheme = |s: &str| (s.bytes()).all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
     let start = match raw.find("://") {
-        Some(i)
-            if i < at
-                && raw[..i]
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')) =>
-        {
-            i + 3
-        }
+        Some(i) if i < at && scheme(&raw[..i]) => i + 3,
         _ => 0,
     };
     match raw[start..at].find(':') {
