@@ -30,13 +30,6 @@
 //! (`FITVIZ_EVENTS_POOL_SIZE`) for `from_env`/`from_vars`, the config file key (`pool_size`,
 //! `confirm_timeout_ms`) otherwise — and never contains the broker password.
 //!
-//! # Adding a setting
-//!
-//! Add a public field with a doc line, its default in [`Default`], its rule in
-//! `#[garde(...)]` (the rules are in `rules.rs`), and a row in the README table. A duration
-//! is read as a number in the unit its key ends with: the key is the field name plus `_ms` or
-//! `_secs` (replacing a final `_duration`), given by `#[serde(rename)]`.
-//!
 //! # Example
 //!
 //! ```
@@ -148,6 +141,10 @@ type Secs = DurationSeconds<u64>;
 /// variables, defaults and accepted values.
 ///
 /// `Debug` shows the URL with its password replaced by `***`.
+// A new setting is a field with a doc line and its rule (`rules.rs`), a line in `Default`
+// and a row in the README table (a test checks it). A duration is read as a number in the
+// unit its key ends with: the key is the field name plus `_ms` or `_secs` (replacing a final
+// `_duration`), set with `#[serde(rename)]`; errors find the key by that convention.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, garde::Validate)]
 #[serde(default, deny_unknown_fields)]
 #[garde(context(Naming))]

@@ -33,6 +33,9 @@ const KEY: &str = "url";
 /// assert!(!err.to_string().contains("s3cret"));
 /// # Ok::<(), fitviz_events::ConfigError>(())
 /// ```
+// One URL. A list of brokers (`FITVIZ_EVENTS_URL=amqp://a,amqp://b`) can be a type holding
+// `Vec<BrokerUrl>` whose `FromStr` splits on commas and parses each with this one; envy
+// already splits a sequence on commas, and `with_timeouts` works per URL.
 #[derive(Clone)]
 pub struct BrokerUrl {
     secret: SecretString,
