@@ -11,11 +11,11 @@
 //!   are trimmed; an unset, empty or blank variable takes the default; unknown variables,
 //!   also ones with the [`ENV_PREFIX`], are ignored. Booleans are `true`/`false`, `1`/`0`,
 //!   `yes`/`no` or `on`/`off`, in any case.
-//! - **Config files**: [`PublisherConfig`] implements [`Deserialize`]. A
-//!   key is the variable name without the prefix, in lower case (`pool_size`,
-//!   `confirm_timeout_ms`, `heartbeat_secs`, `breaker_open_ms`); a missing key takes the
-//!   default, an unknown key is an error. Durations are whole milliseconds (`*_ms`) or
-//!   seconds (`*_secs`); booleans may also be spelled as in the environment.
+//! - **Config files**: [`PublisherConfig`] implements [`Deserialize`]. A key is the variable
+//!   name without the prefix, in lower case (`pool_size`, `confirm_timeout_ms`,
+//!   `heartbeat_secs`, `breaker_open_ms`); a missing key takes the default, an unknown key is
+//!   an error. Durations are whole milliseconds (`*_ms`) or seconds (`*_secs`); booleans may
+//!   also be spelled as in the environment.
 //!
 //! # Validation
 //!
