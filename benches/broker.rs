@@ -117,13 +117,13 @@ impl Bench {
                 .unwrap();
             raw_channels.push(ch);
         }
-        let config = PublisherConfig::builder()
-            .url(url())
-            .exchange(exchange.clone())
-            .pool_size(CHANNELS)
-            .allow_unregistered(true)
-            .build()
-            .unwrap();
+        let config = PublisherConfig {
+            url: url().parse().unwrap(),
+            exchange: exchange.clone(),
+            pool_size: CHANNELS,
+            allow_unregistered: true,
+            ..Default::default()
+        };
         let publisher = EventPublisher::connect(config).await.unwrap();
         Self {
             exchange,

@@ -33,10 +33,10 @@ fn stack(c: &mut Criterion) {
     });
     for validation in [true, false] {
         let publisher = rt.block_on(async {
-            let config = PublisherConfig::builder()
-                .validation(validation)
-                .build()
-                .unwrap();
+            let config = PublisherConfig {
+                validation,
+                ..Default::default()
+            };
             EventPublisher::builder(config).build_with_transport(MemorySink::counting())
         });
         let name = if validation {

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use fitviz_events::testing::Example;
-use fitviz_events::{DetachedConfig, Event, EventPublisher, Overflow, PublisherConfig, events::*};
+use fitviz_events::{Event, EventPublisher, PublisherConfig, events::*};
 use lapin::{
     Channel, Connection, ConnectionProperties,
     options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions},
@@ -18,15 +18,13 @@ use lapin::{
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config = PublisherConfig::from_env()?;
-    let publisher = EventPublisher::builder(config.clone())
-        .detached(
-            DetachedConfig::default()
-                .capacity(1_000)
-                .overflow(Overflow::Wait(Duration::from_millis(100))),
-        )
-        .connect()
-        .await?;
+    let config = PublisherConfig {
+        // A small queue that makes `spawn` wait up to 100 ms for room when it is full.
+        detached_capacity: 1_000,
+        detached_overflow_wait: Duration::from_millis(100),
+        ..PublisherConfig::from_env()?
+    };
+    let publisher = EventPublisher::connect(config.clone()).await?;
 
     // A demo queue so the events are routable (the notification service binds its own).
     let demo_queue = DemoQueue::declare("fitviz.events.async_usage", "booking.#", &config).await?;
@@ -86,8 +84,8 @@ impl DemoQueue {
     ) -> Result<Self, lapin::Error> {
         let queue = Self {
             name,
-            url: config.url().to_owned(),
-            exchange: config.exchange().to_owned(),
+            url: config.url.expose_secret().to_owned(),
+            exchange: config.exchange.clone(),
         };
         let mut args = FieldTable::default();
         args.insert("x-max-length".into(), AMQPValue::LongInt(1_000));

@@ -133,8 +133,8 @@ impl DemoQueue {
     fn new(name: &'static str, config: &PublisherConfig) -> Self {
         Self {
             name,
-            url: config.url().to_owned(),
-            exchange: config.exchange().to_owned(),
+            url: config.url.expose_secret().to_owned(),
+            exchange: config.exchange.clone(),
         }
     }
 

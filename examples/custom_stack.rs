@@ -1,6 +1,6 @@
-//! Composing the layers by hand around the transport, for users who want their own
-//! order or extra layers — here a `tower::limit::ConcurrencyLimitLayer` in front of the
-//! transport and no retry.
+//! A delivery stack of your own, for users who want another order or extra layers —
+//! here a `tower::limit::ConcurrencyLimitLayer` in front of the transport and no retry.
+//! The publisher still runs its front (validation, organization, envelope) first.
 //!
 //! ```sh
 //! cargo run --example custom_stack
@@ -8,11 +8,9 @@
 
 use std::time::Duration;
 
-use fitviz_events::testing::Example;
 use fitviz_events::{
-    AmqpPublish, ChannelPool, Event, EventPublisher, OrganizationId, PublisherConfig,
-    SchemaRegistry, circuit_breaker::CircuitBreakerLayer, events::WorkoutCreated,
-    organization::OrganizationLayer, timeout::TimeoutLayer, validate::ValidationLayer,
+    Event, EventPublisher, OrganizationId, PublisherConfig, circuit_breaker::CircuitBreakerLayer,
+    events::WorkoutCreated, testing::Example, timeout::TimeoutLayer, transport::AmqpPublish,
 };
 use lapin::{
     Channel, Connection, ConnectionProperties,
@@ -24,24 +22,21 @@ use tower::{ServiceBuilder, util::BoxCloneSyncService};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = PublisherConfig::from_env()?;
-    let pool = ChannelPool::new(&config)?;
-    pool.declare_exchange(&config).await?;
-    let transport = AmqpPublish::new(pool, config.exchange(), "custom-stack-example");
+    let transport = AmqpPublish::connect(&config).await?;
 
     let breaker = CircuitBreakerLayer::new(3, Duration::from_secs(2));
     let health = breaker.handle();
-    let stack = ServiceBuilder::new()
-        .layer(ValidationLayer::new(SchemaRegistry::builtin()))
-        .layer(OrganizationLayer::new(|| {
-            Some(OrganizationId::from("org-custom"))
-        }))
+    // The delivery part only: the publisher puts its front (validation, organization,
+    // envelope) in front of it, configured by the builder.
+    let delivery = ServiceBuilder::new()
         .layer(TimeoutLayer::overall(Duration::from_secs(2)))
         .layer(breaker)
         .layer(TimeoutLayer::attempt(Duration::from_secs(1)))
         .layer(tower::limit::ConcurrencyLimitLayer::new(64))
         .service(transport);
-    let publisher =
-        EventPublisher::builder(config.clone()).build_with_service(BoxCloneSyncService::new(stack));
+    let publisher = EventPublisher::builder(config.clone())
+        .organization_source(|| Some(OrganizationId::from("org-custom")))
+        .build_with_delivery(BoxCloneSyncService::new(delivery));
 
     // A demo queue so the events are routable.
     let demo_queue = DemoQueue::declare("fitviz.events.custom_stack", "workout.#", &config).await?;
@@ -80,8 +75,8 @@ impl DemoQueue {
     ) -> Result<Self, lapin::Error> {
         let queue = Self {
             name,
-            url: config.url().to_owned(),
-            exchange: config.exchange().to_owned(),
+            url: config.url.expose_secret().to_owned(),
+            exchange: config.exchange.clone(),
         };
         let mut args = FieldTable::default();
         args.insert("x-max-length".into(), AMQPValue::LongInt(1_000));

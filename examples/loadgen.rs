@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fitviz_events::{DetachedConfig, Event, EventPublisher, Overflow, PublisherConfig};
+use fitviz_events::{Event, EventPublisher, PublisherConfig};
 use hdrhistogram::Histogram;
 use lapin::{
     Channel, Connection, ConnectionProperties,
@@ -208,38 +208,35 @@ async fn shutdown_signal() {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
     let connection_name = format!("fitviz-loadgen-{}", std::process::id());
-    let mut builder = PublisherConfig::builder()
-        .allow_unregistered(true)
-        .connection_name(connection_name.clone());
+    let mut config = PublisherConfig {
+        allow_unregistered: true,
+        connection_name: Some(connection_name.clone()),
+        detached_capacity: args.concurrency.max(1) * 4,
+        detached_concurrency: args.concurrency.max(1),
+        detached_overflow_wait: Duration::from_secs(30),
+        ..Default::default()
+    };
     if let Some(url) = &args.url {
-        builder = builder.url(url.clone());
+        config.url = url.parse()?;
     } else if let Ok(url) = std::env::var("FITVIZ_EVENTS_URL") {
-        builder = builder.url(url);
+        config.url = url.parse()?;
     }
     if let Some(exchange) = &args.exchange {
-        builder = builder.exchange(exchange.clone());
+        config.exchange = exchange.clone();
     }
     if let Some(size) = args.pool_size {
-        builder = builder.pool_size(size);
+        config.pool_size = size;
     }
     if let Some(m) = args.max_in_flight {
-        builder = builder.max_in_flight(m);
+        config.max_in_flight = m;
     }
-    let config = builder.build()?;
-    let publisher = EventPublisher::builder(config.clone())
-        .detached(
-            DetachedConfig::default()
-                .capacity(args.concurrency.max(1) * 4)
-                .concurrency(args.concurrency)
-                .overflow(Overflow::Wait(Duration::from_secs(30))),
-        )
-        .connect()
-        .await?;
+    config.validate()?;
+    let publisher = EventPublisher::connect(config.clone()).await?;
 
     let queue = Arc::new(LoadQueue {
-        name: format!("loadgen.{}.{}", config.exchange(), std::process::id()),
-        url: config.url().to_owned(),
-        exchange: config.exchange().to_owned(),
+        name: format!("loadgen.{}.{}", config.exchange, std::process::id()),
+        url: config.url.expose_secret().to_owned(),
+        exchange: config.exchange.clone(),
         connection_name: format!("{connection_name} set-up"),
     });
     if let Err(error) = queue.declare().await {

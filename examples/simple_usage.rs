@@ -33,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "publishing to {} on exchange `{}`",
         config.redacted_url(),
-        config.exchange()
+        config.exchange.as_str()
     );
     let publisher = EventPublisher::connect(config.clone()).await?;
     let demo_queue = DemoQueue::declare("fitviz.events.simple_usage", "#", &config).await?;
@@ -105,8 +105,8 @@ impl DemoQueue {
     ) -> Result<Self, lapin::Error> {
         let queue = Self {
             name,
-            url: config.url().to_owned(),
-            exchange: config.exchange().to_owned(),
+            url: config.url.expose_secret().to_owned(),
+            exchange: config.exchange.clone(),
         };
         let mut args = FieldTable::default();
         args.insert("x-max-length".into(), AMQPValue::LongInt(1_000));

@@ -21,7 +21,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let sink = MemorySink::new();
-//! let publisher = EventPublisher::builder(PublisherConfig::builder().build().unwrap())
+//! let publisher = EventPublisher::builder(PublisherConfig::default())
 //!     .build_with_transport(sink.clone());
 //! let app = ServiceBuilder::new()
 //!     .layer(EventPublishLayer::new(publisher))

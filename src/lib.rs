@@ -44,7 +44,7 @@ pub mod timeout;
 pub mod transport;
 pub mod validate;
 
-pub use config::{ConfigError, ENV_PREFIX, PublisherConfig, PublisherConfigBuilder};
+pub use config::{BrokerUrl, ConfigError, ENV_PREFIX, PublisherConfig};
 pub use error::{ErrorKind, PublishError};
 pub use event::{Event, OrganizationId, Receipt, check_event_type};
 pub use publisher::{CloseReport, EventPublisher, EventPublisherBuilder, PublishService};

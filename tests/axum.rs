@@ -90,9 +90,7 @@ async fn body_json(response: Response) -> Value {
 async fn handler_publishes_with_the_requests_organization_and_correlation_id() {
     require_broker!();
     let fx = support::Fixture::new("axum_org", "#").await;
-    let publisher = EventPublisher::connect(fx.config().build().unwrap())
-        .await
-        .unwrap();
+    let publisher = EventPublisher::connect(fx.config()).await.unwrap();
     let app = app(publisher.clone());
 
     let response = app
@@ -203,14 +201,16 @@ async fn broker_unreachable_gives_503_within_the_deadline_and_try_publish_still_
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let config = fitviz_events::PublisherConfig::builder()
-        .url(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
-        .confirm_timeout(Duration::from_millis(300))
-        .publish_timeout(Duration::from_millis(800))
-        .retry_base_delay(Duration::from_millis(10))
-        .retry_max_delay(Duration::from_millis(50))
-        .build()
-        .unwrap();
+    let config = fitviz_events::PublisherConfig {
+        url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+            .parse()
+            .unwrap(),
+        confirm_timeout: Duration::from_millis(300),
+        publish_timeout: Duration::from_millis(800),
+        retry_base_delay: Duration::from_millis(10),
+        retry_max_delay: Duration::from_millis(50),
+        ..Default::default()
+    };
     // The exchange cannot be declared, so build the publisher without connecting.
     let transport = fitviz_events::transport::AmqpPublish::new(&config).unwrap();
     let publisher = EventPublisher::builder(config).build_with_transport(transport);
@@ -250,9 +250,7 @@ async fn broker_unreachable_gives_503_within_the_deadline_and_try_publish_still_
 async fn plain_tower_http_service_without_axum() {
     require_broker!();
     let fx = support::Fixture::new("plain_tower", "#").await;
-    let publisher = EventPublisher::connect(fx.config().build().unwrap())
-        .await
-        .unwrap();
+    let publisher = EventPublisher::connect(fx.config()).await.unwrap();
     let svc = tower::ServiceBuilder::new()
         .layer(
             EventPublishLayer::new(publisher.clone()).organization_from(|parts| {
@@ -287,9 +285,7 @@ async fn plain_tower_http_service_without_axum() {
 async fn thousands_of_concurrent_requests_keep_their_own_organization() {
     require_broker!();
     let fx = support::Fixture::new("axum_many", "#").await;
-    let publisher = EventPublisher::connect(fx.config().build().unwrap())
-        .await
-        .unwrap();
+    let publisher = EventPublisher::connect(fx.config()).await.unwrap();
     let app = app(publisher.clone());
     let mut tasks = Vec::new();
     for i in 0..2000 {

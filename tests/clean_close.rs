@@ -44,9 +44,12 @@ async fn a_clean_close_logs_nothing_above_debug() {
     tracing::warn!("capture check");
 
     let fx = Fixture::new("clean_close", "#").await;
-    let publisher = EventPublisher::connect(fx.config().pool_size(4).build().unwrap())
-        .await
-        .unwrap();
+    let publisher = EventPublisher::connect(fitviz_events::PublisherConfig {
+        pool_size: 4,
+        ..fx.config()
+    })
+    .await
+    .unwrap();
     let outcomes = publisher
         .publish_batch(
             (0..200).map(|_| Event::new(WorkoutCreated::example()).with_organization("org-1")),
@@ -74,5 +77,9 @@ async fn a_clean_close_logs_nothing_above_debug() {
         .filter(|line| !line.contains("capture check"))
         .filter(|line| line.contains(" WARN ") || line.contains("ERROR"))
         .collect();
-    assert!(loud.is_empty(), "a clean close logged:\n{}", loud.join("\n"));
+    assert!(
+        loud.is_empty(),
+        "a clean close logged:\n{}",
+        loud.join("\n")
+    );
 }

@@ -50,7 +50,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let sink = MemorySink::new();
-            let config = PublisherConfig::builder().allow_unregistered(allow_unregistered).build().unwrap();
+            let config = PublisherConfig { allow_unregistered, ..Default::default() };
             let publisher = EventPublisher::builder(config).build_with_transport(sink.clone());
             let event = Event::from_json(event_type.clone(), data)
                 .with_organization(org)

@@ -46,14 +46,14 @@ fn the_password_appears_in_no_log_line_and_no_debug_output() {
             .unwrap()
             .port();
         let url = format!("amqp://fitviz:{PASSWORD}@127.0.0.1:{port}/%2f");
-        let config = PublisherConfig::builder()
-            .url(url.clone())
-            .confirm_timeout(Duration::from_millis(200))
-            .publish_timeout(Duration::from_millis(600))
-            .retry_base_delay(Duration::from_millis(10))
-            .retry_max_delay(Duration::from_millis(20))
-            .build()
-            .unwrap();
+        let config = PublisherConfig {
+            url: url.parse().unwrap(),
+            confirm_timeout: Duration::from_millis(200),
+            publish_timeout: Duration::from_millis(600),
+            retry_base_delay: Duration::from_millis(10),
+            retry_max_delay: Duration::from_millis(20),
+            ..Default::default()
+        };
         let debug = format!("{config:?}");
         assert!(!debug.contains(PASSWORD), "{debug}");
         assert!(debug.contains("***"), "{debug}");

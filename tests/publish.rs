@@ -22,9 +22,7 @@ use uuid::Uuid;
 async fn consumer_receives_the_exact_body_and_properties() {
     require_broker!();
     let fx = support::Fixture::new("contract", "#").await;
-    let publisher = EventPublisher::connect(fx.config().build().unwrap())
-        .await
-        .unwrap();
+    let publisher = EventPublisher::connect(fx.config()).await.unwrap();
     let data = WorkoutCreated::example();
     let event = Event::new(data.clone())
         .with_organization("org-42")
@@ -85,9 +83,7 @@ async fn consumer_receives_the_exact_body_and_properties() {
 async fn every_builtin_event_publishes_and_arrives() {
     require_broker!();
     let fx = support::Fixture::new("builtin", "#").await;
-    let publisher = EventPublisher::connect(fx.config().build().unwrap())
-        .await
-        .unwrap();
+    let publisher = EventPublisher::connect(fx.config()).await.unwrap();
     let org = OrganizationId::from("org-7");
     let events = fitviz_events::testing::examples();
     let mut expected = HashSet::new();
@@ -145,9 +141,7 @@ fn example_json(event_type: &str) -> Value {
 async fn invalid_events_are_rejected_and_never_reach_the_broker() {
     require_broker!();
     let fx = support::Fixture::new("invalid", "#").await;
-    let publisher = EventPublisher::connect(fx.config().build().unwrap())
-        .await
-        .unwrap();
+    let publisher = EventPublisher::connect(fx.config()).await.unwrap();
     let org = Some(OrganizationId::from("org-1"));
 
     // One broken rule per built-in event, each through the JSON path, with the field named.
@@ -301,9 +295,7 @@ async fn a_nack_surfaces_as_a_nack_error() {
         AMQPValue::LongString("reject-publish".into()),
     );
     let fx = support::Fixture::with_queue_args("nack", "#", args).await;
-    let publisher = EventPublisher::connect(fx.config().build().unwrap())
-        .await
-        .unwrap();
+    let publisher = EventPublisher::connect(fx.config()).await.unwrap();
     let event = || Event::new(WorkoutDeleted::example()).with_organization("org-1");
     publisher.publish(event()).await.unwrap();
     let err = publisher.publish(event()).await.unwrap_err();
@@ -339,12 +331,11 @@ fn assert_exact(routed: bool, id: Uuid, result: Result<Receipt, PublishError>) {
 
 /// A publisher on a single channel, accepting unregistered event types.
 async fn one_channel_publisher(fx: &support::Fixture) -> EventPublisher {
-    let config = fx
-        .config()
-        .allow_unregistered(true)
-        .pool_size(1)
-        .build()
-        .unwrap();
+    let config = fitviz_events::PublisherConfig {
+        allow_unregistered: true,
+        pool_size: 1,
+        ..fx.config()
+    };
     EventPublisher::connect(config).await.unwrap()
 }
 
@@ -360,13 +351,12 @@ async fn a_publish_dropped_before_it_is_written_is_never_sent() {
     require_broker!();
     let fx = support::Fixture::new("withdrawn", "#").await;
     let proxy = support::proxy::FaultProxy::start(&support::broker_addr()).await;
-    let config = fx
-        .config()
-        .url(proxy.amqp_url())
-        .allow_unregistered(true)
-        .pool_size(1)
-        .build()
-        .unwrap();
+    let config = fitviz_events::PublisherConfig {
+        url: proxy.amqp_url().parse().unwrap(),
+        allow_unregistered: true,
+        pool_size: 1,
+        ..fx.config()
+    };
     let publisher = EventPublisher::connect(config).await.unwrap();
     let event = |event_type: &'static str| {
         Event::from_json(event_type, json!({})).with_organization("org-1")

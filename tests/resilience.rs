@@ -10,8 +10,8 @@ use std::{
 
 use fitviz_events::testing::Example;
 use fitviz_events::{
-    DetachedConfig, ErrorKind, Event, EventPublisher, Overflow, PublisherConfig,
-    circuit_breaker::BreakerState, events::WorkoutCreated,
+    ErrorKind, Event, EventPublisher, PublisherConfig, circuit_breaker::BreakerState,
+    events::WorkoutCreated,
 };
 use support::{Fixture, proxy::FaultProxy};
 
@@ -20,18 +20,20 @@ fn event() -> Event {
 }
 
 /// A publisher through `proxy` with short, test-friendly deadlines.
-fn config(fx: &Fixture, proxy: &FaultProxy) -> fitviz_events::PublisherConfigBuilder {
-    fx.config()
-        .url(proxy.amqp_url())
-        .confirm_timeout(Duration::from_millis(300))
-        .publish_timeout(Duration::from_millis(1500))
-        .retry_attempts(2)
-        .retry_base_delay(Duration::from_millis(20))
-        .retry_max_delay(Duration::from_millis(100))
-        .connection_timeout(Duration::from_millis(500))
-        .pool_wait_timeout(Duration::from_millis(200))
-        .breaker_failure_threshold(3)
-        .breaker_open_duration(Duration::from_secs(1))
+fn config(fx: &Fixture, proxy: &FaultProxy) -> PublisherConfig {
+    PublisherConfig {
+        url: proxy.amqp_url().parse().unwrap(),
+        confirm_timeout: Duration::from_millis(300),
+        publish_timeout: Duration::from_millis(1500),
+        retry_attempts: 2,
+        retry_base_delay: Duration::from_millis(20),
+        retry_max_delay: Duration::from_millis(100),
+        connection_timeout: Duration::from_millis(500),
+        pool_wait_timeout: Duration::from_millis(200),
+        breaker_failure_threshold: 3,
+        breaker_open_duration: Duration::from_secs(1),
+        ..fx.config()
+    }
 }
 
 async fn publish_until_ok(publisher: &EventPublisher, within: Duration) -> Duration {
@@ -53,9 +55,7 @@ async fn black_hole_bounded_breaker_opens_fails_fast_then_recovers() {
     require_broker!();
     let fx = Fixture::new("blackhole", "#").await;
     let proxy = FaultProxy::start(&support::broker_addr()).await;
-    let publisher = EventPublisher::connect(config(&fx, &proxy).build().unwrap())
-        .await
-        .unwrap();
+    let publisher = EventPublisher::connect(config(&fx, &proxy)).await.unwrap();
     publisher.publish(event()).await.unwrap();
     assert_eq!(publisher.breaker_state(), Some(BreakerState::Closed));
 
@@ -108,13 +108,13 @@ async fn cut_during_10k_concurrent_publishes_loses_nothing_reported_published() 
     require_broker!();
     let fx = Fixture::new("cut", "#").await;
     let proxy = FaultProxy::start(&support::broker_addr()).await;
-    let cfg = config(&fx, &proxy)
-        .confirm_timeout(Duration::from_secs(2))
-        .publish_timeout(Duration::from_secs(10))
-        .retry_attempts(5)
-        .breaker_failure_threshold(1_000_000)
-        .build()
-        .unwrap();
+    let cfg = PublisherConfig {
+        confirm_timeout: Duration::from_secs(2),
+        publish_timeout: Duration::from_secs(10),
+        retry_attempts: 5,
+        breaker_failure_threshold: 1_000_000,
+        ..config(&fx, &proxy)
+    };
     let publisher = EventPublisher::connect(cfg).await.unwrap();
     publisher.publish(event()).await.unwrap();
     fx.drain().await;
@@ -194,13 +194,13 @@ async fn latency_above_the_confirm_timeout_times_out_and_retries() {
     require_broker!();
     let fx = Fixture::new("latency", "#").await;
     let proxy = FaultProxy::start(&support::broker_addr()).await;
-    let cfg = config(&fx, &proxy)
-        .confirm_timeout(Duration::from_millis(200))
-        .publish_timeout(Duration::from_secs(3))
-        .retry_attempts(2)
-        .breaker_failure_threshold(100)
-        .build()
-        .unwrap();
+    let cfg = PublisherConfig {
+        confirm_timeout: Duration::from_millis(200),
+        publish_timeout: Duration::from_secs(3),
+        retry_attempts: 2,
+        breaker_failure_threshold: 100,
+        ..config(&fx, &proxy)
+    };
     let publisher = EventPublisher::connect(cfg).await.unwrap();
     publisher.publish(event()).await.unwrap();
 
@@ -227,7 +227,10 @@ async fn broker_side_kill_of_our_connection_recovers_without_restart() {
     require_broker!();
     let fx = Fixture::new("kill", "#").await;
     let name = format!("{}.publisher", fx.name);
-    let cfg = fx.config().breaker_failure_threshold(100).build().unwrap();
+    let cfg = PublisherConfig {
+        breaker_failure_threshold: 100,
+        ..fx.config()
+    };
     let publisher = EventPublisher::connect(cfg).await.unwrap();
     publisher.publish(event()).await.unwrap();
 
@@ -245,17 +248,16 @@ async fn detached_queue_stays_bounded_through_an_outage_and_delivers_after() {
     let fx = Fixture::new("detached", "#").await;
     let proxy = FaultProxy::start(&support::broker_addr()).await;
     let (capacity, concurrency) = (50, 4);
-    let publisher = EventPublisher::builder(config(&fx, &proxy).build().unwrap())
-        .detached(
-            DetachedConfig::default()
-                .capacity(capacity)
-                .concurrency(concurrency)
-                .overflow(Overflow::Reject)
-                .redelivery_delay(Duration::from_millis(50), Duration::from_millis(200)),
-        )
-        .connect()
-        .await
-        .unwrap();
+    let publisher = EventPublisher::connect(PublisherConfig {
+        detached_capacity: capacity,
+        detached_concurrency: concurrency,
+        detached_overflow_wait: Duration::ZERO,
+        detached_redelivery_base_delay: Duration::from_millis(50),
+        detached_redelivery_max_delay: Duration::from_millis(200),
+        ..config(&fx, &proxy)
+    })
+    .await
+    .unwrap();
     // Queued before the outage.
     let mut accepted = HashSet::new();
     proxy.black_hole();
@@ -314,9 +316,7 @@ async fn close_reports_detached_events_it_could_not_send() {
     require_broker!();
     let fx = Fixture::new("unsent", "#").await;
     let proxy = FaultProxy::start(&support::broker_addr()).await;
-    let publisher = EventPublisher::connect(config(&fx, &proxy).build().unwrap())
-        .await
-        .unwrap();
+    let publisher = EventPublisher::connect(config(&fx, &proxy)).await.unwrap();
     proxy.black_hole();
     let mut accepted = HashSet::new();
     for _ in 0..20 {

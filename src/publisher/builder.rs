@@ -110,6 +110,10 @@ impl EventPublisherBuilder {
     /// [`MemorySink`](crate::testing::MemorySink), or an [`AmqpPublish`] made with
     /// [`AmqpPublish::new`], which connects lazily) with the default stack.
     /// Must be called inside a tokio runtime.
+    ///
+    /// # Panics
+    /// When the configuration is invalid (see [`PublisherConfig::validate`]; a
+    /// configuration read with [`PublisherConfig::from_env`] always is valid).
     pub fn build_with_transport<T>(self, transport: T) -> EventPublisher
     where
         T: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + Sync + 'static,
@@ -124,25 +128,28 @@ impl EventPublisherBuilder {
     /// `examples/custom_stack.rs`): events still pass the front (validation,
     /// organization, envelope) first, and `spawn` and `close` work as usual.
     /// Must be called inside a tokio runtime.
+    ///
+    /// # Panics
+    /// When the configuration is invalid (see [`PublisherConfig::validate`]).
     pub fn build_with_delivery(self, delivery: PublishService) -> EventPublisher {
         self.finish(delivery, None, None)
     }
 
     fn breaker_layer(&self) -> CircuitBreakerLayer {
         CircuitBreakerLayer::new(
-            self.config.breaker_failure_threshold(),
-            self.config.breaker_open_duration(),
+            self.config.breaker_failure_threshold,
+            self.config.breaker_open_duration,
         )
     }
 
     fn front(&self) -> Front {
         Front {
-            validation: self.config.validation().then(|| {
+            validation: self.config.validation.then(|| {
                 ValidationLayer::new(self.registry.clone())
-                    .allow_unregistered(self.config.allow_unregistered())
+                    .allow_unregistered(self.config.allow_unregistered)
             }),
             organization: self.organization.clone(),
-            envelope: EnvelopeLayer::new(self.config.source(), self.registry.clone()),
+            envelope: EnvelopeLayer::new(self.config.source.as_str(), self.registry.clone()),
         }
     }
 
@@ -156,14 +163,14 @@ impl EventPublisherBuilder {
         let config = &self.config;
         BoxCloneSyncService::new(
             ServiceBuilder::new()
-                .layer(TimeoutLayer::overall(config.publish_timeout()))
+                .layer(TimeoutLayer::overall(config.publish_timeout))
                 .layer(RetryLayer::new(
-                    config.retry_attempts(),
-                    config.retry_base_delay(),
-                    config.retry_max_delay(),
+                    config.retry_attempts,
+                    config.retry_base_delay,
+                    config.retry_max_delay,
                 ))
                 .layer(breaker.clone())
-                .layer(TimeoutLayer::attempt(config.confirm_timeout()))
+                .layer(TimeoutLayer::attempt(config.confirm_timeout))
                 .service(transport),
         )
     }
@@ -174,12 +181,15 @@ impl EventPublisherBuilder {
         transport: Option<AmqpPublish>,
         breaker: Option<CircuitBreakerLayer>,
     ) -> EventPublisher {
+        if let Err(error) = self.config.validate() {
+            panic!("invalid publisher configuration: {error}");
+        }
         let detached = DetachedSettings::from_config(&self.config);
         EventPublisher::new(
             self.front(),
             delivery,
             detached,
-            self.config.publish_timeout(),
+            self.config.publish_timeout,
             transport,
             breaker.map(|b| b.handle()),
         )

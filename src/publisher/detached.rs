@@ -56,13 +56,12 @@ pub(crate) struct DetachedSettings {
 
 impl DetachedSettings {
     pub(crate) fn from_config(config: &PublisherConfig) -> Self {
-        let _ = config;
         Self {
-            capacity: 10_000,
-            concurrency: 64,
-            overflow_wait: Duration::ZERO,
-            redelivery_base: Duration::from_millis(200),
-            redelivery_max: Duration::from_secs(5),
+            capacity: config.detached_capacity,
+            concurrency: config.detached_concurrency,
+            overflow_wait: config.detached_overflow_wait,
+            redelivery_base: config.detached_redelivery_base_delay,
+            redelivery_max: config.detached_redelivery_max_delay,
         }
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let sink = MemorySink::new();
-//! let publisher = EventPublisher::builder(PublisherConfig::builder().build().unwrap())
+//! let publisher = EventPublisher::builder(PublisherConfig::default())
 //!     .build_with_transport(sink.clone());
 //! publisher
 //!     .publish(fitviz_events::Event::new(WorkoutCreated::example()).with_organization("org-1"))

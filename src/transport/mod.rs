@@ -94,25 +94,26 @@ impl AmqpPublish {
     /// a tokio runtime.
     ///
     /// # Errors
-    /// [`ErrorKind::Config`] when the exchange name is longer than AMQP allows.
+    /// [`ErrorKind::Config`] when `config` is invalid (see [`PublisherConfig::validate`]).
     pub fn new(config: &PublisherConfig) -> Result<Self, PublishError> {
-        let exchange = Exchange::new(config.exchange(), config.declare_exchange())?;
+        config.validate()?;
+        let exchange = Exchange::new(&config.exchange, config.declare_exchange)?;
         let connections = ConnectionManager::new(
             ConnectionSettings {
                 uri: config.amqp_uri(),
                 redacted: config.redacted_url().into(),
-                name: config.connection_name().map(str::to_owned),
-                timeout: config.connection_timeout(),
+                name: config.connection_name.clone(),
+                timeout: config.connection_timeout,
             },
             exchange.clone(),
         );
         let pool = ChannelPool::new(
             connections,
             &PoolSettings {
-                pool_size: config.pool_size(),
-                max_in_flight: config.max_in_flight(),
-                connection_timeout: config.connection_timeout(),
-                wait_timeout: config.pool_wait_timeout(),
+                pool_size: config.pool_size,
+                max_in_flight: config.max_in_flight,
+                connection_timeout: config.connection_timeout,
+                wait_timeout: config.pool_wait_timeout,
             },
         )?;
         Ok(Self {

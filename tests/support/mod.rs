@@ -188,11 +188,15 @@ impl Fixture {
     }
 
     /// A publisher configuration for this fixture's exchange and a unique connection name.
-    pub fn config(&self) -> fitviz_events::PublisherConfigBuilder {
-        PublisherConfig::builder()
-            .url(broker_url())
-            .exchange(self.exchange.clone())
-            .connection_name(format!("{}.publisher", self.name))
+    pub fn config(&self) -> PublisherConfig {
+        PublisherConfig {
+            url: broker_url()
+                .parse()
+                .expect("FITVIZ_EVENTS_URL is a broker url"),
+            exchange: self.exchange.clone(),
+            connection_name: Some(format!("{}.publisher", self.name)),
+            ..Default::default()
+        }
     }
 
     /// Messages waiting in the queue.

@@ -1,0 +1,354 @@
+//! Publisher configuration: one plain struct, set in code, read from the environment or
+//! deserialized from a config file.
+//!
+//! [`PublisherConfig`] has a public field per setting and [`Default`] gives every default;
+//! the [README's configuration table](crate#configuration) lists each setting's variable,
+//! default and accepted values (a test keeps it in step with this module).
+//!
+//! - **In code**: `PublisherConfig { pool_size: 8, ..Default::default() }`.
+//! - **Environment**: [`from_env`](PublisherConfig::from_env) reads the `FITVIZ_EVENTS_*`
+//!   variables ([`from_vars`](PublisherConfig::from_vars) reads given pairs instead). Values
+//!   are trimmed; an unset, empty or blank variable takes the default; unknown variables,
+//!   also ones with the [`ENV_PREFIX`], are ignored. Booleans are `true`/`false`, `1`/`0`,
+//!   `yes`/`no` or `on`/`off`, in any case.
+//! - **Config files**: [`PublisherConfig`] implements [`Deserialize`]. A key is the variable
+//!   name without the prefix, in lower case (`pool_size`, `confirm_timeout_ms`,
+//!   `heartbeat_secs`, `breaker_open_ms`); a missing key takes the default, an unknown key is
+//!   an error. Durations are whole milliseconds (`*_ms`) or seconds (`*_secs`); booleans may
+//!   also be spelled as in the environment.
+//!
+//! # Validation
+//!
+//! [`validate`](PublisherConfig::validate) checks every range and the rules between settings
+//! (`publish_timeout` at least `confirm_timeout`, no `amq.*` exchange to declare, …).
+//! `from_env` and `from_vars` validate before they return; a config built in code or
+//! deserialized from a file is validated by
+//! [`EventPublisher::connect`](crate::EventPublisher::connect) (or call `validate` yourself).
+//! The URL is checked whenever a [`BrokerUrl`] is made.
+//!
+//! A [`ConfigError`] names the setting the way its source does — the environment variable
+//! (`FITVIZ_EVENTS_POOL_SIZE`) for `from_env`/`from_vars`, the config file key (`pool_size`,
+//! `confirm_timeout_ms`) otherwise — and never contains the broker password.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use fitviz_events::PublisherConfig;
+//!
+//! let config = PublisherConfig {
+//!     url: "amqps://billing:s3cret@rabbit.internal/fitviz".parse()?,
+//!     pool_size: 8,
+//!     confirm_timeout: Duration::from_secs(2),
+//!     connection_name: Some("billing-api".into()),
+//!     ..Default::default()
+//! };
+//! config.validate()?;
+//! assert_eq!(config.redacted_url(), "amqps://billing:***@rabbit.internal/fitviz");
+//! assert!(!format!("{config:?}").contains("s3cret"));
+//! assert_eq!(
+//!     config.amqp_uri(),
+//!     "amqps://billing:s3cret@rabbit.internal/fitviz?heartbeat=10&connection_timeout=5000"
+//! );
+//!
+//! let err = PublisherConfig { retry_attempts: 50, ..Default::default() }.validate().unwrap_err();
+//! assert_eq!(err.field(), "retry_attempts");
+//! assert_eq!(err.to_string(), "retry_attempts: expected an integer from 0 to 20, got `50`");
+//! # Ok::<(), fitviz_events::ConfigError>(())
+//! ```
+//!
+//! Reading variables (use [`from_env`](PublisherConfig::from_env) for the real environment):
+//!
+//! ```
+//! use fitviz_events::PublisherConfig;
+//!
+//! let config = PublisherConfig::from_vars([
+//!     ("FITVIZ_EVENTS_EXCHANGE", "fitviz.billing"),
+//!     ("FITVIZ_EVENTS_VALIDATION", "off"),
+//!     ("PATH", "/usr/bin"),
+//! ])?;
+//! assert_eq!(config.exchange, "fitviz.billing");
+//! assert!(!config.validation);
+//!
+//! let err = PublisherConfig::from_vars([("FITVIZ_EVENTS_POOL_SIZE", "0")]).unwrap_err();
+//! assert_eq!(err.field(), "FITVIZ_EVENTS_POOL_SIZE");
+//! assert_eq!(
+//!     err.to_string(),
+//!     "FITVIZ_EVENTS_POOL_SIZE: expected an integer from 1 to 1024, got `0`"
+//! );
+//!
+//! let err = PublisherConfig::from_vars([("FITVIZ_EVENTS_URL", "http://app:s3cret@rabbit/")])
+//!     .unwrap_err();
+//! assert_eq!(
+//!     err.to_string(),
+//!     "FITVIZ_EVENTS_URL: expected scheme `amqp` or `amqps`, got `http://app:***@rabbit/`"
+//! );
+//! # Ok::<(), fitviz_events::ConfigError>(())
+//! ```
+//!
+//! A config file section (here JSON; any serde format works):
+//!
+//! ```
+//! use std::time::Duration;
+//! use fitviz_events::PublisherConfig;
+//!
+//! let config: PublisherConfig =
+//!     serde_json::from_str(r#"{ "pool_size": 8, "confirm_timeout_ms": 2000 }"#).unwrap();
+//! assert_eq!(config.confirm_timeout, Duration::from_secs(2));
+//! config.validate()?;
+//!
+//! let config: PublisherConfig = serde_json::from_str(r#"{ "publish_timeout_ms": 10 }"#).unwrap();
+//! assert_eq!(
+//!     config.validate().unwrap_err().to_string(),
+//!     "publish_timeout_ms: expected at least confirm_timeout_ms (5000), got `10`"
+//! );
+//! # Ok::<(), fitviz_events::ConfigError>(())
+//! ```
+
+mod env;
+mod error;
+mod names;
+mod rules;
+mod url;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_with::{As, DurationMilliSeconds, DurationSeconds};
+
+use self::{env::flag, names::Naming};
+pub use self::{error::ConfigError, url::BrokerUrl};
+
+/// The prefix of every environment variable [`PublisherConfig::from_env`] reads.
+pub const ENV_PREFIX: &str = "FITVIZ_EVENTS_";
+
+/// Upper bound of every duration in milliseconds (one hour), so deadlines never overflow.
+const MAX_MS: u64 = 3_600_000;
+
+/// A duration read as whole milliseconds.
+type Millis = DurationMilliSeconds<u64>;
+/// A duration read as whole seconds.
+type Secs = DurationSeconds<u64>;
+
+/// The configuration of a publisher: one public field per setting.
+///
+/// [`Default`] gives the defaults; set the fields you need and take the rest from it, read
+/// the environment with [`from_env`](Self::from_env), or deserialize a config file (see the
+/// [module docs](self)). The README's [configuration table](crate#configuration) lists the
+/// variables, defaults and accepted values.
+///
+/// `Debug` shows the URL with its password replaced by `***`.
+// A new setting is a field with a doc line and its rule (`rules.rs`), a line in `Default`
+// and a row in the README table (a test checks it). A duration is read as a number in the
+// unit its key ends with: the key is the field name plus `_ms` or `_secs` (replacing a final
+// `_duration`), set with `#[serde(rename)]`; errors find the key by that convention.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, garde::Validate)]
+#[serde(default, deny_unknown_fields)]
+#[garde(context(Naming))]
+pub struct PublisherConfig {
+    /// The broker URL, `amqp://` or `amqps://`; its password is never shown.
+    #[garde(skip)]
+    pub url: BrokerUrl,
+    /// The topic exchange events are published to.
+    #[garde(custom(rules::exchange_name), custom(rules::not_reserved(self.declare_exchange)))]
+    pub exchange: String,
+    /// Whether to declare the exchange (durable topic) on connect; `false` only checks it exists.
+    #[serde(deserialize_with = "flag")]
+    #[garde(skip)]
+    pub declare_exchange: bool,
+    /// The name of the publishing application, stamped on every event (`source`, `app_id`).
+    #[garde(custom(rules::text))]
+    pub source: String,
+    /// How many confirm-mode channels publishes are spread over.
+    #[garde(custom(rules::int(1, 1024)))]
+    pub pool_size: usize,
+    /// How many publishes may await their broker confirm on one channel.
+    #[garde(custom(rules::int(1, 65_535)))]
+    pub max_in_flight: usize,
+    /// The deadline of one attempt, including the broker confirm.
+    #[serde(rename = "confirm_timeout_ms", with = "As::<Millis>")]
+    #[garde(custom(rules::millis(1, MAX_MS)))]
+    pub confirm_timeout: Duration,
+    /// The deadline of a publish across all attempts and backoff delays.
+    #[serde(rename = "publish_timeout_ms", with = "As::<Millis>")]
+    #[garde(
+        custom(rules::millis(1, MAX_MS)),
+        custom(rules::at_least("confirm_timeout", self.confirm_timeout))
+    )]
+    pub publish_timeout: Duration,
+    /// How many times a retryable failure is retried after the first attempt.
+    #[garde(custom(rules::int(0, 20)))]
+    pub retry_attempts: u32,
+    /// The first backoff delay between attempts.
+    #[serde(rename = "retry_base_delay_ms", with = "As::<Millis>")]
+    #[garde(custom(rules::millis(1, MAX_MS)))]
+    pub retry_base_delay: Duration,
+    /// The cap on backoff delays.
+    #[serde(rename = "retry_max_delay_ms", with = "As::<Millis>")]
+    #[garde(
+        custom(rules::millis(1, MAX_MS)),
+        custom(rules::at_least("retry_base_delay", self.retry_base_delay))
+    )]
+    pub retry_max_delay: Duration,
+    /// Whether events are validated before they are published.
+    #[serde(deserialize_with = "flag")]
+    #[garde(skip)]
+    pub validation: bool,
+    /// Whether JSON events of types the schema registry does not know may be published.
+    #[serde(deserialize_with = "flag")]
+    #[garde(skip)]
+    pub allow_unregistered: bool,
+    /// The AMQP heartbeat interval, whole seconds (detects silent partitions).
+    #[serde(rename = "heartbeat_secs", with = "As::<Secs>")]
+    #[garde(custom(rules::secs(1, 65_535)))]
+    pub heartbeat: Duration,
+    /// The deadline of the TCP connect and the AMQP handshake.
+    #[serde(rename = "connection_timeout_ms", with = "As::<Millis>")]
+    #[garde(custom(rules::millis(1, MAX_MS)))]
+    pub connection_timeout: Duration,
+    /// How long a publish waits for a free pooled channel; zero fails at once.
+    #[serde(rename = "pool_wait_timeout_ms", with = "As::<Millis>")]
+    #[garde(custom(rules::millis(0, MAX_MS)))]
+    pub pool_wait_timeout: Duration,
+    /// The connection name shown in the broker's management UI.
+    #[garde(inner(custom(rules::text)))]
+    pub connection_name: Option<String>,
+    /// How many consecutive broker failures open the circuit breaker.
+    #[garde(custom(rules::int(1, u64::from(u32::MAX))))]
+    pub breaker_failure_threshold: u32,
+    /// How long the circuit breaker stays open before it lets a probe through.
+    #[serde(rename = "breaker_open_ms", with = "As::<Millis>")]
+    #[garde(custom(rules::millis(1_000, MAX_MS)))]
+    pub breaker_open_duration: Duration,
+    /// Events the detached queue ([`EventPublisher::spawn`](crate::EventPublisher::spawn)) holds.
+    #[garde(custom(rules::int(1, 1_000_000)))]
+    pub detached_capacity: usize,
+    /// Detached events published at once.
+    #[garde(custom(rules::int(1, 4096)))]
+    pub detached_concurrency: usize,
+    /// How long a detached publish waits for room in a full queue; zero rejects at once.
+    #[serde(rename = "detached_overflow_wait_ms", with = "As::<Millis>")]
+    #[garde(custom(rules::millis(0, MAX_MS)))]
+    pub detached_overflow_wait: Duration,
+    /// The first delay before a detached event the stack gave up on is tried again.
+    #[serde(rename = "detached_redelivery_base_delay_ms", with = "As::<Millis>")]
+    #[garde(custom(rules::millis(1, MAX_MS)))]
+    pub detached_redelivery_base_delay: Duration,
+    /// The cap on the (doubling) redelivery delay of detached events.
+    #[serde(rename = "detached_redelivery_max_delay_ms", with = "As::<Millis>")]
+    #[garde(
+        custom(rules::millis(1, MAX_MS)),
+        custom(rules::at_least("detached_redelivery_base_delay", self.detached_redelivery_base_delay))
+    )]
+    pub detached_redelivery_max_delay: Duration,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        Self {
+            url: BrokerUrl::default(),
+            exchange: "fitviz.events".to_owned(),
+            declare_exchange: true,
+            source: "fitviz-service".to_owned(),
+            pool_size: 4,
+            max_in_flight: 256,
+            confirm_timeout: Duration::from_secs(5),
+            publish_timeout: Duration::from_secs(15),
+            retry_attempts: 3,
+            retry_base_delay: Duration::from_millis(100),
+            retry_max_delay: Duration::from_secs(2),
+            validation: true,
+            allow_unregistered: false,
+            heartbeat: Duration::from_secs(10),
+            connection_timeout: Duration::from_secs(5),
+            pool_wait_timeout: Duration::from_secs(1),
+            connection_name: None,
+            breaker_failure_threshold: 5,
+            breaker_open_duration: Duration::from_secs(5),
+            detached_capacity: 10_000,
+            detached_concurrency: 64,
+            detached_overflow_wait: Duration::ZERO,
+            detached_redelivery_base_delay: Duration::from_millis(200),
+            detached_redelivery_max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PublisherConfig {
+    /// Reads the `FITVIZ_EVENTS_*` variables of the process environment over the defaults,
+    /// then [validates](Self::validate).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first invalid variable (in the order of the fields), also
+    /// when a variable is not valid Unicode.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        env::load(std::env::vars_os().filter_map(|(name, value)| {
+            let value = value
+                .into_string()
+                .map_err(|v| v.to_string_lossy().into_owned());
+            Some((name.into_string().ok()?, value))
+        }))
+    }
+
+    /// Like [`from_env`](Self::from_env), reading the given `(name, value)` pairs instead of
+    /// the process environment. Names that are not `FITVIZ_EVENTS_*` settings are ignored;
+    /// of repeated names the last wins.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first invalid variable, in the order of the fields.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        env::load(
+            vars.into_iter()
+                .map(|(name, value)| (name.as_ref().to_owned(), Ok(value.as_ref().to_owned()))),
+        )
+    }
+
+    /// Checks every setting's range and the rules between settings.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming, by its config file key, the first invalid field in the order
+    /// of the fields; for two fields that contradict each other (`publish_timeout` shorter
+    /// than `confirm_timeout`, `retry_max_delay` shorter than `retry_base_delay`,
+    /// `detached_redelivery_max_delay` shorter than `detached_redelivery_base_delay`, an
+    /// `amq.*` `exchange` that would be declared) the later one, or the exchange.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check(Naming::Key)
+    }
+
+    /// [`validate`](Self::validate), naming settings as `naming` does.
+    fn check(&self, naming: Naming) -> Result<(), ConfigError> {
+        garde::Validate::validate_with(self, &naming).map_err(|report| {
+            // The first field in declaration order; of its errors, the first rule's.
+            let keys = names::keys();
+            let (key, error) = report
+                .iter()
+                .map(|(path, error)| (names::key_of(&path.to_string()), error))
+                .min_by_key(|(key, _)| keys.iter().position(|k| k == key))
+                .expect("a failed validation reports an error");
+            ConfigError::new(naming.name_key(key), error.message())
+        })
+    }
+
+    /// The broker URL with the password replaced by `***`, safe to log, e.g.
+    /// `amqp://guest:***@127.0.0.1:5672/%2f`. A URL without a password is returned unchanged.
+    pub fn redacted_url(&self) -> String {
+        self.url.redacted()
+    }
+
+    /// The URL to connect with: [`url`](Self::url) with the `heartbeat` (seconds) and
+    /// `connection_timeout` (milliseconds) query parameters set from this config, replacing
+    /// any the URL already had; other parameters are kept. This is the form lapin reads.
+    /// It contains the password.
+    pub fn amqp_uri(&self) -> String {
+        self.url
+            .with_timeouts(self.heartbeat, self.connection_timeout)
+    }
+}
