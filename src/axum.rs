@@ -12,7 +12,7 @@
 //! # Example
 //! ```
 //! use axum::{Router, routing::post};
-//! use fitviz_events::{PublishError, events::WorkoutCreated, http::Publisher};
+//! use fitviz_events::{PublishError, events::WorkoutCreated, http::Publisher, testing::Example};
 //!
 //! async fn create_workout(publisher: Publisher) -> Result<&'static str, PublishError> {
 //!     publisher.publish(WorkoutCreated::example()).await?;

@@ -94,7 +94,7 @@ pub(crate) struct RequestScope {
 ///
 /// # Example
 /// ```
-/// use fitviz_events::{Event, events::WorkoutCreated};
+/// use fitviz_events::{Event, events::WorkoutCreated, testing::Example};
 ///
 /// let event = Event::new(WorkoutCreated::example())
 ///     .with_organization("org-42")

@@ -23,7 +23,7 @@ const KEY: &str = "url";
 /// `amqp://guest:guest@127.0.0.1:5672/%2f`.
 ///
 /// ```
-/// use fitviz_events::config::BrokerUrl;
+/// use fitviz_events::BrokerUrl;
 ///
 /// let url: BrokerUrl = "amqp://app:s3cret@rabbit:5672/fitviz".parse()?;
 /// assert_eq!(url.to_string(), "amqp://app:***@rabbit:5672/fitviz");

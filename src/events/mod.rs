@@ -4,8 +4,8 @@
 //! [`garde::Validate`], rejects unknown JSON fields, and implements
 //! [`DomainEvent`]. [`SchemaRegistry::builtin`] registers all of them, so a JSON
 //! payload published under one of these types is checked by exactly the same rules
-//! as the typed struct. Each event has an `example()` constructor returning a
-//! valid instance.
+//! as the typed struct. [`testing::Example`](crate::testing::Example) gives a valid
+//! instance of each, for demos and tests.
 //!
 //! Rules shared by all events: every `*_id` field is a non-empty string of at most
 //! 64 characters; every timestamp is a UTC RFC 3339 string in JSON; amounts are in
@@ -36,7 +36,7 @@
 //!
 //! # Example
 //! ```
-//! use fitviz_events::{DomainEvent, SchemaRegistry, events::MembershipCreated};
+//! use fitviz_events::{DomainEvent, SchemaRegistry, events::MembershipCreated, testing::Example};
 //!
 //! let membership = MembershipCreated::example();
 //! assert!(membership.validate().is_ok());
@@ -128,7 +128,7 @@ fn after<'a>(
     }
 }
 
-/// A fixed UTC timestamp for the `example()` constructors.
+/// A fixed UTC timestamp, for the examples and tests.
 pub(crate) fn utc(year: i32, month: u32, day: u32, hour: u32, minute: u32) -> DateTime<Utc> {
     NaiveDate::from_ymd_opt(year, month, day)
         .and_then(|date| date.and_hms_opt(hour, minute, 0))
