@@ -1,109 +1,5 @@
 //! Publisher configuration: one plain struct, set in code, read from the environment or
-//! deserialized from a config file.
-//!
-//! [`PublisherConfig`] has a public field per setting and [`Default`] gives every default;
-//! the [README's configuration table](crate#configuration) lists each setting's variable,
-//! default and accepted values (a test keeps it in step with this module).
-//!
-//! - **In code**: `PublisherConfig { pool_size: 8, ..Default::default() }`.
-//! - **Environment**: [`from_env`](PublisherConfig::from_env) reads the `FITVIZ_EVENTS_*`
-//!   variables ([`from_vars`](PublisherConfig::from_vars) reads given pairs instead). Values
-//!   are trimmed; an unset, empty or blank variable takes the default; unknown variables,
-//!   also ones with the [`ENV_PREFIX`], are ignored. Booleans are `true`/`false`, `1`/`0`,
-//!   `yes`/`no` or `on`/`off`, in any case.
-//! - **Config files**: [`PublisherConfig`] implements [`Deserialize`]. A key is the variable
-//!   name without the prefix, in lower case (`pool_size`, `confirm_timeout_ms`,
-//!   `heartbeat_secs`, `breaker_open_ms`); a missing key takes the default, an unknown key is
-//!   an error. Durations are whole milliseconds (`*_ms`) or seconds (`*_secs`); booleans may
-//!   also be spelled as in the environment.
-//!
-//! # Validation
-//!
-//! [`validate`](PublisherConfig::validate) checks every range and the rules between settings
-//! (`publish_timeout` at least `confirm_timeout`, no `amq.*` exchange to declare, …).
-//! `from_env` and `from_vars` validate before they return; a config built in code or
-//! deserialized from a file is validated by
-//! [`EventPublisher::connect`](crate::EventPublisher::connect) (or call `validate` yourself).
-//! The URL is checked whenever a [`BrokerUrl`] is made.
-//!
-//! A [`ConfigError`] names the setting the way its source does — the environment variable
-//! (`FITVIZ_EVENTS_POOL_SIZE`) for `from_env`/`from_vars`, the config file key (`pool_size`,
-//! `confirm_timeout_ms`) otherwise — and never contains the broker password.
-//!
-//! # Example
-//!
-//! ```
-//! use std::time::Duration;
-//! use fitviz_events::PublisherConfig;
-//!
-//! let config = PublisherConfig {
-//!     url: "amqps://billing:s3cret@rabbit.internal/fitviz".parse()?,
-//!     pool_size: 8,
-//!     confirm_timeout: Duration::from_secs(2),
-//!     connection_name: Some("billing-api".into()),
-//!     ..Default::default()
-//! };
-//! config.validate()?;
-//! assert_eq!(config.redacted_url(), "amqps://billing:***@rabbit.internal/fitviz");
-//! assert!(!format!("{config:?}").contains("s3cret"));
-//! assert_eq!(
-//!     config.amqp_uri(),
-//!     "amqps://billing:s3cret@rabbit.internal/fitviz?heartbeat=10&connection_timeout=5000"
-//! );
-//!
-//! let err = PublisherConfig { retry_attempts: 50, ..Default::default() }.validate().unwrap_err();
-//! assert_eq!(err.field(), "retry_attempts");
-//! assert_eq!(err.to_string(), "retry_attempts: expected an integer from 0 to 20, got `50`");
-//! # Ok::<(), fitviz_events::ConfigError>(())
-//! ```
-//!
-//! Reading variables (use [`from_env`](PublisherConfig::from_env) for the real environment):
-//!
-//! ```
-//! use fitviz_events::PublisherConfig;
-//!
-//! let config = PublisherConfig::from_vars([
-//!     ("FITVIZ_EVENTS_EXCHANGE", "fitviz.billing"),
-//!     ("FITVIZ_EVENTS_VALIDATION", "off"),
-//!     ("PATH", "/usr/bin"),
-//! ])?;
-//! assert_eq!(config.exchange, "fitviz.billing");
-//! assert!(!config.validation);
-//!
-//! let err = PublisherConfig::from_vars([("FITVIZ_EVENTS_POOL_SIZE", "0")]).unwrap_err();
-//! assert_eq!(err.field(), "FITVIZ_EVENTS_POOL_SIZE");
-//! assert_eq!(
-//!     err.to_string(),
-//!     "FITVIZ_EVENTS_POOL_SIZE: expected an integer from 1 to 1024, got `0`"
-//! );
-//!
-//! let err = PublisherConfig::from_vars([("FITVIZ_EVENTS_URL", "http://app:s3cret@rabbit/")])
-//!     .unwrap_err();
-//! assert_eq!(
-//!     err.to_string(),
-//!     "FITVIZ_EVENTS_URL: expected scheme `amqp` or `amqps`, got `http://app:***@rabbit/`"
-//! );
-//! # Ok::<(), fitviz_events::ConfigError>(())
-//! ```
-//!
-//! A config file section (here JSON; any serde format works):
-//!
-//! ```
-//! use std::time::Duration;
-//! use fitviz_events::PublisherConfig;
-//!
-//! let config: PublisherConfig =
-//!     serde_json::from_str(r#"{ "pool_size": 8, "confirm_timeout_ms": 2000 }"#).unwrap();
-//! assert_eq!(config.confirm_timeout, Duration::from_secs(2));
-//! config.validate()?;
-//!
-//! let config: PublisherConfig = serde_json::from_str(r#"{ "publish_timeout_ms": 10 }"#).unwrap();
-//! assert_eq!(
-//!     config.validate().unwrap_err().to_string(),
-//!     "publish_timeout_ms: expected at least confirm_timeout_ms (5000), got `10`"
-//! );
-//! # Ok::<(), fitviz_events::ConfigError>(())
-//! ```
+//! deserialized from a config file; see [`PublisherConfig`].
 
 mod env;
 mod error;
@@ -135,10 +31,109 @@ type Secs = DurationSeconds<u64>;
 
 /// The configuration of a publisher: one public field per setting.
 ///
-/// [`Default`] gives the defaults; set the fields you need and take the rest from it, read
-/// the environment with [`from_env`](Self::from_env), or deserialize a config file (see the
-/// [module docs](self)). The README's [configuration table](crate#configuration) lists the
-/// variables, defaults and accepted values.
+///  `PublisherConfig` has a public field per setting and [`Default`] gives every default;
+///  the [README's configuration table](crate#configuration) lists each setting's variable,
+///  default and accepted values (a test keeps it in step with this module).
+///
+///  - **In code**: `PublisherConfig { pool_size: 8, ..Default::default() }`.
+///  - **Environment**: [`from_env`](Self::from_env) reads the `FITVIZ_EVENTS_*`
+///    variables ([`from_vars`](Self::from_vars) reads given pairs instead). Values
+///    are trimmed; an unset, empty or blank variable takes the default; unknown variables,
+///    also ones with the [`ENV_PREFIX`], are ignored. Booleans are `true`/`false`, `1`/`0`,
+///    `yes`/`no` or `on`/`off`, in any case.
+///  - **Config files**: [`PublisherConfig`] implements [`Deserialize`]. A key is the variable
+///    name without the prefix, in lower case (`pool_size`, `confirm_timeout_ms`,
+///    `heartbeat_secs`, `breaker_open_ms`); a missing key takes the default, an unknown key is
+///    an error. Durations are whole milliseconds (`*_ms`) or seconds (`*_secs`); booleans may
+///    also be spelled as in the environment.
+///
+///  # Validation
+///
+///  [`validate`](Self::validate) checks every range and the rules between settings
+///  (`publish_timeout` at least `confirm_timeout`, no `amq.*` exchange to declare, …).
+///  `from_env` and `from_vars` validate before they return; a config built in code or
+///  deserialized from a file is validated by
+///  [`EventPublisher::connect`](crate::EventPublisher::connect) (or call `validate` yourself).
+///  The URL is checked whenever a [`BrokerUrl`] is made.
+///
+///  A [`ConfigError`] names the setting the way its source does — the environment variable
+///  (`FITVIZ_EVENTS_POOL_SIZE`) for `from_env`/`from_vars`, the config file key (`pool_size`,
+///  `confirm_timeout_ms`) otherwise — and never contains the broker password.
+///
+///  # Example
+///
+///  ```
+///  use std::time::Duration;
+///  use fitviz_events::PublisherConfig;
+///
+///  let config = PublisherConfig {
+///      url: "amqps://billing:s3cret@rabbit.internal/fitviz".parse()?,
+///      pool_size: 8,
+///      confirm_timeout: Duration::from_secs(2),
+///      connection_name: Some("billing-api".into()),
+///      ..Default::default()
+///  };
+///  config.validate()?;
+///  assert_eq!(config.redacted_url(), "amqps://billing:***@rabbit.internal/fitviz");
+///  assert!(!format!("{config:?}").contains("s3cret"));
+///  assert_eq!(
+///      config.amqp_uri(),
+///      "amqps://billing:s3cret@rabbit.internal/fitviz?heartbeat=10&connection_timeout=5000"
+///  );
+///
+///  let err = PublisherConfig { retry_attempts: 50, ..Default::default() }.validate().unwrap_err();
+///  assert_eq!(err.field(), "retry_attempts");
+///  assert_eq!(err.to_string(), "retry_attempts: expected an integer from 0 to 20, got `50`");
+///  # Ok::<(), fitviz_events::ConfigError>(())
+///  ```
+///
+///  Reading variables (use [`from_env`](Self::from_env) for the real environment):
+///
+///  ```
+///  use fitviz_events::PublisherConfig;
+///
+///  let config = PublisherConfig::from_vars([
+///      ("FITVIZ_EVENTS_EXCHANGE", "fitviz.billing"),
+///      ("FITVIZ_EVENTS_VALIDATION", "off"),
+///      ("PATH", "/usr/bin"),
+///  ])?;
+///  assert_eq!(config.exchange, "fitviz.billing");
+///  assert!(!config.validation);
+///
+///  let err = PublisherConfig::from_vars([("FITVIZ_EVENTS_POOL_SIZE", "0")]).unwrap_err();
+///  assert_eq!(err.field(), "FITVIZ_EVENTS_POOL_SIZE");
+///  assert_eq!(
+///      err.to_string(),
+///      "FITVIZ_EVENTS_POOL_SIZE: expected an integer from 1 to 1024, got `0`"
+///  );
+///
+///  let err = PublisherConfig::from_vars([("FITVIZ_EVENTS_URL", "http://app:s3cret@rabbit/")])
+///      .unwrap_err();
+///  assert_eq!(
+///      err.to_string(),
+///      "FITVIZ_EVENTS_URL: expected scheme `amqp` or `amqps`, got `http://app:***@rabbit/`"
+///  );
+///  # Ok::<(), fitviz_events::ConfigError>(())
+///  ```
+///
+///  A config file section (here JSON; any serde format works):
+///
+///  ```
+///  use std::time::Duration;
+///  use fitviz_events::PublisherConfig;
+///
+///  let config: PublisherConfig =
+///      serde_json::from_str(r#"{ "pool_size": 8, "confirm_timeout_ms": 2000 }"#).unwrap();
+///  assert_eq!(config.confirm_timeout, Duration::from_secs(2));
+///  config.validate()?;
+///
+///  let config: PublisherConfig = serde_json::from_str(r#"{ "publish_timeout_ms": 10 }"#).unwrap();
+///  assert_eq!(
+///      config.validate().unwrap_err().to_string(),
+///      "publish_timeout_ms: expected at least confirm_timeout_ms (5000), got `10`"
+///  );
+///  # Ok::<(), fitviz_events::ConfigError>(())
+///  ```
 ///
 /// `Debug` shows the URL with its password replaced by `***`.
 // A new setting is a field with a doc line and its rule (`rules.rs`), a line in `Default`
