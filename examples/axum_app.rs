@@ -23,6 +23,8 @@
 //! app stops, and should the app be killed, the broker removes it a minute later
 //! (`x-expires`; the app renews it while it runs).
 
+mod common;
+
 use axum::{
     Json, Router,
     extract::Request,
@@ -31,6 +33,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use common::{DemoQueue, shutdown_signal};
 use fitviz_events::testing::Example;
 use fitviz_events::{
     Event, EventPublisher, OrganizationId, PublishError, PublisherConfig,
@@ -117,104 +120,8 @@ async fn health(
     }))
 }
 
-/// The demo queue: bound to every event type, bounded, and short-lived. Each operation
-/// uses a connection of its own, so nothing is held open between them.
-struct DemoQueue {
-    name: &'static str,
-    url: String,
-    exchange: String,
-}
-
-impl DemoQueue {
-    /// How often [`declare`](Self::declare) runs again to renew the `x-expires` lease
-    /// (publishing to a queue does not count as using it).
-    const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
-
-    fn new(name: &'static str, config: &PublisherConfig) -> Self {
-        Self {
-            name,
-            url: config.url.expose_secret().to_owned(),
-            exchange: config.exchange.clone(),
-        }
-    }
-
-    async fn on_channel<T>(
-        &self,
-        op: impl AsyncFnOnce(&lapin::Channel) -> Result<T, lapin::Error>,
-    ) -> Result<T, lapin::Error> {
-        let properties = lapin::ConnectionProperties::default().with_connection_name(
-            format!("fitviz-events example {} (demo queue)", self.name).into(),
-        );
-        let connection = lapin::Connection::connect(&self.url, properties).await?;
-        let result = match connection.create_channel().await {
-            Ok(channel) => {
-                let result = op(&channel).await;
-                let _ = channel.close(200, "done".into()).await;
-                result
-            }
-            Err(e) => Err(e),
-        };
-        let _ = connection.close(200, "done".into()).await;
-        result
-    }
-
-    /// Declares the queue and binds it to every event type; run again, renews its lease.
-    async fn declare(&self) -> Result<(), lapin::Error> {
-        use lapin::{
-            options::{QueueBindOptions, QueueDeclareOptions},
-            types::{AMQPValue, FieldTable},
-        };
-        let mut args = FieldTable::default();
-        args.insert("x-max-length".into(), AMQPValue::LongInt(1_000));
-        args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
-        self.on_channel(async |channel| {
-            channel
-                .queue_declare(self.name.into(), QueueDeclareOptions::default(), args)
-                .await?;
-            channel
-                .queue_bind(
-                    self.name.into(),
-                    self.exchange.as_str().into(),
-                    "#".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-        })
-        .await
-    }
-
-    /// Deletes the queue; returns how many events it held.
-    async fn delete(&self) -> Result<u32, lapin::Error> {
-        self.on_channel(async |channel| {
-            channel
-                .queue_delete(self.name.into(), Default::default())
-                .await
-        })
-        .await
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut sigterm = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
-        tokio::select! {
-            _ = sigterm.recv() => tracing::info!("SIGTERM received: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received: shutting down"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("Ctrl-C received: shutting down");
-    }
-}
-
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -222,19 +129,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let config = PublisherConfig::from_env()?;
     let publisher = EventPublisher::connect(config.clone()).await?;
-    let demo_queue = std::sync::Arc::new(DemoQueue::new("fitviz.events.axum_app", &config));
-    demo_queue.declare().await?;
-    let renew = tokio::spawn({
-        let demo_queue = demo_queue.clone();
-        async move {
-            loop {
-                tokio::time::sleep(DemoQueue::RENEW_EVERY).await;
-                if let Err(error) = demo_queue.declare().await {
-                    tracing::warn!(%error, "could not renew the demo queue");
-                }
-            }
-        }
-    });
+    let demo_queue =
+        std::sync::Arc::new(DemoQueue::declare_new("fitviz.events.axum_app", "#", &config).await?);
+    let renew = demo_queue.renew_in_background();
 
     let app = Router::new()
         .route("/workouts", post(create_workout))
@@ -261,9 +158,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     renew.abort();
     match demo_queue.delete().await {
-        Ok(events) => tracing::info!(queue = demo_queue.name, events, "demo queue deleted"),
+        Ok(events) => tracing::info!(queue = demo_queue.name(), events, "demo queue deleted"),
         Err(error) => {
-            tracing::warn!(queue = demo_queue.name, %error, "demo queue not deleted; it expires within a minute")
+            tracing::warn!(queue = demo_queue.name(), %error, "demo queue not deleted; it expires within a minute")
         }
     }
     Ok(())

@@ -6,21 +6,19 @@
 //! cargo run --example custom_stack
 //! ```
 
+mod common;
+
+use common::DemoQueue;
 use std::time::Duration;
 
 use fitviz_events::{
     Event, EventPublisher, OrganizationId, PublisherConfig, circuit_breaker::CircuitBreakerLayer,
     events::WorkoutCreated, testing::Example, timeout::TimeoutLayer, transport::AmqpPublish,
 };
-use lapin::{
-    Channel, Connection, ConnectionProperties,
-    options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions},
-    types::{AMQPValue, FieldTable},
-};
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let config = PublisherConfig::from_env()?;
     let transport = AmqpPublish::connect(&config).await?;
 
@@ -39,7 +37,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_with_delivery(BoxCloneSyncService::new(delivery));
 
     // A demo queue so the events are routable.
-    let demo_queue = DemoQueue::declare("fitviz.events.custom_stack", "workout.#", &config).await?;
+    let demo_queue =
+        DemoQueue::declare_new("fitviz.events.custom_stack", "workout.#", &config).await?;
 
     let receipts = publisher
         .publish_batch((0..10).map(|_| Event::new(WorkoutCreated::example())))
@@ -54,79 +53,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     publisher.close().await;
     demo_queue.delete().await?;
     Ok(())
-}
-
-/// The demo queue: bound to the example's event types so its events are routable, holding at
-/// most 1,000 events (`x-max-length`), deleted on exit, and removed by the broker a
-/// minute after last use (`x-expires`) should the example stop early. Each operation
-/// uses a short connection of its own.
-struct DemoQueue {
-    name: &'static str,
-    url: String,
-    exchange: String,
-}
-
-impl DemoQueue {
-    /// Declares the queue and binds it to `routing_key` (a topic pattern).
-    async fn declare(
-        name: &'static str,
-        routing_key: &str,
-        config: &PublisherConfig,
-    ) -> Result<Self, lapin::Error> {
-        let queue = Self {
-            name,
-            url: config.url.expose_secret().to_owned(),
-            exchange: config.exchange.clone(),
-        };
-        let mut args = FieldTable::default();
-        args.insert("x-max-length".into(), AMQPValue::LongInt(1_000));
-        args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
-        queue
-            .on_channel(async |channel| {
-                channel
-                    .queue_declare(name.into(), QueueDeclareOptions::default(), args)
-                    .await?;
-                channel
-                    .queue_bind(
-                        name.into(),
-                        queue.exchange.as_str().into(),
-                        routing_key.into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-            })
-            .await?;
-        Ok(queue)
-    }
-
-    /// Deletes the queue; returns how many events it held.
-    async fn delete(self) -> Result<u32, lapin::Error> {
-        self.on_channel(async |channel| {
-            channel
-                .queue_delete(self.name.into(), QueueDeleteOptions::default())
-                .await
-        })
-        .await
-    }
-
-    async fn on_channel<T>(
-        &self,
-        op: impl AsyncFnOnce(&Channel) -> Result<T, lapin::Error>,
-    ) -> Result<T, lapin::Error> {
-        let properties = ConnectionProperties::default().with_connection_name(
-            format!("fitviz-events example {} (demo queue)", self.name).into(),
-        );
-        let connection = Connection::connect(&self.url, properties).await?;
-        let result = match connection.create_channel().await {
-            Ok(channel) => {
-                let result = op(&channel).await;
-                let _ = channel.close(200, "done".into()).await;
-                result
-            }
-            Err(e) => Err(e),
-        };
-        let _ = connection.close(200, "done".into()).await;
-        result
-    }
 }

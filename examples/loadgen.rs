@@ -21,6 +21,9 @@
 //! sending, flush with `close()` and clean up). Latencies go into a fixed-size
 //! histogram, so memory is bounded by the concurrency, not by N.
 
+mod common;
+
+use common::{DemoQueue, shutdown_signal};
 use std::{
     sync::{
         Arc,
@@ -31,11 +34,6 @@ use std::{
 
 use fitviz_events::{Event, EventPublisher, PublisherConfig};
 use hdrhistogram::Histogram;
-use lapin::{
-    Channel, Connection, ConnectionProperties,
-    options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions},
-    types::{AMQPValue, FieldTable},
-};
 
 struct Args {
     events: u64,
@@ -90,122 +88,8 @@ fn event(payload: &str) -> Event {
     .with_organization("org-load")
 }
 
-/// loadgen's own queue. Each operation opens a short connection of its own: closing
-/// loadgen's connections during the run (what a resilience test does) cannot break the
-/// set-up or the clean-up, which are not what is measured.
-struct LoadQueue {
-    name: String,
-    url: String,
-    exchange: String,
-    connection_name: String,
-}
-
-impl LoadQueue {
-    /// How often [`declare`](Self::declare) runs again to renew the `x-expires` lease
-    /// (publishing to a queue does not count as using it).
-    const RENEW_EVERY: Duration = Duration::from_secs(20);
-    /// Bound on each set-up or clean-up operation.
-    const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
-
-    async fn on_channel<T>(
-        &self,
-        op: impl AsyncFnOnce(&Channel) -> Result<T, lapin::Error>,
-    ) -> Result<T, Box<dyn std::error::Error>> {
-        let run = async {
-            let properties = ConnectionProperties::default()
-                .with_connection_name(self.connection_name.as_str().into());
-            let connection = Connection::connect(&self.url, properties).await?;
-            let result = match connection.create_channel().await {
-                Ok(channel) => {
-                    let result = op(&channel).await;
-                    let _ = channel.close(200, "done".into()).await;
-                    result
-                }
-                Err(e) => Err(e),
-            };
-            let _ = connection.close(200, "done".into()).await;
-            result
-        };
-        Ok(tokio::time::timeout(Self::OPERATION_TIMEOUT, run).await??)
-    }
-
-    /// Declares the queue and binds it to `loadgen.#`; run again, renews its lease.
-    async fn declare(&self) -> Result<(), Box<dyn std::error::Error>> {
-        let mut args = FieldTable::default();
-        args.insert("x-max-length".into(), AMQPValue::LongInt(1_000));
-        args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
-        let options = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        self.on_channel(async |channel| {
-            channel
-                .queue_declare(self.name.as_str().into(), options, args)
-                .await?;
-            channel
-                .queue_bind(
-                    self.name.as_str().into(),
-                    self.exchange.as_str().into(),
-                    "loadgen.#".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-        })
-        .await
-    }
-
-    /// Deletes the queue, trying twice; on failure, says so on stderr (the broker
-    /// removes the queue a minute later anyway).
-    async fn delete(&self) {
-        let mut last_error = None;
-        for _ in 0..2 {
-            let result = self
-                .on_channel(async |channel| {
-                    channel
-                        .queue_delete(self.name.as_str().into(), QueueDeleteOptions::default())
-                        .await
-                })
-                .await;
-            match result {
-                Ok(_) => return,
-                Err(error) => last_error = Some(error),
-            }
-        }
-        if let Some(error) = last_error {
-            eprintln!(
-                "loadgen: could not delete queue {}: {error}; the broker removes it within a minute (x-expires)",
-                self.name
-            );
-        }
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                tokio::select! {
-                    _ = sigterm.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args = parse_args()?;
     let connection_name = format!("fitviz-loadgen-{}", std::process::id());
     let mut config = PublisherConfig {
@@ -233,28 +117,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.validate()?;
     let publisher = EventPublisher::connect(config.clone()).await?;
 
-    let queue = Arc::new(LoadQueue {
-        name: format!("loadgen.{}.{}", config.exchange, std::process::id()),
-        url: config.url.expose_secret().to_owned(),
-        exchange: config.exchange.clone(),
-        connection_name: format!("{connection_name} set-up"),
-    });
+    // loadgen's own queue, bound to `loadgen.#`; set up and cleaned up over short
+    // connections of its own, so closing loadgen's connections during the run (what a
+    // resilience test does) cannot break either.
+    let queue = Arc::new(
+        DemoQueue::new(
+            format!("loadgen.{}.{}", config.exchange, std::process::id()),
+            "loadgen.#",
+            &config,
+        )
+        .with_connection_name(format!("{connection_name} set-up")),
+    );
     if let Err(error) = queue.declare().await {
         publisher.close().await;
-        queue.delete().await;
+        let _ = queue.delete().await;
         return Err(error);
     }
-    let renew = tokio::spawn({
-        let queue = queue.clone();
-        async move {
-            loop {
-                tokio::time::sleep(LoadQueue::RENEW_EVERY).await;
-                if let Err(error) = queue.declare().await {
-                    eprintln!("loadgen: could not renew queue {}: {error}", queue.name);
-                }
-            }
-        }
-    });
+    let renew = queue.renew_in_background();
     // SIGTERM or Ctrl-C: stop sending; what was sent is flushed and reported.
     let stop = Arc::new(AtomicBool::new(false));
     let stopper = tokio::spawn({
@@ -354,7 +233,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     renew.abort();
-    queue.delete().await;
+    if let Err(error) = queue.delete().await {
+        eprintln!(
+            "loadgen: could not delete queue {}: {error}; the broker removes it within a minute (x-expires)",
+            queue.name()
+        );
+    }
 
     println!(
         "{}",

@@ -13,16 +13,14 @@
 //! here the example binds a demo queue itself (at most 1,000 events, deleted on exit,
 //! removed by the broker a minute after an early stop).
 
+mod common;
+
+use common::DemoQueue;
 use fitviz_events::testing::Example;
 use fitviz_events::{Event, EventPublisher, OrganizationId, PublisherConfig, events::*};
-use lapin::{
-    Channel, Connection, ConnectionProperties,
-    options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions},
-    types::{AMQPValue, FieldTable},
-};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -36,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.exchange.as_str()
     );
     let publisher = EventPublisher::connect(config.clone()).await?;
-    let demo_queue = DemoQueue::declare("fitviz.events.simple_usage", "#", &config).await?;
+    let demo_queue = DemoQueue::declare_new("fitviz.events.simple_usage", "#", &config).await?;
 
     let org = OrganizationId::from("org-42");
     let events = fitviz_events::testing::examples();
@@ -84,79 +82,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     publisher.close().await;
     demo_queue.delete().await?;
     Ok(())
-}
-
-/// The demo queue: bound to the example's event types so its events are routable, holding at
-/// most 1,000 events (`x-max-length`), deleted on exit, and removed by the broker a
-/// minute after last use (`x-expires`) should the example stop early. Each operation
-/// uses a short connection of its own.
-struct DemoQueue {
-    name: &'static str,
-    url: String,
-    exchange: String,
-}
-
-impl DemoQueue {
-    /// Declares the queue and binds it to `routing_key` (a topic pattern).
-    async fn declare(
-        name: &'static str,
-        routing_key: &str,
-        config: &PublisherConfig,
-    ) -> Result<Self, lapin::Error> {
-        let queue = Self {
-            name,
-            url: config.url.expose_secret().to_owned(),
-            exchange: config.exchange.clone(),
-        };
-        let mut args = FieldTable::default();
-        args.insert("x-max-length".into(), AMQPValue::LongInt(1_000));
-        args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
-        queue
-            .on_channel(async |channel| {
-                channel
-                    .queue_declare(name.into(), QueueDeclareOptions::default(), args)
-                    .await?;
-                channel
-                    .queue_bind(
-                        name.into(),
-                        queue.exchange.as_str().into(),
-                        routing_key.into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-            })
-            .await?;
-        Ok(queue)
-    }
-
-    /// Deletes the queue; returns how many events it held.
-    async fn delete(self) -> Result<u32, lapin::Error> {
-        self.on_channel(async |channel| {
-            channel
-                .queue_delete(self.name.into(), QueueDeleteOptions::default())
-                .await
-        })
-        .await
-    }
-
-    async fn on_channel<T>(
-        &self,
-        op: impl AsyncFnOnce(&Channel) -> Result<T, lapin::Error>,
-    ) -> Result<T, lapin::Error> {
-        let properties = ConnectionProperties::default().with_connection_name(
-            format!("fitviz-events example {} (demo queue)", self.name).into(),
-        );
-        let connection = Connection::connect(&self.url, properties).await?;
-        let result = match connection.create_channel().await {
-            Ok(channel) => {
-                let result = op(&channel).await;
-                let _ = channel.close(200, "done".into()).await;
-                result
-            }
-            Err(e) => Err(e),
-        };
-        let _ = connection.close(200, "done".into()).await;
-        result
-    }
 }

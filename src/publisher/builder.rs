@@ -155,39 +155,53 @@ impl EventPublisherBuilder {
 
     /// The default delivery stack, outermost first: overall deadline → retry →
     /// circuit breaker → per-attempt deadline → transport.
-    fn delivery<T>(&self, breaker: &CircuitBreakerLayer, transport: T) -> PublishService
+    ///
+    /// Returned unboxed: `publish` boxes it once together with the front.
+    fn delivery<T>(
+        &self,
+        breaker: &CircuitBreakerLayer,
+        transport: T,
+    ) -> impl Service<Event, Response = Receipt, Error = PublishError, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
     where
         T: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + Sync + 'static,
         T::Future: Send + 'static,
     {
         let config = &self.config;
-        BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .layer(TimeoutLayer::overall(config.publish_timeout))
-                .layer(RetryLayer::new(
-                    config.retry_attempts,
-                    config.retry_base_delay,
-                    config.retry_max_delay,
-                ))
-                .layer(breaker.clone())
-                .layer(TimeoutLayer::attempt(config.confirm_timeout))
-                .service(transport),
-        )
+        ServiceBuilder::new()
+            .layer(TimeoutLayer::overall(config.publish_timeout))
+            .layer(RetryLayer::new(
+                config.retry_attempts,
+                config.retry_base_delay,
+                config.retry_max_delay,
+            ))
+            .layer(breaker.clone())
+            .layer(TimeoutLayer::attempt(config.confirm_timeout))
+            .service(transport)
     }
 
-    fn finish(
+    fn finish<D>(
         self,
-        delivery: PublishService,
+        delivery: D,
         transport: Option<AmqpPublish>,
         breaker: Option<CircuitBreakerLayer>,
-    ) -> EventPublisher {
+    ) -> EventPublisher
+    where
+        D: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + Sync + 'static,
+        D::Future: Send + 'static,
+    {
         if let Err(error) = self.config.validate() {
             panic!("invalid publisher configuration: {error}");
         }
         let detached = DetachedSettings::from_config(&self.config);
+        let front = self.front();
         EventPublisher::new(
-            self.front(),
-            delivery,
+            front.wrap(delivery.clone()),
+            front,
+            BoxCloneSyncService::new(delivery),
             detached,
             self.config.publish_timeout,
             transport,

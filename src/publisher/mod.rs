@@ -110,7 +110,10 @@ impl Drop for InFlight<'_> {
 }
 
 impl EventPublisher {
+    /// `publish` is the front over the delivery stack, boxed once; the detached queue's
+    /// worker uses `delivery` alone.
     fn new(
+        publish: PublishService,
         front: Front,
         delivery: PublishService,
         detached: DetachedSettings,
@@ -118,9 +121,9 @@ impl EventPublisher {
         transport: Option<AmqpPublish>,
         breaker: Option<BreakerHandle>,
     ) -> Self {
-        let detached = Arc::new(DetachedQueue::start(delivery.clone(), detached));
+        let detached = Arc::new(DetachedQueue::start(delivery, detached));
         Self {
-            publish: front.wrap(delivery),
+            publish,
             spawn: front.wrap(Enqueue::new(detached.clone())),
             shared: Arc::new(Shared {
                 transport,
