@@ -4,27 +4,10 @@
 
 mod support;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use fitviz_events::{Event, EventPublisher, events::WorkoutCreated, testing::Example};
-use support::Fixture;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use support::{Captured, Fixture};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_close_logs_nothing_above_debug() {
@@ -70,7 +53,7 @@ async fn a_clean_close_logs_nothing_above_debug() {
     assert_eq!(fx.queue_len().await, 220);
     fx.cleanup().await;
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(logs.contains("capture check"), "the capture works: {logs}");
     let loud: Vec<&str> = logs
         .lines()

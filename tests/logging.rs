@@ -1,26 +1,12 @@
 //! Credentials never appear in logs or `Debug` output, even when connecting fails.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+mod support;
+
+use std::time::Duration;
 
 use fitviz_events::testing::Example;
 use fitviz_events::{Event, EventPublisher, PublisherConfig, events::WorkoutCreated};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use support::Captured;
 
 const PASSWORD: &str = "s3cr3t-Pa55word";
 
@@ -80,7 +66,7 @@ fn the_password_appears_in_no_log_line_and_no_debug_output() {
         publisher.close().await;
     });
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("event not published"),
         "the failures were logged:\n{logs}"

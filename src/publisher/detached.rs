@@ -244,8 +244,7 @@ async fn worker(
         tokio::select! {
             biased;
             () = abort.notified() => {
-                tasks.abort_all();
-                while tasks.join_next().await.is_some() {}
+                abort_all(&mut tasks).await;
                 return rx;
             }
             () = close.notified(), if !closing => {
@@ -267,17 +266,18 @@ async fn worker(
         }
     }
     // Closed and drained: finish what is in progress, unless aborted.
-    loop {
-        tokio::select! {
-            biased;
-            () = abort.notified() => {
-                tasks.abort_all();
-                while tasks.join_next().await.is_some() {}
-                return rx;
-            }
-            next = tasks.join_next() => if next.is_none() { return rx },
-        }
+    tokio::select! {
+        biased;
+        () = abort.notified() => abort_all(&mut tasks).await,
+        () = async { while tasks.join_next().await.is_some() {} } => {}
     }
+    rx
+}
+
+/// Aborts the deliveries in progress and waits until they are gone.
+async fn abort_all(tasks: &mut JoinSet<()>) {
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
 }
 
 /// The next event to publish, once one of the `concurrency` permits is free;
