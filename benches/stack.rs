@@ -19,7 +19,7 @@ fn stack(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let org = OrganizationId::from("org-42");
+    let org = OrganizationId::parse("org-42").expect("valid id");
     let mut group = c.benchmark_group("stack_overhead");
     group.throughput(Throughput::Elements(1));
 

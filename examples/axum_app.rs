@@ -43,21 +43,28 @@ use fitviz_events::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// Stand-in for real authentication: trusts the `X-Organization-Id` header.
+/// Stand-in for real authentication: trusts the `X-Organization-Id` header, but only
+/// a valid one ([`OrganizationId::parse`]): an invalid value is answered 400 naming the
+/// header before any handler runs, a missing one 401.
 async fn toy_auth(mut request: Request, next: Next) -> Response {
-    match request
-        .headers()
-        .get("x-organization-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-    {
-        Some(org) => {
-            let org = OrganizationId::from(org);
+    let header = request.headers().get("x-organization-id");
+    match header.map(|v| std::str::from_utf8(v.as_bytes()).map(OrganizationId::parse)) {
+        Some(Ok(Ok(org))) => {
             request.extensions_mut().insert(org);
             next.run(request).await
         }
+        Some(Ok(Err(invalid))) => (
+            StatusCode::BAD_REQUEST,
+            format!("invalid X-Organization-Id header: {}", invalid.reason()),
+        )
+            .into_response(),
+        Some(Err(_)) => (
+            StatusCode::BAD_REQUEST,
+            "invalid X-Organization-Id header: is not UTF-8",
+        )
+            .into_response(),
         None if request.uri().path() == "/health" => next.run(request).await,
-        None => (StatusCode::UNAUTHORIZED, "missing X-Organization-Id").into_response(),
+        None => (StatusCode::UNAUTHORIZED, "missing X-Organization-Id header").into_response(),
     }
 }
 

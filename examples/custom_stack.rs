@@ -33,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .layer(tower::limit::ConcurrencyLimitLayer::new(64))
         .service(transport);
     let publisher = EventPublisher::builder(config.clone())
-        .organization_source(|| Some(OrganizationId::from("org-custom")))
+        .organization_source(|| OrganizationId::parse("org-custom").ok())
         .build_with_delivery(BoxCloneSyncService::new(delivery));
 
     // A demo queue so the events are routable.

@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let publisher = EventPublisher::connect(config.clone()).await?;
     let demo_queue = DemoQueue::declare_new("fitviz.events.simple_usage", "#", &config).await?;
 
-    let org = OrganizationId::from("org-42");
+    let org = OrganizationId::parse("org-42")?;
     let events = fitviz_events::testing::examples();
     for event in events {
         let event_type = event.event_type().to_owned();

@@ -6,25 +6,119 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer, ser::SerializeStruct};
 use uuid::Uuid;
 
-use crate::schema::{DomainEvent, DynDomainEvent};
+use crate::{
+    ident::check_identifier,
+    schema::{DomainEvent, DynDomainEvent},
+};
 
-/// The tenant an event belongs to.
+/// The tenant an event belongs to: a checked organization id.
+///
+/// An `OrganizationId` is always valid — it can only be made by [`parse`](Self::parse)
+/// or `TryFrom<&str>` / `TryFrom<String>`, which enforce the rule:
+///
+/// - 1 to 255 bytes (UTF-8; it travels in an AMQP header and the envelope);
+/// - no whitespace at either end, so never empty or whitespace-only after trimming —
+///   the id is not trimmed for you, it is refused (`" org-1"` is most likely a bug in
+///   the caller, and silently trimming would make two spellings name one tenant);
+/// - no control character anywhere (Unicode category Cc: `\0`, `\t`, `\r`, `\n`, DEL, …),
+///   which rules out header injection (`"org-1\r\nX-Injected: yes"`);
+/// - no bidirectional-formatting character (U+061C, U+200E, U+200F, U+202A–U+202E,
+///   U+2066–U+2069: `"\u{202e}gro-1"` displays as `1-org`) nor line or paragraph separator
+///   (U+2028, U+2029).
+///
+/// Letters of any script, digits, punctuation and inner spaces are allowed.
 ///
 /// Put one into the request extensions (your auth middleware does this) and the
 /// HTTP integration stamps it on every event of that request.
+///
+/// # Example
+/// ```
+/// use fitviz_events::OrganizationId;
+///
+/// let org = OrganizationId::parse("org-42").unwrap();
+/// assert_eq!(org.as_str(), "org-42");
+/// assert!(OrganizationId::parse("").is_err());
+/// assert!(OrganizationId::parse("   ").is_err());
+/// assert!(OrganizationId::try_from("org-1\r\nX-Injected: yes").is_err());
+/// assert!(OrganizationId::try_from("x".repeat(256)).is_err());
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OrganizationId(Arc<str>);
 
+/// The longest organization id, in bytes.
+pub const MAX_ORGANIZATION_ID_BYTES: usize = 255;
+
+/// Why a string is not a valid [`OrganizationId`] (or correlation id). It never
+/// contains the rejected input, which may be huge or contain control characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidId {
+    field: &'static str,
+    reason: &'static str,
+}
+
+impl InvalidId {
+    pub(crate) fn new(field: &'static str, reason: &'static str) -> Self {
+        Self { field, reason }
+    }
+
+    /// The field the value was meant for: `organization_id` or `correlation_id`.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// Why it was refused, in lowercase words (`"contains a control character"`).
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+impl fmt::Display for InvalidId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidId {}
+
+impl From<std::convert::Infallible> for InvalidId {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
 impl OrganizationId {
-    /// Wraps an organization id.
-    pub fn new(id: impl Into<Arc<str>>) -> Self {
-        Self(id.into())
+    /// Checks `id` against the rule in the [type docs](Self) and wraps it.
+    ///
+    /// # Errors
+    /// [`InvalidId`] naming `organization_id` and the broken rule.
+    pub fn parse(id: &str) -> Result<Self, InvalidId> {
+        check_organization_id(id)?;
+        Ok(Self(Arc::from(id)))
     }
 
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+pub(crate) fn check_organization_id(id: &str) -> Result<(), InvalidId> {
+    check_identifier(id, MAX_ORGANIZATION_ID_BYTES)
+        .map_err(|reason| InvalidId::new("organization_id", reason))
+}
+
+/// The longest correlation id, in bytes (it travels as the AMQP `correlation-id`
+/// property, a short string).
+pub const MAX_CORRELATION_ID_BYTES: usize = 255;
+
+/// Checks a correlation id: the same rule as an [`OrganizationId`], at most
+/// [`MAX_CORRELATION_ID_BYTES`] bytes.
+///
+/// # Errors
+/// [`InvalidId`] naming `correlation_id` and the broken rule.
+pub fn check_correlation_id(id: &str) -> Result<(), InvalidId> {
+    check_identifier(id, MAX_CORRELATION_ID_BYTES)
+        .map_err(|reason| InvalidId::new("correlation_id", reason))
 }
 
 impl fmt::Debug for OrganizationId {
@@ -39,15 +133,36 @@ impl fmt::Display for OrganizationId {
     }
 }
 
-impl From<&str> for OrganizationId {
-    fn from(s: &str) -> Self {
-        Self::new(s)
+impl TryFrom<&str> for OrganizationId {
+    type Error = InvalidId;
+
+    fn try_from(s: &str) -> Result<Self, InvalidId> {
+        Self::parse(s)
     }
 }
 
-impl From<String> for OrganizationId {
-    fn from(s: String) -> Self {
-        Self::new(s)
+impl TryFrom<String> for OrganizationId {
+    type Error = InvalidId;
+
+    fn try_from(s: String) -> Result<Self, InvalidId> {
+        check_organization_id(&s)?;
+        Ok(Self(Arc::from(s)))
+    }
+}
+
+impl TryFrom<&String> for OrganizationId {
+    type Error = InvalidId;
+
+    fn try_from(s: &String) -> Result<Self, InvalidId> {
+        Self::parse(s)
+    }
+}
+
+impl std::str::FromStr for OrganizationId {
+    type Err = InvalidId;
+
+    fn from_str(s: &str) -> Result<Self, InvalidId> {
+        Self::parse(s)
     }
 }
 
@@ -111,6 +226,9 @@ pub struct Event {
     version: Option<u32>,
     source: Option<Arc<str>>,
     correlation_id: Option<Arc<str>>,
+    /// Why an id given to [`Event::with_organization`] or [`Event::with_correlation_id`]
+    /// was refused; the front of the stack rejects the event with it.
+    rejected_id: Option<InvalidId>,
     pub(crate) data: EventData,
     /// The request this event is published in, until the envelope is stamped.
     pub(crate) scope: Option<Arc<RequestScope>>,
@@ -144,23 +262,59 @@ impl Event {
             version,
             source: None,
             correlation_id: None,
+            rejected_id: None,
             data,
             scope: None,
         }
     }
 
-    /// Sets the organization id.
+    /// Sets the organization id: an [`OrganizationId`], or a `&str` / `String` checked
+    /// by the same rule.
+    ///
+    /// This stays infallible so events can be built in one expression; an invalid id is
+    /// not stored but remembered, and publishing the event fails with
+    /// [`ErrorKind::Validation`](crate::ErrorKind::Validation) naming `organization_id`
+    /// (the [organization layer](crate::organization) refuses it before any I/O, whether
+    /// validation is on or not). [`organization_id`](Self::organization_id) is then
+    /// `None`. To handle a bad id at once, use [`OrganizationId::parse`] and pass the
+    /// result.
     #[must_use]
-    pub fn with_organization(mut self, organization_id: impl Into<OrganizationId>) -> Self {
-        self.organization_id = Some(organization_id.into());
+    pub fn with_organization<T>(mut self, organization_id: T) -> Self
+    where
+        T: TryInto<OrganizationId>,
+        T::Error: Into<InvalidId>,
+    {
+        match organization_id.try_into() {
+            Ok(id) => self.organization_id = Some(id),
+            Err(invalid) => {
+                self.organization_id = None;
+                self.rejected_id = Some(invalid.into());
+            }
+        }
         self
     }
 
     /// Sets the correlation id (for example the HTTP request id).
+    ///
+    /// Checked like an organization id (see [`check_correlation_id`]): an invalid one is
+    /// not stored, and publishing the event fails with
+    /// [`ErrorKind::Validation`](crate::ErrorKind::Validation) naming `correlation_id`.
     #[must_use]
     pub fn with_correlation_id(mut self, correlation_id: impl Into<Arc<str>>) -> Self {
-        self.correlation_id = Some(correlation_id.into());
+        let correlation_id = correlation_id.into();
+        match check_correlation_id(&correlation_id) {
+            Ok(()) => self.correlation_id = Some(correlation_id),
+            Err(invalid) => {
+                self.correlation_id = None;
+                self.rejected_id = Some(invalid);
+            }
+        }
         self
+    }
+
+    /// The reason an id given to this event was refused, if one was.
+    pub(crate) fn rejected_id(&self) -> Option<InvalidId> {
+        self.rejected_id
     }
 
     /// Sets the source application name (by default the publisher's configured source).
@@ -187,7 +341,7 @@ impl Event {
         &self.event_type
     }
 
-    /// The organization id, once known.
+    /// The organization id, once known (`None` when the one given was invalid).
     pub fn organization_id(&self) -> Option<&OrganizationId> {
         self.organization_id.as_ref()
     }

@@ -12,6 +12,26 @@
 //! publisher's [organization](crate::organization) and
 //! [envelope](crate::envelope) layers apply it, as for every other event.
 //!
+//! # Checked before any handler runs
+//!
+//! - **Organization from a header.** [`EventPublishLayer::organization_header`] reads
+//!   the organization from a request header (set by a trusted gateway) and checks it
+//!   with [`OrganizationId::parse`]. A request whose header is invalid (empty,
+//!   whitespace-only, control characters, over 255 bytes, not UTF-8, …) is answered
+//!   **400 Bad Request** at once, with a JSON body naming the header — 400 and not 422
+//!   because it is the request's framing that is wrong (like a malformed
+//!   `Authorization` header), not the content of an entity the handler would process;
+//!   422 stays the answer for an event that breaks its schema. A request without the
+//!   header passes with no organization (events then need one of their own, or fail
+//!   with [`ErrorKind::MissingOrganization`](crate::ErrorKind::MissingOrganization)).
+//! - **Request id.** An `x-request-id` that is not a valid correlation id
+//!   ([`check_correlation_id`](crate::check_correlation_id): printable, no surrounding
+//!   whitespace, at most 255 bytes) is *ignored*, not an error: the request id is
+//!   advisory tracing data set by clients and proxies, and refusing a request over it
+//!   would let a proxy's quirk fail the business operation. The events then carry no
+//!   correlation id. (An invalid id passed explicitly to
+//!   [`Event::with_correlation_id`] is a validation error.)
+//!
 //! # Example
 //! ```
 //! use fitviz_events::{EventPublisher, OrganizationId, PublisherConfig, events::WorkoutCreated};
@@ -31,7 +51,7 @@
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(()))
 //!     }));
 //! let mut req = http::Request::new(());
-//! req.extensions_mut().insert(OrganizationId::from("org-1"));
+//! req.extensions_mut().insert(OrganizationId::parse("org-1").unwrap());
 //! req.headers_mut().insert("x-request-id", "req-9".parse().unwrap());
 //! app.oneshot(req).await.unwrap();
 //! assert_eq!(sink.published()[0].organization_id().unwrap().as_str(), "org-1");
@@ -45,13 +65,14 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{Request, request::Parts};
+use futures_util::future::{Either, Ready, ready};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header, request::Parts};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
     error::PublishError,
-    event::{Event, OrganizationId, Receipt, RequestScope},
+    event::{Event, OrganizationId, Receipt, RequestScope, check_correlation_id},
     publisher::EventPublisher,
 };
 
@@ -107,17 +128,62 @@ impl EventPublishLayer {
         self
     }
 
+    /// Reads the organization id from the request header `name` (for example
+    /// `x-organization-id`, set by a trusted gateway) and answers a request whose
+    /// header is invalid with **400** before any handler runs; see the
+    /// [module docs](self#checked-before-any-handler-runs).
+    ///
+    /// The returned layer needs the inner service to answer `http::Response<B>` with a
+    /// body `B: From<String>` (axum's `Body`, `String`, `Full<Bytes>`, …) to build that
+    /// response; the plain [`EventPublishLayer`] works with any response type.
+    ///
+    /// # Example
+    /// ```
+    /// use fitviz_events::{EventPublisher, PublisherConfig};
+    /// use fitviz_events::http::{EventPublishLayer, Publisher};
+    /// use fitviz_events::testing::MemorySink;
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let publisher = EventPublisher::builder(PublisherConfig::default())
+    ///     .build_with_transport(MemorySink::new());
+    /// let app = ServiceBuilder::new()
+    ///     .layer(EventPublishLayer::new(publisher).organization_header("x-organization-id"))
+    ///     .service(service_fn(|req: http::Request<()>| async move {
+    ///         let org = req.extensions().get::<Publisher>().unwrap().organization_id().cloned();
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(format!("{org:?}")))
+    ///     }));
+    /// let bad = http::Request::builder().header("x-organization-id", "   ").body(()).unwrap();
+    /// let response = app.clone().oneshot(bad).await.unwrap();
+    /// assert_eq!(response.status(), 400);
+    /// assert!(response.body().contains("x-organization-id"));
+    /// let good = http::Request::builder().header("x-organization-id", "org-1").body(()).unwrap();
+    /// assert_eq!(app.oneshot(good).await.unwrap().body(), "Some(\"org-1\")");
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    /// When `name` is not a valid header name.
+    pub fn organization_header(self, name: &str) -> OrganizationHeaderLayer {
+        let header = HeaderName::try_from(name).expect("a valid header name");
+        OrganizationHeaderLayer {
+            header,
+            publish: self,
+        }
+    }
+
     fn scoped<B>(&self, request: Request<B>) -> Request<B> {
         let (mut parts, body) = request.into_parts();
         let organization = match &self.organization {
             Some(extract) => extract(&parts),
             None => parts.extensions.get::<OrganizationId>().cloned(),
         };
+        // An invalid request id is ignored, not an error (see the module docs).
         let correlation_id = parts
             .headers
             .get(REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 255)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .filter(|v| check_correlation_id(v).is_ok())
             .map(Arc::from);
         parts.extensions.insert(Publisher {
             inner: self.publisher.clone(),
@@ -163,6 +229,95 @@ where
 
     fn call(&mut self, request: Request<B>) -> S::Future {
         self.inner.call(self.layer.scoped(request))
+    }
+}
+
+/// [`EventPublishLayer`] taking the organization from a request header; made by
+/// [`EventPublishLayer::organization_header`].
+#[derive(Clone, Debug)]
+pub struct OrganizationHeaderLayer {
+    header: HeaderName,
+    publish: EventPublishLayer,
+}
+
+impl OrganizationHeaderLayer {
+    /// The organization in `headers`: `Ok(None)` when the header is absent, the
+    /// checked id when valid, the 400 answer's message when not.
+    fn organization(&self, value: Option<&HeaderValue>) -> Result<Option<OrganizationId>, String> {
+        let Some(value) = value else { return Ok(None) };
+        let reason = match std::str::from_utf8(value.as_bytes()) {
+            Ok(text) => match OrganizationId::parse(text) {
+                Ok(org) => return Ok(Some(org)),
+                Err(invalid) => invalid.reason(),
+            },
+            Err(_) => "is not UTF-8",
+        };
+        let message = format!("invalid {} header: {reason}", self.header);
+        Err(serde_json::json!({
+            "error": "invalid_header",
+            "header": self.header.as_str(),
+            "message": message,
+        })
+        .to_string())
+    }
+}
+
+impl<S> Layer<S> for OrganizationHeaderLayer {
+    type Service = OrganizationHeader<S>;
+
+    fn layer(&self, inner: S) -> OrganizationHeader<S> {
+        OrganizationHeader {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service built by [`OrganizationHeaderLayer`].
+#[derive(Clone, Debug)]
+pub struct OrganizationHeader<S> {
+    inner: S,
+    layer: OrganizationHeaderLayer,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for OrganizationHeader<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<String>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<Response<ResBody>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        match self
+            .layer
+            .organization(request.headers().get(&self.layer.header))
+        {
+            Ok(organization) => {
+                if let Some(org) = organization {
+                    request.extensions_mut().insert(org);
+                } else {
+                    // Only the header decides: never an extension someone else set.
+                    request.extensions_mut().remove::<OrganizationId>();
+                }
+                let request = self.layer.publish.scoped(request);
+                Either::Left(self.inner.call(request))
+            }
+            Err(body) => {
+                let mut response = Response::new(ResBody::from(body));
+                *response.status_mut() = StatusCode::BAD_REQUEST;
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                Either::Right(ready(Ok(response)))
+            }
+        }
     }
 }
 

@@ -35,6 +35,7 @@ mod event;
 pub mod events;
 pub mod future;
 pub mod http;
+mod ident;
 pub mod organization;
 mod publisher;
 pub mod retry;
@@ -46,6 +47,9 @@ pub mod validate;
 
 pub use config::{BrokerUrl, ConfigError, ENV_PREFIX, PublisherConfig};
 pub use error::{ErrorKind, PublishError};
-pub use event::{Event, OrganizationId, Receipt, check_event_type};
+pub use event::{
+    Event, InvalidId, MAX_CORRELATION_ID_BYTES, MAX_ORGANIZATION_ID_BYTES, OrganizationId, Receipt,
+    check_correlation_id, check_event_type,
+};
 pub use publisher::{CloseReport, EventPublisher, EventPublisherBuilder, PublishService};
 pub use schema::{DomainEvent, SchemaRegistry, ValidationError, Violation};

@@ -2,6 +2,10 @@
 //!
 //! This is the one place an event's organization is decided:
 //!
+//! 0. an event given an invalid organization or correlation id (see
+//!    [`OrganizationId`]) is rejected with [`ErrorKind::Validation`] naming
+//!    `organization_id` or `correlation_id` — before anything else, and whether the
+//!    validation layer is on or not, so an invalid id never reaches the transport;
 //! 1. published through a request's [`Publisher`](crate::http::Publisher), the
 //!    request's organization is authoritative: an event naming another one is
 //!    rejected with [`ErrorKind::OrganizationMismatch`] unless overrides are allowed,
@@ -24,7 +28,7 @@
 //!     Ok::<_, PublishError>(Receipt::new(e.id(), Default::default()))
 //! });
 //! let svc = ServiceBuilder::new()
-//!     .layer(OrganizationLayer::new(|| Some(OrganizationId::from("org-1"))))
+//!     .layer(OrganizationLayer::new(|| OrganizationId::parse("org-1").ok()))
 //!     .service(inner);
 //! let event = Event::from_json("workout.created", serde_json::json!({}));
 //! svc.oneshot(event).await.unwrap();
@@ -45,6 +49,7 @@ use crate::{
     error::{ErrorKind, PublishError},
     event::{Event, OrganizationId},
     future::ResponseFuture,
+    schema::ValidationError,
 };
 
 /// Where the organization id of an event comes from when the event has none.
@@ -122,9 +127,19 @@ impl OrganizationLayer {
     /// why it cannot be published.
     ///
     /// # Errors
-    /// [`ErrorKind::OrganizationMismatch`] when the event names another organization
-    /// than its request; [`ErrorKind::MissingOrganization`] when none can be found.
+    /// [`ErrorKind::Validation`] when the event was given an invalid organization or
+    /// correlation id; [`ErrorKind::OrganizationMismatch`] when the event names another
+    /// organization than its request; [`ErrorKind::MissingOrganization`] when none can
+    /// be found.
     pub fn stamp(&self, event: &mut Event) -> Result<(), PublishError> {
+        if let Some(invalid) = event.rejected_id() {
+            return Err(PublishError::validation(ValidationError::single(
+                event.event_type(),
+                invalid.field(),
+                invalid.reason(),
+            ))
+            .for_event(event.id()));
+        }
         let scope = event.scope.as_deref();
         let request = scope.and_then(|scope| scope.organization.as_ref());
         match (event.organization_id(), request) {
@@ -210,7 +225,7 @@ mod tests {
 
     #[test]
     fn explicit_organization_wins() {
-        let layer = OrganizationLayer::new(|| Some(OrganizationId::from("from-source")));
+        let layer = OrganizationLayer::new(|| OrganizationId::parse("from-source").ok());
         let mut event = Event::from_json("a.b", serde_json::json!({})).with_organization("own");
         layer.stamp(&mut event).unwrap();
         assert_eq!(event.organization_id().unwrap().as_str(), "own");
@@ -229,5 +244,35 @@ mod tests {
         let mut tick = Event::from_json("system.tick", serde_json::json!({}));
         layer.stamp(&mut tick).unwrap();
         assert!(tick.organization_id().is_none());
+    }
+
+    #[test]
+    fn invalid_ids_are_validation_errors_naming_the_field() {
+        let layer = OrganizationLayer::new(|| OrganizationId::parse("from-source").ok())
+            .organization_less("system.tick");
+        for (bad_org, bad_corr, field) in [
+            (Some(""), None, "organization_id"),
+            (Some("   "), None, "organization_id"),
+            (Some("org\0nul"), None, "organization_id"),
+            (Some("\u{202e}gro-1"), None, "organization_id"),
+            (None, Some("req\r\nx: y"), "correlation_id"),
+            (None, Some(""), "correlation_id"),
+        ] {
+            let mut event = Event::from_json("system.tick", serde_json::json!({}));
+            if let Some(org) = bad_org {
+                event = event.with_organization(org);
+            }
+            if let Some(corr) = bad_corr {
+                event = event.with_correlation_id(corr);
+            }
+            let err = layer.stamp(&mut event).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                ErrorKind::Validation,
+                "{bad_org:?} {bad_corr:?}"
+            );
+            assert_eq!(err.validation_error().unwrap().violations()[0].field, field);
+            assert!(event.organization_id().is_none());
+        }
     }
 }

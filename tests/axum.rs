@@ -30,8 +30,8 @@ async fn auth(mut request: Request, next: Next) -> Response {
         .headers()
         .get("x-organization-id")
         .and_then(|v| v.to_str().ok())
+        .and_then(|v| OrganizationId::parse(v).ok())
     {
-        let org = OrganizationId::from(org);
         request.extensions_mut().insert(org);
     }
     next.run(request).await
@@ -258,7 +258,7 @@ async fn plain_tower_http_service_without_axum() {
                     .headers
                     .get("x-tenant")
                     .and_then(|v| v.to_str().ok())
-                    .map(OrganizationId::from)
+                    .and_then(|v| OrganizationId::parse(v).ok())
             }),
         )
         .service(tower::service_fn(|req: http::Request<String>| async move {

@@ -84,7 +84,7 @@ async fn every_builtin_event_publishes_and_arrives() {
     require_broker!();
     let fx = support::Fixture::new("builtin", "#").await;
     let publisher = EventPublisher::connect(fx.config()).await.unwrap();
-    let org = OrganizationId::from("org-7");
+    let org = OrganizationId::parse("org-7").unwrap();
     let events = fitviz_events::testing::examples();
     let mut expected = HashSet::new();
     for event in events {
@@ -142,7 +142,7 @@ async fn invalid_events_are_rejected_and_never_reach_the_broker() {
     require_broker!();
     let fx = support::Fixture::new("invalid", "#").await;
     let publisher = EventPublisher::connect(fx.config()).await.unwrap();
-    let org = Some(OrganizationId::from("org-1"));
+    let org = Some(OrganizationId::parse("org-1").unwrap());
 
     // One broken rule per built-in event, each through the JSON path, with the field named.
     let cases: Vec<(&str, Value, &str)> = BUILTIN_EVENT_TYPES

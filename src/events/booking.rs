@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::{identifier, timestamp};
 use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// A member's spot in a class was confirmed (`booking.confirmed`).
@@ -10,16 +11,16 @@ use crate::{schema::DomainEvent, schema::ValidationError};
 #[serde(deny_unknown_fields)]
 pub struct BookingConfirmed {
     /// The booking's id; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub booking_id: String,
     /// The booked class; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub class_id: String,
     /// The member who booked; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub member_id: String,
     /// When the class starts (UTC).
-    #[garde(skip)]
+    #[garde(custom(timestamp))]
     pub class_starts_at: DateTime<Utc>,
     /// The assigned spot (bike, mat, ...), if the class numbers them; at least 1.
     #[garde(range(min = 1))]
@@ -51,13 +52,13 @@ pub enum CancelledBy {
 #[serde(deny_unknown_fields)]
 pub struct BookingCancelled {
     /// The booking's id; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub booking_id: String,
     /// The booked class; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub class_id: String,
     /// The member who held the booking; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub member_id: String,
     /// Who cancelled it.
     #[garde(skip)]

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::after;
 #[cfg(test)]
 use super::utc;
+use super::{identifier, timestamp};
 use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// A class was put on the schedule (`class.scheduled`).
@@ -13,19 +14,19 @@ use crate::{schema::DomainEvent, schema::ValidationError};
 #[serde(deny_unknown_fields)]
 pub struct ClassScheduled {
     /// The class's id; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub class_id: String,
     /// The class's display name, e.g. `Evening Spin`; 1–128 characters.
     #[garde(length(chars, min = 1, max = 128))]
     pub name: String,
     /// The instructor who leads it; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub instructor_id: String,
     /// When it starts (UTC).
-    #[garde(skip)]
+    #[garde(custom(timestamp))]
     pub starts_at: DateTime<Utc>,
     /// When it ends (UTC); must be after `starts_at`.
-    #[garde(custom(after(&self.starts_at, "starts_at")))]
+    #[garde(custom(timestamp), custom(after(&self.starts_at, "starts_at")))]
     pub ends_at: DateTime<Utc>,
     /// How many members can book it; 1–1000.
     #[garde(range(min = 1, max = 1000))]
@@ -48,10 +49,10 @@ impl DomainEvent for ClassScheduled {
 #[serde(deny_unknown_fields)]
 pub struct ClassCancelled {
     /// The class's id; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub class_id: String,
     /// When the class would have started (UTC).
-    #[garde(skip)]
+    #[garde(custom(timestamp))]
     pub starts_at: DateTime<Utc>,
     /// Why it was cancelled; 1–500 characters.
     #[garde(length(chars, min = 1, max = 500))]

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(test)]
 use super::utc;
 use super::{after, currency::iso_4217};
+use super::{identifier, timestamp};
 use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// A member bought or was given a membership (`membership.created`).
@@ -13,19 +14,19 @@ use crate::{schema::DomainEvent, schema::ValidationError};
 #[serde(deny_unknown_fields)]
 pub struct MembershipCreated {
     /// The membership's id; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub membership_id: String,
     /// The member it belongs to; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub member_id: String,
     /// The plan it was created from; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub plan_id: String,
     /// When it starts (UTC).
-    #[garde(skip)]
+    #[garde(custom(timestamp))]
     pub starts_at: DateTime<Utc>,
     /// When it expires (UTC); must be after `starts_at`.
-    #[garde(custom(after(&self.starts_at, "starts_at")))]
+    #[garde(custom(timestamp), custom(after(&self.starts_at, "starts_at")))]
     pub expires_at: DateTime<Utc>,
     /// The price in minor units of `currency` (cents); greater than 0.
     #[garde(range(min = 1))]
@@ -48,16 +49,16 @@ impl DomainEvent for MembershipCreated {
 #[serde(deny_unknown_fields)]
 pub struct MembershipExpired {
     /// The membership's id; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub membership_id: String,
     /// The member it belonged to; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub member_id: String,
     /// The plan it was created from; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub plan_id: String,
     /// When it expired (UTC).
-    #[garde(skip)]
+    #[garde(custom(timestamp))]
     pub expired_at: DateTime<Utc>,
     /// Whether the member has already renewed it.
     #[garde(skip)]

@@ -7,10 +7,15 @@
 //! as the typed struct. [`testing::Example`](crate::testing::Example) gives a valid
 //! instance of each, for demos and tests.
 //!
-//! Rules shared by all events: every `*_id` field is a non-empty string of at most
-//! 64 characters; every timestamp is a UTC RFC 3339 string in JSON; amounts are in
-//! minor units (cents); `currency` is an active ISO-4217 code in uppercase (`EUR`).
-//! Lengths count Unicode characters.
+//! Rules shared by all events: every `*_id` field (and `workout_type`,
+//! `changed_fields`, `failure_code`) is an *identifier*: 1–64 characters, no
+//! control character (`\0`, `\t`, `\n`, …) nor bidirectional-formatting character
+//! anywhere, and no whitespace at either end — so an id made only of spaces, tabs,
+//! newlines or NULs is refused. Every timestamp is a UTC RFC 3339 string in JSON,
+//! within 1970-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999999999Z, and never a leap
+//! second (`23:59:60`, which chrono represents with a nanosecond field ≥ 1 000 000 000).
+//! Amounts are in minor units (cents); `currency` is an active ISO-4217 code in
+//! uppercase (`EUR`). Lengths count Unicode characters.
 //!
 //! | Event type | Struct | Rules besides the ids |
 //! | --- | --- | --- |
@@ -126,6 +131,30 @@ fn after<'a>(
             Err(garde::Error::new(format!("must be after {earlier_field}")))
         }
     }
+}
+
+/// garde rule for an identifier field: see the [module docs](self) (the length is a
+/// separate `length` rule).
+fn identifier(value: &str, _ctx: &()) -> garde::Result {
+    if value.is_empty() {
+        return Ok(()); // reported once, by the `length` rule
+    }
+    crate::ident::check_identifier(value, usize::MAX).map_err(garde::Error::new)
+}
+
+/// garde rule for a timestamp: within 1970-01-01 ..= 9999-12-31 (UTC) and not a leap
+/// second. The offset a timestamp was given with is not checked here.
+fn timestamp(value: &DateTime<Utc>, _ctx: &()) -> garde::Result {
+    use chrono::{Datelike, Timelike};
+    if value.nanosecond() >= 1_000_000_000 {
+        return Err(garde::Error::new("must not be a leap second (`:60`)"));
+    }
+    if value.year() < 1970 || value.year() > 9999 {
+        return Err(garde::Error::new(
+            "must be between 1970-01-01 and 9999-12-31 (utc)",
+        ));
+    }
+    Ok(())
 }
 
 /// A fixed UTC timestamp, for the examples and tests.
@@ -246,6 +275,88 @@ mod tests {
         let same = after(&start, "starts_at")(&start, &()).unwrap_err();
         assert_eq!(same.message().to_string(), "must be after starts_at");
         assert!(after(&start, "starts_at")(&utc(2026, 2, 28, 23, 59), &()).is_err());
+    }
+
+    #[test]
+    fn identifier_rule() {
+        for good in ["w-1", "Ö 7", "組織"] {
+            assert!(identifier(good, &()).is_ok(), "{good:?}");
+        }
+        for (bad, why) in [
+            ("   ", "starts or ends with whitespace"),
+            ("\t", "contains a control character"),
+            ("\n", "contains a control character"),
+            ("\0", "contains a control character"),
+            ("\0\0", "contains a control character"),
+            ("m\r\n1", "contains a control character"),
+            (" m-1", "starts or ends with whitespace"),
+            ("m-1 ", "starts or ends with whitespace"),
+            (
+                "\u{202e}1-m",
+                "contains a bidirectional-formatting or line-separator character",
+            ),
+        ] {
+            let err = identifier(bad, &()).unwrap_err();
+            assert_eq!(err.message().to_string(), why, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn timestamp_rule() {
+        let parse = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        for good in [
+            "1970-01-01T00:00:00Z",
+            "2026-03-14T07:30:00+14:00",
+            "9999-12-31T23:59:59.999999999Z",
+        ] {
+            assert!(timestamp(&parse(good), &()).is_ok(), "{good}");
+        }
+        let leap = parse("2016-12-31T23:59:60Z");
+        assert_eq!(
+            timestamp(&leap, &()).unwrap_err().message().to_string(),
+            "must not be a leap second (`:60`)"
+        );
+        for bad in ["0000-01-01T00:00:00Z", "1969-12-31T23:59:59Z"] {
+            assert_eq!(
+                timestamp(&parse(bad), &())
+                    .unwrap_err()
+                    .message()
+                    .to_string(),
+                "must be between 1970-01-01 and 9999-12-31 (utc)",
+                "{bad}"
+            );
+        }
+        // 9999-12-31T23:00:00-01:00 is 10000-01-01 in UTC.
+        let beyond = NaiveDate::from_ymd_opt(10_000, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        assert!(timestamp(&beyond, &()).is_err());
+    }
+
+    #[test]
+    fn built_in_events_apply_the_rules_to_json_payloads() {
+        let registry = SchemaRegistry::builtin();
+        for (field, value) in [
+            ("member_id", serde_json::json!("\0")),
+            ("member_id", serde_json::json!("\n")),
+            ("member_id", serde_json::json!(" ")),
+            ("workout_id", serde_json::json!("\t")),
+            ("workout_type", serde_json::json!("run\r\n")),
+            ("started_at", serde_json::json!("0000-01-01T00:00:00Z")),
+            ("started_at", serde_json::json!("2016-12-31T23:59:60Z")),
+        ] {
+            let mut json =
+                serde_json::to_value(<WorkoutCreated as crate::testing::Example>::example())
+                    .unwrap();
+            json[field] = value.clone();
+            let err = registry
+                .validate_json(WorkoutCreated::EVENT_TYPE, &json)
+                .unwrap()
+                .expect_err(&format!("{field} = {value}"));
+            assert_eq!(err.violations()[0].field, field, "{value}");
+        }
     }
 
     #[test]

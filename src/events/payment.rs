@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::currency::iso_4217;
+use super::identifier;
 use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// The largest amount a payment may carry, in minor units: 100 000 000.00.
@@ -27,10 +28,10 @@ pub enum PaymentMethod {
 #[serde(deny_unknown_fields)]
 pub struct PaymentCompleted {
     /// The payment's id; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub payment_id: String,
     /// The member who paid; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub member_id: String,
     /// The amount in minor units of `currency` (cents); 1 to 10 000 000 000
     /// (100 000 000.00).
@@ -60,10 +61,10 @@ impl DomainEvent for PaymentCompleted {
 #[serde(deny_unknown_fields)]
 pub struct PaymentFailed {
     /// The payment's id; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub payment_id: String,
     /// The member who was charged; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub member_id: String,
     /// The amount in minor units of `currency` (cents); greater than 0.
     #[garde(range(min = 1))]
@@ -72,7 +73,7 @@ pub struct PaymentFailed {
     #[garde(custom(iso_4217))]
     pub currency: String,
     /// The provider's machine-readable failure code, e.g. `card_declined`; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub failure_code: String,
     /// A human-readable explanation, if any; at most 500 characters.
     #[garde(length(chars, max = 500))]

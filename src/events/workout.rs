@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::{identifier, timestamp};
 use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// A member logged a workout (`workout.created`).
@@ -10,13 +11,13 @@ use crate::{schema::DomainEvent, schema::ValidationError};
 #[serde(deny_unknown_fields)]
 pub struct WorkoutCreated {
     /// The workout's id; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub workout_id: String,
     /// The member who did the workout; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub member_id: String,
     /// The kind of workout, e.g. `strength`, `running`; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub workout_type: String,
     /// How long it lasted, in minutes; 1–1440 (one day).
     #[garde(range(min = 1, max = 1440))]
@@ -25,7 +26,7 @@ pub struct WorkoutCreated {
     #[garde(range(max = 20_000))]
     pub calories: Option<u32>,
     /// When the workout started (UTC).
-    #[garde(skip)]
+    #[garde(custom(timestamp))]
     pub started_at: DateTime<Utc>,
 }
 
@@ -42,13 +43,16 @@ impl DomainEvent for WorkoutCreated {
 #[serde(deny_unknown_fields)]
 pub struct WorkoutUpdated {
     /// The workout's id; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub workout_id: String,
     /// The member who owns the workout; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub member_id: String,
     /// The names of the fields that changed; at least one, each 1–64 characters.
-    #[garde(length(min = 1), inner(length(chars, min = 1, max = 64)))]
+    #[garde(
+        length(min = 1),
+        inner(length(chars, min = 1, max = 64), custom(identifier))
+    )]
     pub changed_fields: Vec<String>,
     /// The new duration in minutes, if it changed; 1–1440.
     #[garde(range(min = 1, max = 1440))]
@@ -68,10 +72,10 @@ impl DomainEvent for WorkoutUpdated {
 #[serde(deny_unknown_fields)]
 pub struct WorkoutDeleted {
     /// The workout's id; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub workout_id: String,
     /// The member who owned the workout; 1–64 characters.
-    #[garde(length(chars, min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub member_id: String,
     /// Why it was deleted, if given; at most 500 characters.
     #[garde(length(chars, max = 500))]
