@@ -4,6 +4,7 @@
 //! | error | status | body |
 //! |---|---|---|
 //! | `Validation` | 422 | `{"error": "validation", "message": …, "violations": [{"field": …, "message": …}]}` |
+//! | `TooLarge` | 413 | `{"error": "too_large", "message": …}` |
 //! | `CircuitOpen`, `Timeout`, `Connection`, `PoolTimeout`, `QueueFull`, `Shutdown` | 503 with `Retry-After` | `{"error": "event_bus_unavailable", "message": …}` |
 //! | anything else | 500 | `{"error": "<kind>", "message": …}` |
 //!
@@ -72,6 +73,7 @@ impl IntoResponse for PublishError {
     fn into_response(self) -> Response {
         let (status, code) = match self.kind() {
             ErrorKind::Validation => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
+            ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ErrorKind::CircuitOpen
             | ErrorKind::Timeout
             | ErrorKind::Connection

@@ -35,6 +35,11 @@ pub enum ErrorKind {
     Shutdown,
     /// The configuration is invalid.
     Config,
+    /// The encoded event is larger than allowed: its body exceeds
+    /// [`max_body_bytes`](crate::PublisherConfig::max_body_bytes), or its properties and
+    /// headers do not fit the connection's negotiated AMQP frame size. Refused before
+    /// any I/O; not retryable, not a broker failure.
+    TooLarge,
 }
 
 /// The error of every publish: the kind, the event it concerns, and the cause.
@@ -123,6 +128,14 @@ impl PublishError {
         Self::new(ErrorKind::Connection, message).with_source(source)
     }
 
+    /// The encoded event is too large: `what` and its size against the limit.
+    pub(crate) fn too_large(what: &str, size: usize, limit: usize) -> Self {
+        Self::new(
+            ErrorKind::TooLarge,
+            format!("{what} exceeds the limit of {limit} bytes ({size} bytes); event not sent"),
+        )
+    }
+
     pub(crate) fn shutdown() -> Self {
         Self::new(ErrorKind::Shutdown, "the publisher is closed")
     }
@@ -160,7 +173,7 @@ impl PublishError {
 
     /// Whether trying the same event again may succeed: connection and channel
     /// failures, timeouts, nacks and an exhausted pool are; validation, missing
-    /// organization, unroutable, an open circuit and shutdown are not.
+    /// organization, an event too large, unroutable, an open circuit and shutdown are not.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.inner.kind,

@@ -24,6 +24,9 @@ pub const ENV_PREFIX: &str = "FITVIZ_EVENTS_";
 /// Upper bound of every duration in milliseconds (one hour), so deadlines never overflow.
 const MAX_MS: u64 = 3_600_000;
 
+/// The default of [`PublisherConfig::max_body_bytes`]: 1 MiB.
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
 /// A duration read as whole milliseconds.
 type Millis = DurationMilliSeconds<u64>;
 /// A duration read as whole seconds.
@@ -239,6 +242,19 @@ pub struct PublisherConfig {
         custom(rules::at_least("detached_redelivery_base_delay", self.detached_redelivery_base_delay))
     )]
     pub detached_redelivery_max_delay: Duration,
+    /// The largest encoded event body (the JSON envelope), in bytes; 1 KiB to 128 MiB,
+    /// 1 MiB by default. A larger event is refused with
+    /// [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge) while it is encoded, before any
+    /// I/O, and never retried. Why 1 MiB and not RabbitMQ's own limit (128 MiB since 3.10,
+    /// where a larger message is refused by closing the *channel*, failing every publish
+    /// sharing it): a large message occupies the channel and the connection's socket while
+    /// it is written, delaying every other tenant's events behind it, and FitViz events
+    /// are small (a few hundred bytes) — consumers expect them small, and a megabyte is
+    /// already a bug. Also the properties and headers must fit the connection's negotiated
+    /// AMQP frame size (RabbitMQ's default `frame_max` is 131072 bytes), or the broker
+    /// closes the whole connection; that is checked before publishing too.
+    #[garde(custom(rules::int(1024, 134_217_728)))]
+    pub max_body_bytes: usize,
 }
 
 impl Default for PublisherConfig {
@@ -268,6 +284,7 @@ impl Default for PublisherConfig {
             detached_overflow_wait: Duration::ZERO,
             detached_redelivery_base_delay: Duration::from_millis(200),
             detached_redelivery_max_delay: Duration::from_secs(5),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 }

@@ -111,6 +111,7 @@ fn every_variable_is_read() {
         ("FITVIZ_EVENTS_DETACHED_OVERFLOW_WAIT_MS", "250"),
         ("FITVIZ_EVENTS_DETACHED_REDELIVERY_BASE_DELAY_MS", "10"),
         ("FITVIZ_EVENTS_DETACHED_REDELIVERY_MAX_DELAY_MS", "60000"),
+        ("FITVIZ_EVENTS_MAX_BODY_BYTES", "65536"),
     ];
     // The table above covers every variable once.
     let mut names: Vec<&str> = vars.iter().map(|(k, _)| *k).collect();
@@ -145,6 +146,7 @@ fn every_variable_is_read() {
         detached_overflow_wait: Duration::from_millis(250),
         detached_redelivery_base_delay: Duration::from_millis(10),
         detached_redelivery_max_delay: Duration::from_secs(60),
+        max_body_bytes: 65_536,
     };
     assert_eq!(c, expected);
     assert_eq!(
@@ -303,6 +305,10 @@ fn every_invalid_variable_is_named() {
         (
             "FITVIZ_EVENTS_DETACHED_REDELIVERY_MAX_DELAY_MS",
             &["0", "199", "3600001", "x"],
+        ),
+        (
+            "FITVIZ_EVENTS_MAX_BODY_BYTES",
+            &["0", "1023", "134217729", "1MiB", "-1"],
         ),
     ];
     assert_eq!(cases.len(), keys().len());
@@ -640,7 +646,7 @@ fn every_field_is_named_by_its_key() {
         assert_eq!(names::key_of_var(&var(key)), Some(*key));
         assert_eq!(var(key), format!("{ENV_PREFIX}{}", key.to_uppercase()));
     }
-    assert_eq!(keys().len(), 24);
+    assert_eq!(keys().len(), 25);
     assert_eq!(keys()[0], "url");
 }
 
@@ -839,7 +845,8 @@ fn deserializes_config_files() {
         "detached_concurrency": 4,
         "detached_overflow_wait_ms": 30000,
         "detached_redelivery_base_delay_ms": 50,
-        "detached_redelivery_max_delay_ms": 1000
+        "detached_redelivery_max_delay_ms": 1000,
+        "max_body_bytes": 2048
     }"#;
     let c: PublisherConfig = serde_json::from_str(json).unwrap();
     let expected = PublisherConfig {
@@ -867,6 +874,7 @@ fn deserializes_config_files() {
         detached_overflow_wait: Duration::from_secs(30),
         detached_redelivery_base_delay: Duration::from_millis(50),
         detached_redelivery_max_delay: Duration::from_secs(1),
+        max_body_bytes: 2048,
     };
     assert_eq!(c, expected);
     c.validate().unwrap();

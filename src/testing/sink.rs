@@ -13,6 +13,7 @@ use std::{
 use tower_service::Service;
 
 use crate::{
+    config::DEFAULT_MAX_BODY_BYTES,
     error::PublishError,
     event::{Event, Receipt},
     transport::encode,
@@ -22,6 +23,8 @@ use crate::{
 #[derive(Clone, Debug, Default)]
 pub struct MemorySink {
     events: Option<Arc<Mutex<Vec<Event>>>>,
+    /// `None`: the default, [`DEFAULT_MAX_BODY_BYTES`].
+    max_body_bytes: Option<usize>,
     count: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
 }
@@ -38,6 +41,16 @@ impl MemorySink {
     /// A sink that encodes and counts events but keeps none (for benchmarks).
     pub fn counting() -> Self {
         Self::default()
+    }
+
+    /// Refuses bodies longer than `max_body_bytes` with
+    /// [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge), like the AMQP transport with
+    /// [`PublisherConfig::max_body_bytes`](crate::PublisherConfig::max_body_bytes);
+    /// by default the config's default, 1 MiB.
+    #[must_use]
+    pub fn with_max_body_bytes(mut self, max_body_bytes: usize) -> Self {
+        self.max_body_bytes = Some(max_body_bytes);
+        self
     }
 
     /// The events published so far, in order.
@@ -70,7 +83,8 @@ impl Service<Event> for MemorySink {
 
     fn call(&mut self, event: Event) -> Self::Future {
         let started = Instant::now();
-        let result = encode(&event).map(|(body, _properties)| {
+        let max = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let result = encode(&event, max).map(|(body, _properties)| {
             self.count.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
             let id = event.id();

@@ -44,6 +44,8 @@ struct Inner {
     permits: Arc<Semaphore>,
     /// The number of permits `permits` started with.
     max_in_flight: usize,
+    /// The connection's negotiated maximum frame size, in bytes.
+    frame_max: usize,
 }
 
 impl fmt::Debug for ConfirmChannel {
@@ -70,15 +72,30 @@ impl ConfirmChannel {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| PublishError::connection("could not enable publisher confirms", e))?;
-        tracing::debug!(channel = channel.id(), "opened confirm-mode channel");
+        let frame_max = match connection.configuration().frame_max() {
+            0 => usize::MAX,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        tracing::debug!(
+            channel = channel.id(),
+            frame_max,
+            "opened confirm-mode channel"
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 channel,
                 tracker: ConfirmTracker::spawn(),
                 permits: Arc::new(Semaphore::new(max_in_flight)),
                 max_in_flight,
+                frame_max,
             }),
         })
+    }
+
+    /// The negotiated maximum frame size of the channel's connection, in bytes: the
+    /// content header frame (all properties and headers) must fit in one frame.
+    pub(crate) fn frame_max(&self) -> usize {
+        self.inner.frame_max
     }
 
     /// Open, and no confirm failed on it.

@@ -1,6 +1,8 @@
 //! Encoding an [`Event`] into an AMQP message: the JSON body and the properties
 //! (the wire contract with consumers; see the README).
 
+use std::io;
+
 use lapin::{
     BasicProperties,
     types::{AMQPValue, FieldTable, LongString, ShortString},
@@ -27,24 +29,119 @@ fn short(event_type: &str, field: &str, value: &str) -> Result<ShortString, Publ
     })
 }
 
-/// Encodes the body and AMQP properties of `event`.
+/// The error a [`Limited`] writer reports once the limit is passed.
+#[derive(Debug)]
+struct OverLimit;
+
+impl std::fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("over the body size limit")
+    }
+}
+
+impl std::error::Error for OverLimit {}
+
+/// A `Vec` that refuses to grow past `limit` bytes, so that an oversized payload is
+/// never encoded in full (a 140 MB event costs no 140 MB buffer).
+struct Limited {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl io::Write for Limited {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + bytes.len() > self.limit {
+            return Err(io::Error::other(OverLimit));
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Bytes of a content header frame besides its properties: frame header (7), class id
+/// (2), weight (2), body size (8), property flags (2), frame end (1).
+const HEADER_FRAME_OVERHEAD: usize = 7 + 2 + 2 + 8 + 2 + 1;
+
+/// The size of the content header frame that carries `properties` (all of them,
+/// headers included): it must fit the connection's negotiated `frame_max`, or the
+/// broker closes the whole connection (`FRAME_ERROR`), failing every publish on it.
+/// Exact for the properties [`encode`] sets; other header values count as a long
+/// string of their `Debug` text (an over-estimate).
+pub(crate) fn header_frame_bytes(properties: &BasicProperties) -> usize {
+    fn short(s: Option<&ShortString>) -> usize {
+        s.map_or(0, |s| 1 + s.as_str().len())
+    }
+    let mut size = HEADER_FRAME_OVERHEAD
+        + short(properties.content_type().as_ref())
+        + short(properties.content_encoding().as_ref())
+        + short(properties.correlation_id().as_ref())
+        + short(properties.reply_to().as_ref())
+        + short(properties.expiration().as_ref())
+        + short(properties.message_id().as_ref())
+        + short(properties.kind().as_ref())
+        + short(properties.user_id().as_ref())
+        + short(properties.app_id().as_ref())
+        + short(properties.cluster_id().as_ref())
+        + properties.delivery_mode().map_or(0, |_| 1)
+        + properties.priority().map_or(0, |_| 1)
+        + properties.timestamp().map_or(0, |_| 8);
+    if let Some(headers) = properties.headers() {
+        size += 4;
+        for (key, value) in headers {
+            size += 1 + key.as_str().len() + 1;
+            size += match value {
+                AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+                AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+                AMQPValue::LongLongInt(_) | AMQPValue::Timestamp(_) | AMQPValue::Double(_) => 8,
+                AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
+                AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) => 1,
+                other => 4 + format!("{other:?}").len(),
+            };
+        }
+    }
+    size
+}
+
+/// Encodes the body and AMQP properties of `event`, refusing a body longer than
+/// `max_body_bytes`.
 ///
 /// # Errors
 /// [`ErrorKind::Validation`](crate::error::ErrorKind::Validation) when the event type
 /// is not a valid routing key, the payload cannot be encoded, or a property value is
-/// longer than AMQP allows.
-pub(crate) fn encode(event: &Event) -> Result<(Vec<u8>, BasicProperties), PublishError> {
+/// longer than AMQP allows; [`ErrorKind::TooLarge`](crate::error::ErrorKind::TooLarge)
+/// when the body is longer than `max_body_bytes`.
+pub(crate) fn encode(
+    event: &Event,
+    max_body_bytes: usize,
+) -> Result<(Vec<u8>, BasicProperties), PublishError> {
     let event_type = event.event_type();
     check_event_type(event_type).map_err(|why| {
         PublishError::validation(ValidationError::single(event_type, "event_type", why))
     })?;
-    let body = event.to_json_bytes().map_err(|e| {
-        PublishError::validation(ValidationError::single(
+    let mut body = Limited {
+        buf: Vec::with_capacity(384.min(max_body_bytes)),
+        limit: max_body_bytes,
+    };
+    if let Err(e) = serde_json::to_writer(&mut body, event) {
+        if e.is_io() {
+            return Err(PublishError::too_large(
+                "the encoded event",
+                max_body_bytes.saturating_add(1),
+                max_body_bytes,
+            )
+            .for_event(event.id()));
+        }
+        return Err(PublishError::validation(ValidationError::single(
             event_type,
             "data",
             format!("cannot be encoded as json: {e}"),
-        ))
-    })?;
+        )));
+    }
+    let body = body.buf;
     let mut headers = FieldTable::default();
     if let Some(org) = event.organization_id() {
         headers.insert(
@@ -72,4 +169,59 @@ pub(crate) fn encode(event: &Event) -> Result<(Vec<u8>, BasicProperties), Publis
             properties.with_correlation_id(short(event_type, "correlation_id", correlation_id)?);
     }
     Ok((body, properties))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn event_of(bytes: usize) -> Event {
+        Event::from_json(
+            "thing.happened",
+            serde_json::json!({ "blob": "x".repeat(bytes) }),
+        )
+        .with_organization("org-1")
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_too_large_and_not_retryable() {
+        let event = event_of(10);
+        let (body, _) = encode(&event, 1 << 20).unwrap();
+        // Exactly at the limit passes, one byte less fails.
+        assert_eq!(encode(&event, body.len()).unwrap().0, body);
+        let err = encode(&event, body.len() - 1).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge);
+        assert!(!err.is_retryable() && !err.is_broker_failure());
+        assert_eq!(err.event_id(), Some(event.id()));
+        assert!(err.to_string().contains("exceeds the limit of"), "{err}");
+
+        let huge = event_of(4 << 20);
+        assert_eq!(
+            encode(&huge, 1 << 20).unwrap_err().kind(),
+            ErrorKind::TooLarge
+        );
+    }
+
+    #[test]
+    fn the_header_frame_size_counts_every_property_and_header() {
+        let small = event_of(1).with_correlation_id("r");
+        let (_, props) = encode(&small, 1 << 20).unwrap();
+        let base = header_frame_bytes(&props);
+        // content type, message id (uuid), type, delivery mode, timestamp, headers.
+        assert!(base > HEADER_FRAME_OVERHEAD + 36 && base < 300, "{base}");
+        let long_org = "o".repeat(255);
+        let long = event_of(1)
+            .with_correlation_id("r")
+            .with_organization(long_org.as_str());
+        let (_, props) = encode(&long, 1 << 20).unwrap();
+        assert_eq!(header_frame_bytes(&props), base + 255 - "org-1".len());
+        // With checked ids the content header always fits the smallest frame_max.
+        let widest = event_of(1)
+            .with_correlation_id("c".repeat(255))
+            .with_organization(long_org.as_str())
+            .with_source("s".repeat(255));
+        let (_, props) = encode(&widest, 1 << 20).unwrap();
+        assert!(header_frame_bytes(&props) < 4096);
+    }
 }

@@ -27,8 +27,8 @@ mod exchange;
 mod pool;
 
 pub use confirm::reattributed_returns;
-pub(crate) use encode::encode;
 pub use encode::{HEADER_ORGANIZATION_ID, HEADER_SCHEMA_VERSION};
+pub(crate) use encode::{encode, header_frame_bytes};
 
 use std::{
     fmt,
@@ -76,6 +76,7 @@ pub struct AmqpPublish {
 struct Inner {
     pool: ChannelPool,
     exchange: Arc<Exchange>,
+    max_body_bytes: usize,
 }
 
 impl fmt::Debug for AmqpPublish {
@@ -117,7 +118,11 @@ impl AmqpPublish {
             },
         )?;
         Ok(Self {
-            inner: Arc::new(Inner { pool, exchange }),
+            inner: Arc::new(Inner {
+                pool,
+                exchange,
+                max_body_bytes: config.max_body_bytes,
+            }),
         })
     }
 
@@ -140,7 +145,8 @@ impl AmqpPublish {
     }
 
     async fn publish(&self, event: Event) -> Result<Receipt, PublishError> {
-        let (body, properties) = encode(&event)?;
+        let (body, properties) = encode(&event, self.inner.max_body_bytes)?;
+        let header_bytes = header_frame_bytes(&properties);
         let message = Message {
             event_id: event.id(),
             exchange: self.inner.exchange.name().clone(),
@@ -149,7 +155,17 @@ impl AmqpPublish {
             properties,
         };
         let started = Instant::now();
+        // Properties that fit the smallest frame any broker may negotiate (4096 bytes:
+        // always, with checked ids) need no look at the connection; larger ones are
+        // checked against the connection's negotiated frame_max before anything is sent.
         let channel = self.inner.pool.channel().await?;
+        if header_bytes > MIN_FRAME_MAX && header_bytes > channel.frame_max() {
+            return Err(PublishError::too_large(
+                "the event's properties and headers (the content header frame)",
+                header_bytes,
+                channel.frame_max(),
+            ));
+        }
         let outcome = channel.publish(message).await?;
         drop(channel);
         outcome_to_result(
@@ -160,6 +176,9 @@ impl AmqpPublish {
         )
     }
 }
+
+/// The smallest `frame_max` AMQP 0-9-1 allows a broker to negotiate.
+const MIN_FRAME_MAX: usize = 4096;
 
 impl Service<Event> for AmqpPublish {
     type Response = Receipt;
