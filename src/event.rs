@@ -228,7 +228,8 @@ pub struct Event {
     correlation_id: Option<Arc<str>>,
     /// Why an id given to [`Event::with_organization`] or [`Event::with_correlation_id`]
     /// was refused; the front of the stack rejects the event with it.
-    rejected_id: Option<InvalidId>,
+    rejected_organization: Option<InvalidId>,
+    rejected_correlation: Option<InvalidId>,
     pub(crate) data: EventData,
     /// The request this event is published in, until the envelope is stamped.
     pub(crate) scope: Option<Arc<RequestScope>>,
@@ -262,7 +263,8 @@ impl Event {
             version,
             source: None,
             correlation_id: None,
-            rejected_id: None,
+            rejected_organization: None,
+            rejected_correlation: None,
             data,
             scope: None,
         }
@@ -285,10 +287,13 @@ impl Event {
         T::Error: Into<InvalidId>,
     {
         match organization_id.try_into() {
-            Ok(id) => self.organization_id = Some(id),
+            Ok(id) => {
+                self.organization_id = Some(id);
+                self.rejected_organization = None;
+            }
             Err(invalid) => {
                 self.organization_id = None;
-                self.rejected_id = Some(invalid.into());
+                self.rejected_organization = Some(invalid.into());
             }
         }
         self
@@ -303,18 +308,24 @@ impl Event {
     pub fn with_correlation_id(mut self, correlation_id: impl Into<Arc<str>>) -> Self {
         let correlation_id = correlation_id.into();
         match check_correlation_id(&correlation_id) {
-            Ok(()) => self.correlation_id = Some(correlation_id),
+            Ok(()) => {
+                self.correlation_id = Some(correlation_id);
+                self.rejected_correlation = None;
+            }
             Err(invalid) => {
                 self.correlation_id = None;
-                self.rejected_id = Some(invalid);
+                self.rejected_correlation = Some(invalid);
             }
         }
         self
     }
 
-    /// The reason an id given to this event was refused, if one was.
-    pub(crate) fn rejected_id(&self) -> Option<InvalidId> {
-        self.rejected_id
+    /// Why the ids given to this event were refused: the organization's, then the
+    /// correlation id's.
+    pub(crate) fn rejected_ids(&self) -> impl Iterator<Item = InvalidId> {
+        self.rejected_organization
+            .into_iter()
+            .chain(self.rejected_correlation)
     }
 
     /// Sets the source application name (by default the publisher's configured source).

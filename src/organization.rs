@@ -49,7 +49,7 @@ use crate::{
     error::{ErrorKind, PublishError},
     event::{Event, OrganizationId},
     future::ResponseFuture,
-    schema::ValidationError,
+    schema::{ValidationError, Violation},
 };
 
 /// Where the organization id of an event comes from when the event has none.
@@ -132,11 +132,14 @@ impl OrganizationLayer {
     /// organization than its request; [`ErrorKind::MissingOrganization`] when none can
     /// be found.
     pub fn stamp(&self, event: &mut Event) -> Result<(), PublishError> {
-        if let Some(invalid) = event.rejected_id() {
-            return Err(PublishError::validation(ValidationError::single(
+        let rejected: Vec<Violation> = event
+            .rejected_ids()
+            .map(|invalid| Violation::new(invalid.field(), invalid.reason()))
+            .collect();
+        if !rejected.is_empty() {
+            return Err(PublishError::validation(ValidationError::new(
                 event.event_type(),
-                invalid.field(),
-                invalid.reason(),
+                rejected,
             ))
             .for_event(event.id()));
         }
