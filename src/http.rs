@@ -25,7 +25,7 @@
 //!   header passes with no organization (events then need one of their own, or fail
 //!   with [`ErrorKind::MissingOrganization`](crate::ErrorKind::MissingOrganization)).
 //! - **Request id.** An `x-request-id` that is not a valid correlation id
-//!   ([`check_correlation_id`](crate::check_correlation_id): printable, no surrounding
+//!   ([`check_correlation_id`]: printable, no surrounding
 //!   whitespace, at most 255 bytes) is *ignored*, not an error: the request id is
 //!   advisory tracing data set by clients and proxies, and refusing a request over it
 //!   would let a proxy's quirk fail the business operation. The events then carry no
