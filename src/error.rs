@@ -128,11 +128,14 @@ impl PublishError {
         Self::new(ErrorKind::Connection, message).with_source(source)
     }
 
-    /// The encoded event is too large: `what` and its size against the limit.
-    pub(crate) fn too_large(what: &str, size: usize, limit: usize) -> Self {
+    /// The encoded event is too large: `what`, its size when known, and the limit.
+    pub(crate) fn too_large(what: &str, size: Option<usize>, limit: usize) -> Self {
+        let size = size
+            .map(|size| format!(" ({size} bytes)"))
+            .unwrap_or_default();
         Self::new(
             ErrorKind::TooLarge,
-            format!("{what} exceeds the limit of {limit} bytes ({size} bytes); event not sent"),
+            format!("{what} exceeds the limit of {limit} bytes{size}"),
         )
     }
 

@@ -38,6 +38,7 @@ use crate::{
     config::PublisherConfig,
     error::{ErrorKind, PublishError},
     event::{Event, Receipt},
+    transport::check_body_size,
 };
 
 /// The delivery stack the worker publishes through.
@@ -52,6 +53,9 @@ pub(crate) struct DetachedSettings {
     overflow_wait: Duration,
     redelivery_base: Duration,
     redelivery_max: Duration,
+    /// [`PublisherConfig::max_body_bytes`]: an event over it is refused before it is
+    /// queued, so that `spawn`'s caller hears of it.
+    max_body_bytes: usize,
 }
 
 impl DetachedSettings {
@@ -62,6 +66,7 @@ impl DetachedSettings {
             overflow_wait: config.detached_overflow_wait,
             redelivery_base: config.detached_redelivery_base_delay,
             redelivery_max: config.detached_redelivery_max_delay,
+            max_body_bytes: config.max_body_bytes,
         }
     }
 }
@@ -89,6 +94,7 @@ struct Counters {
 pub(crate) struct DetachedQueue {
     tx: mpsc::Sender<Event>,
     overflow_wait: Duration,
+    max_body_bytes: usize,
     counters: Arc<Counters>,
     close: Arc<Notify>,
     abort: Arc<Notify>,
@@ -151,6 +157,7 @@ impl DetachedQueue {
         Self {
             tx,
             overflow_wait: settings.overflow_wait,
+            max_body_bytes: settings.max_body_bytes,
             counters,
             close,
             abort,
@@ -161,6 +168,7 @@ impl DetachedQueue {
     /// Enqueues `event` (already validated and stamped).
     pub(crate) async fn enqueue(&self, event: Event) -> Result<(), PublishError> {
         let id = event.id();
+        check_body_size(&event, self.max_body_bytes)?;
         let full = || {
             PublishError::new(
                 ErrorKind::QueueFull,

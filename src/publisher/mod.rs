@@ -216,7 +216,9 @@ impl EventPublisher {
     /// retrying while the broker is unavailable.
     ///
     /// # Errors
-    /// Validation and organization errors, [`ErrorKind::QueueFull`](crate::ErrorKind::QueueFull)
+    /// Validation and organization errors, [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge)
+    /// for an event over [`PublisherConfig::max_body_bytes`] (checked before it is queued),
+    /// [`ErrorKind::QueueFull`](crate::ErrorKind::QueueFull)
     /// when the queue stays full (see the `detached_*` settings of [`PublisherConfig`]),
     /// and [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown) after `close`.
     pub async fn spawn(&self, event: impl Into<Event>) -> Result<(), PublishError> {

@@ -62,6 +62,48 @@ impl io::Write for Limited {
     }
 }
 
+/// Counts what is written, refusing to go past `limit`; writes nowhere.
+struct Counting {
+    written: usize,
+    limit: usize,
+}
+
+impl io::Write for Counting {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.written += bytes.len();
+        if self.written > self.limit {
+            return Err(io::Error::other(OverLimit));
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Checks that the body of `event` is at most `max_body_bytes` long without keeping
+/// it: for the detached queue, so that `spawn` reports an oversized event to its
+/// caller instead of the worker dropping it later.
+///
+/// # Errors
+/// [`ErrorKind::TooLarge`](crate::error::ErrorKind::TooLarge) when it is longer. A
+/// payload that cannot be encoded at all is left to [`encode`] to report.
+pub(crate) fn check_body_size(event: &Event, max_body_bytes: usize) -> Result<(), PublishError> {
+    let mut counting = Counting {
+        written: 0,
+        limit: max_body_bytes,
+    };
+    match serde_json::to_writer(&mut counting, event) {
+        Err(e) if e.is_io() => Err(too_large(event, max_body_bytes)),
+        _ => Ok(()),
+    }
+}
+
+fn too_large(event: &Event, max_body_bytes: usize) -> PublishError {
+    PublishError::too_large("the encoded event", None, max_body_bytes).for_event(event.id())
+}
+
 /// Bytes of a content header frame besides its properties: frame header (7), class id
 /// (2), weight (2), body size (8), property flags (2), frame end (1).
 const HEADER_FRAME_OVERHEAD: usize = 7 + 2 + 2 + 8 + 2 + 1;
@@ -128,12 +170,7 @@ pub(crate) fn encode(
     };
     if let Err(e) = serde_json::to_writer(&mut body, event) {
         if e.is_io() {
-            return Err(PublishError::too_large(
-                "the encoded event",
-                max_body_bytes.saturating_add(1),
-                max_body_bytes,
-            )
-            .for_event(event.id()));
+            return Err(too_large(event, max_body_bytes));
         }
         return Err(PublishError::validation(ValidationError::single(
             event_type,
@@ -200,6 +237,18 @@ mod tests {
         assert_eq!(
             encode(&huge, 1 << 20).unwrap_err().kind(),
             ErrorKind::TooLarge
+        );
+
+        assert!(check_body_size(&event, body.len()).is_ok());
+        let err = check_body_size(&event, body.len() - 1).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the encoded event exceeds the limit of {} bytes (event {})",
+                body.len() - 1,
+                event.id()
+            )
         );
     }
 

@@ -28,7 +28,7 @@ mod pool;
 
 pub use confirm::reattributed_returns;
 pub use encode::{HEADER_ORGANIZATION_ID, HEADER_SCHEMA_VERSION};
-pub(crate) use encode::{encode, header_frame_bytes};
+pub(crate) use encode::{check_body_size, encode, header_frame_bytes};
 
 use std::{
     fmt,
@@ -162,7 +162,7 @@ impl AmqpPublish {
         if header_bytes > MIN_FRAME_MAX && header_bytes > channel.frame_max() {
             return Err(PublishError::too_large(
                 "the event's properties and headers (the content header frame)",
-                header_bytes,
+                Some(header_bytes),
                 channel.frame_max(),
             ));
         }
