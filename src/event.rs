@@ -28,6 +28,15 @@ use crate::{
 ///
 /// Letters of any script, digits, punctuation and inner spaces are allowed.
 ///
+/// [`Event::with_organization`] takes an `OrganizationId` or a string and stays
+/// infallible, so events are still built in one expression: an invalid string is not
+/// stored, and the publish fails with [`ErrorKind::Validation`](crate::ErrorKind::Validation)
+/// naming `organization_id` — the same path and error as every other bad field, and an
+/// event cannot carry an unchecked id to the transport. Making `with_organization`
+/// return a `Result` instead would push a `?` or `unwrap` into every event construction
+/// for a check that the publish reports anyway; call [`OrganizationId::parse`] first
+/// when you want to handle a bad id yourself (an HTTP header, for example).
+///
 /// Put one into the request extensions (your auth middleware does this) and the
 /// HTTP integration stamps it on every event of that request.
 ///

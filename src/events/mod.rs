@@ -359,6 +359,54 @@ mod tests {
         }
     }
 
+    /// Every identifier and timestamp field of every built-in event, as JSON: a
+    /// control character, blank or bidi-marked id and a year-0000 or leap-second
+    /// timestamp are each reported on that field.
+    #[test]
+    fn every_identifier_and_timestamp_field_of_every_event_is_checked() {
+        let registry = SchemaRegistry::builtin();
+        let (mut ids, mut timestamps) = (0, 0);
+        for event in crate::testing::examples() {
+            let example = event.data_json();
+            let object = example.as_object().unwrap();
+            for (field, value) in object {
+                let is_id = field.ends_with("_id")
+                    || ["workout_type", "failure_code"].contains(&field.as_str());
+                let is_timestamp = value
+                    .as_str()
+                    .is_some_and(|s| DateTime::parse_from_rfc3339(s).is_ok());
+                let bad_values: &[&str] = if is_id {
+                    ids += 1;
+                    &["\0", "\n", " ", "\t", "x\r\ny", " x", "\u{202e}x"]
+                } else if is_timestamp {
+                    timestamps += 1;
+                    &[
+                        "0000-01-01T00:00:00Z",
+                        "2016-12-31T23:59:60Z",
+                        "1969-12-31T23:59:59Z",
+                    ]
+                } else {
+                    continue;
+                };
+                for bad in bad_values {
+                    let mut json = example.clone();
+                    json[field] = serde_json::json!(bad);
+                    let err = registry
+                        .validate_json(event.event_type(), &json)
+                        .unwrap()
+                        .expect_err(&format!("{} {field} = {bad:?}", event.event_type()));
+                    assert!(
+                        err.violations().iter().any(|v| &v.field == field),
+                        "{} {field} = {bad:?}: {err}",
+                        event.event_type()
+                    );
+                }
+            }
+        }
+        assert!(ids >= 25, "{ids} identifier fields");
+        assert!(timestamps >= 8, "{timestamps} timestamp fields");
+    }
+
     #[test]
     fn example_timestamps_are_utc_rfc3339() {
         let json = serde_json::to_value(utc(2026, 3, 2, 7, 30)).unwrap();
