@@ -133,6 +133,9 @@ impl EventPublishLayer {
     /// header is invalid with **400** before any handler runs; see the
     /// [module docs](self#checked-before-any-handler-runs).
     ///
+    /// Only the header decides the request's organization: a request without it has
+    /// none, even if an [`OrganizationId`] extension was inserted before this layer.
+    ///
     /// The returned layer needs the inner service to answer `http::Response<B>` with a
     /// body `B: From<String>` (axum's `Body`, `String`, `Full<Bytes>`, …) to build that
     /// response; the plain [`EventPublishLayer`] works with any response type.
