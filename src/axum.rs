@@ -7,6 +7,10 @@
 //! | `CircuitOpen`, `Timeout`, `Connection`, `PoolTimeout`, `QueueFull`, `Shutdown` | 503 with `Retry-After` | `{"error": "event_bus_unavailable", "message": …}` |
 //! | anything else | 500 | `{"error": "<kind>", "message": …}` |
 //!
+//! When the outcome is unknown ([`PublishError::maybe_delivered`]: an attempt may have
+//! reached the broker), the body also has `"outcome": "unknown"` and the `"event_id"`
+//! to publish again with.
+//!
 //! Messages never contain credentials.
 //!
 //! # Example
@@ -89,6 +93,12 @@ impl IntoResponse for PublishError {
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "publish_failed"),
         };
         let mut body = serde_json::json!({ "error": code, "message": self.to_string() });
+        if self.maybe_delivered() {
+            body["outcome"] = "unknown".into();
+            if let Some(id) = self.event_id() {
+                body["event_id"] = id.to_string().into();
+            }
+        }
         if let Some(validation) = self.validation_error() {
             body["violations"] = validation
                 .violations()

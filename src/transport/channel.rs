@@ -40,6 +40,8 @@ pub(crate) struct ConfirmChannel {
 
 struct Inner {
     channel: lapin::Channel,
+    /// The generation of the connection the channel is on.
+    generation: u64,
     tracker: Arc<ConfirmTracker>,
     permits: Arc<Semaphore>,
     /// The number of permits `permits` started with.
@@ -57,28 +59,38 @@ impl fmt::Debug for ConfirmChannel {
 }
 
 impl ConfirmChannel {
-    /// Opens a channel on `connection` and puts it in confirm mode.
+    /// Opens a channel on `connection` (of generation `generation`) and puts it in
+    /// confirm mode.
     pub(crate) async fn open(
         connection: &Connection,
+        generation: u64,
         max_in_flight: usize,
     ) -> Result<Self, PublishError> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| PublishError::connection("could not open a channel", e))?;
+        let channel = connection.create_channel().await.map_err(|e| {
+            PublishError::connection("could not open a channel", e).on_connection(generation)
+        })?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| PublishError::connection("could not enable publisher confirms", e))?;
+            .map_err(|e| {
+                PublishError::connection("could not enable publisher confirms", e)
+                    .on_connection(generation)
+            })?;
         tracing::debug!(channel = channel.id(), "opened confirm-mode channel");
         Ok(Self {
             inner: Arc::new(Inner {
                 channel,
+                generation,
                 tracker: ConfirmTracker::spawn(),
                 permits: Arc::new(Semaphore::new(max_in_flight)),
                 max_in_flight,
             }),
         })
+    }
+
+    /// The generation of the connection the channel is on.
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.generation
     }
 
     /// Open, and no confirm failed on it.
