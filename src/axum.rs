@@ -123,3 +123,33 @@ impl IntoResponse for PublishError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use uuid::Uuid;
+
+    use super::*;
+
+    async fn respond(error: PublishError) -> (StatusCode, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_says_so_and_names_the_event() {
+        let id = Uuid::now_v7();
+        let mut error = PublishError::circuit_open().for_event(id);
+        error.set_outcome_unknown();
+        let (status, body) = respond(error).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["outcome"], "unknown");
+        assert_eq!(body["event_id"], id.to_string());
+        assert!(!body["message"].as_str().unwrap().contains("event not sent"));
+
+        let (_, body) = respond(PublishError::circuit_open().for_event(id)).await;
+        assert!(body.get("outcome").is_none(), "{body}");
+    }
+}
