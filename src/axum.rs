@@ -8,6 +8,10 @@
 //! | `CircuitOpen`, `Timeout`, `Connection`, `PoolTimeout`, `QueueFull`, `Shutdown` | 503 with `Retry-After` | `{"error": "event_bus_unavailable", "message": …}` |
 //! | anything else | 500 | `{"error": "<kind>", "message": …}` |
 //!
+//! When the outcome is unknown ([`PublishError::maybe_delivered`]: an attempt may have
+//! reached the broker), the body also has `"outcome": "unknown"` and the `"event_id"`
+//! to publish again with.
+//!
 //! Messages never contain credentials.
 //!
 //! # Example
@@ -91,6 +95,12 @@ impl IntoResponse for PublishError {
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "publish_failed"),
         };
         let mut body = serde_json::json!({ "error": code, "message": self.to_string() });
+        if self.maybe_delivered() {
+            body["outcome"] = "unknown".into();
+            if let Some(id) = self.event_id() {
+                body["event_id"] = id.to_string().into();
+            }
+        }
         if let Some(validation) = self.validation_error() {
             body["violations"] = validation
                 .violations()
@@ -113,5 +123,35 @@ impl IntoResponse for PublishError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use uuid::Uuid;
+
+    use super::*;
+
+    async fn respond(error: PublishError) -> (StatusCode, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_says_so_and_names_the_event() {
+        let id = Uuid::now_v7();
+        let mut error = PublishError::circuit_open().for_event(id);
+        error.set_outcome_unknown();
+        let (status, body) = respond(error).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["outcome"], "unknown");
+        assert_eq!(body["event_id"], id.to_string());
+        assert!(!body["message"].as_str().unwrap().contains("event not sent"));
+
+        let (_, body) = respond(PublishError::circuit_open().for_event(id)).await;
+        assert!(body.get("outcome").is_none(), "{body}");
     }
 }

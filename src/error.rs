@@ -17,7 +17,10 @@ pub enum ErrorKind {
     MissingOrganization,
     /// An explicit organization id differs from the request's and overrides are not allowed.
     OrganizationMismatch,
-    /// The broker answered with a negative acknowledgement (`basic.nack`).
+    /// The broker answered with a negative acknowledgement (`basic.nack`), e.g. because
+    /// the queue is full (`x-overflow: reject-publish`). The event was not stored. Not
+    /// retried (a full queue does not drain within a backoff) and not counted by the
+    /// circuit breaker: it is this event's answer, not the broker's health.
     Nacked,
     /// The broker returned the event: no queue is bound for its routing key.
     Unroutable,
@@ -76,6 +79,11 @@ struct Inner {
     event_id: Option<Uuid>,
     validation: Option<crate::schema::ValidationError>,
     source: Option<BoxError>,
+    /// The connection this error happened on, for the circuit breaker to count one
+    /// lost connection once, however many publishes were in flight on it.
+    connection_generation: Option<u64>,
+    /// An attempt may have reached the broker: the outcome is unknown.
+    maybe_delivered: bool,
 }
 
 impl PublishError {
@@ -87,6 +95,8 @@ impl PublishError {
                 event_id: None,
                 validation: None,
                 source: None,
+                connection_generation: None,
+                maybe_delivered: false,
             }),
         }
     }
@@ -99,6 +109,32 @@ impl PublishError {
     pub(crate) fn for_event(mut self, event_id: Uuid) -> Self {
         self.inner.event_id = Some(event_id);
         self
+    }
+
+    /// Tags the error with the connection it happened on (see
+    /// [`connection_generation`](Self::connection_generation)).
+    pub(crate) fn on_connection(mut self, generation: u64) -> Self {
+        self.inner.connection_generation = Some(generation);
+        self
+    }
+
+    /// Marks the outcome as unknown: the event may have reached the broker (see
+    /// [`maybe_delivered`](Self::maybe_delivered)).
+    pub(crate) fn mark_maybe_delivered(mut self) -> Self {
+        self.inner.maybe_delivered = true;
+        self
+    }
+
+    /// The final error of a publish one of whose attempts may have reached the broker,
+    /// whatever error ended it: marked [`maybe_delivered`](Self::maybe_delivered). An
+    /// open circuit no longer claims that the event was not sent, only the last attempt.
+    pub(crate) fn set_outcome_unknown(&mut self) {
+        if self.inner.kind == ErrorKind::CircuitOpen {
+            self.inner.message = Cow::Borrowed(
+                "circuit breaker is open: the broker has been failing; the last attempt was not sent",
+            );
+        }
+        self.inner.maybe_delivered = true;
     }
 
     pub(crate) fn validation(error: crate::schema::ValidationError) -> Self {
@@ -169,27 +205,53 @@ impl PublishError {
         self.inner.event_id
     }
 
+    /// Whether the outcome is **unknown**: an attempt was written to the broker and its
+    /// confirm was lost (the connection closed, or the attempt timed out), so the event
+    /// may be stored even though the publish failed. Publish it again only with the
+    /// same event (the same `event_id`), so that consumers can de-duplicate; never as
+    /// a new event. `Display` then ends with `[outcome unknown: …]`, and the HTTP
+    /// mapping adds `"outcome": "unknown"` and the `event_id`.
+    ///
+    /// The retry layer sets it on the final error, whatever its kind (`CircuitOpen`,
+    /// `Timeout`, `Connection`, …), once any attempt may have reached the broker; the
+    /// overall deadline sets it too (an attempt may have been in flight).
+    pub fn maybe_delivered(&self) -> bool {
+        self.inner.maybe_delivered
+    }
+
+    /// The connection (a number unique within the process) a
+    /// [`Connection`](ErrorKind::Connection) error happened on, when it happened on an
+    /// open one; `None` for a failed connection attempt. The circuit breaker counts
+    /// one lost connection as one failure, however many publishes it failed.
+    pub fn connection_generation(&self) -> Option<u64> {
+        self.inner.connection_generation
+    }
+
     /// The validation details, for [`ErrorKind::Validation`].
     pub fn validation_error(&self) -> Option<&crate::schema::ValidationError> {
         self.inner.validation.as_ref()
     }
 
-    /// Whether trying the same event again may succeed: connection and channel
-    /// failures, timeouts, nacks and an exhausted pool are; validation, missing
-    /// organization, an event too large, unroutable, an open circuit and shutdown are not.
+    /// Whether trying the same event again at once may succeed: connection and channel
+    /// failures, timeouts and an exhausted pool are; validation, missing organization,
+    /// an event too large, unroutable, a nack (a full queue stays full for longer than a backoff), an open
+    /// circuit and shutdown are not.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.inner.kind,
-            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Nacked | ErrorKind::PoolTimeout
+            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::PoolTimeout
         )
     }
 
-    /// Whether this error says the broker is unhealthy (as opposed to the event being bad).
-    /// The circuit breaker counts only these.
+    /// Whether this error says the broker is unhealthy (as opposed to this event being
+    /// refused): connection failures, timeouts and an exhausted pool. A nack is the
+    /// broker's answer about one event (a full queue), not a sign of ill health. The
+    /// circuit breaker counts only these, and a lost connection once (see
+    /// [`connection_generation`](Self::connection_generation)).
     pub fn is_broker_failure(&self) -> bool {
         matches!(
             self.inner.kind,
-            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Nacked | ErrorKind::PoolTimeout
+            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::PoolTimeout
         )
     }
 }
@@ -220,6 +282,9 @@ impl fmt::Display for PublishError {
         for cause in self.causes() {
             write!(f, ": {}", redact_credentials(&cause.to_string()))?;
         }
+        if self.inner.maybe_delivered {
+            f.write_str(OUTCOME_UNKNOWN)?;
+        }
         Ok(())
     }
 }
@@ -238,9 +303,19 @@ impl fmt::Debug for PublishError {
         if let Some(s) = &self.inner.source {
             d.field("source", &redact_credentials(&s.to_string()));
         }
+        if let Some(generation) = self.inner.connection_generation {
+            d.field("connection_generation", &generation);
+        }
+        if self.inner.maybe_delivered {
+            d.field("maybe_delivered", &true);
+        }
         d.finish()
     }
 }
+
+/// What `Display` appends when [`PublishError::maybe_delivered`] holds.
+const OUTCOME_UNKNOWN: &str = " [outcome unknown: the event may have reached the broker; \
+publish it again only with the same event_id]";
 
 /// `source()` skips what `Display` printed: see [`PublishError`]'s docs.
 impl std::error::Error for PublishError {
@@ -310,7 +385,9 @@ mod tests {
     #[test]
     fn retryable_kinds() {
         assert!(PublishError::new(ErrorKind::Timeout, "x").is_retryable());
-        assert!(PublishError::new(ErrorKind::Nacked, "x").is_retryable());
+        assert!(PublishError::new(ErrorKind::Connection, "x").is_retryable());
+        assert!(!PublishError::new(ErrorKind::Nacked, "x").is_retryable());
+        assert!(!PublishError::new(ErrorKind::Nacked, "x").is_broker_failure());
         assert!(!PublishError::new(ErrorKind::Unroutable, "x").is_retryable());
         assert!(!PublishError::new(ErrorKind::Validation, "x").is_retryable());
         assert!(!PublishError::new(ErrorKind::CircuitOpen, "x").is_retryable());

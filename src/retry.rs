@@ -2,10 +2,20 @@
 //!
 //! [`RetryLayer`] is [`tower::retry::Retry`] with a [`RetryPolicy`] made for events:
 //! - only errors that [may succeed on another try](PublishError::is_retryable) are
-//!   retried (connection, timeout, nack, pool exhausted); validation, missing
-//!   organization, unroutable, an open circuit and shutdown come back at once;
+//!   retried (connection, timeout, pool exhausted); validation, missing
+//!   organization, unroutable, nack, an open circuit and shutdown come back at once;
 //! - at most `max_retries` retries follow the first call, then the last error is
-//!   returned as it is;
+//!   returned;
+//! - a nack is not retried: a queue that refuses with `x-overflow: reject-publish` is
+//!   full, and stays full for longer than a backoff; the caller gets
+//!   [`Nacked`](crate::ErrorKind::Nacked) at once and decides (it is the event's
+//!   outcome, not the bus's);
+//! - **outcome unknown:** once an attempt [may have reached the
+//!   broker](PublishError::maybe_delivered) (it timed out, or its connection was lost
+//!   after the event was written), the final error — whatever ends the retries: an
+//!   open circuit, a timeout, a connection error, a nack — is marked
+//!   `maybe_delivered`, keeps the event id and says `outcome unknown` instead of
+//!   "not sent", so that a caller publishes it again only with the same id;
 //! - the very same [`Event`] — same id — is sent again, so consumers de-duplicate on
 //!   `event_id` (delivery is at-least-once);
 //! - before retry `n` it waits [`backoff_delay`]: a random delay between half and all
@@ -113,6 +123,8 @@ pub struct RetryPolicy {
     max: Duration,
     /// Attempts of the current event that have failed so far.
     failed: u32,
+    /// Whether one of them may have reached the broker.
+    maybe_delivered: bool,
 }
 
 impl RetryPolicy {
@@ -123,6 +135,7 @@ impl RetryPolicy {
             base,
             max,
             failed: 0,
+            maybe_delivered: false,
         }
     }
 
@@ -150,21 +163,28 @@ impl Policy<Event, Receipt, PublishError> for RetryPolicy {
         event: &mut Event,
         result: &mut Result<Receipt, PublishError>,
     ) -> Option<Sleep> {
-        let error = result.as_ref().err()?;
+        let error = result.as_mut().err()?;
         self.failed = self.failed.saturating_add(1);
-        if !error.is_retryable() {
+        self.maybe_delivered |= error.maybe_delivered();
+        let last = !error.is_retryable() || self.failed > self.max_retries;
+        if last {
+            if self.maybe_delivered {
+                // Whatever ends the retries (an open circuit, a nack, the last
+                // timeout), an earlier attempt may have been stored.
+                error.set_outcome_unknown();
+            }
+            if error.is_retryable() {
+                tracing::debug!(
+                    event_id = %event.id(),
+                    event_type = event.event_type(),
+                    attempts = self.failed,
+                    %error,
+                    "publish failed; no retries left"
+                );
+            }
             return None;
         }
-        if self.failed > self.max_retries {
-            tracing::debug!(
-                event_id = %event.id(),
-                event_type = event.event_type(),
-                attempts = self.failed,
-                %error,
-                "publish failed; no retries left"
-            );
-            return None;
-        }
+        let error = &*error;
         let delay = backoff_delay(
             self.base,
             self.max,
@@ -341,7 +361,7 @@ mod tests {
     async fn succeeds_after_transient_failures() {
         let (inner, calls) = transport(|n| match n {
             1 => Err(ErrorKind::Connection),
-            2 => Err(ErrorKind::Nacked),
+            2 => Err(ErrorKind::Timeout),
             3 => Err(ErrorKind::PoolTimeout),
             _ => Ok(()),
         });
@@ -358,6 +378,7 @@ mod tests {
         for kind in [
             ErrorKind::Validation,
             ErrorKind::Unroutable,
+            ErrorKind::Nacked,
             ErrorKind::CircuitOpen,
             ErrorKind::MissingOrganization,
             ErrorKind::OrganizationMismatch,
@@ -373,6 +394,81 @@ mod tests {
             assert_eq!(calls.lock().unwrap().len(), 1, "{kind:?} was retried");
             assert_eq!(start.elapsed(), Duration::ZERO);
         }
+    }
+
+    /// A transport whose `n`th call fails with `fail(n)`, an error for the event.
+    fn failing(
+        fail: impl Fn(usize) -> PublishError + Clone + Send + 'static,
+    ) -> impl Service<
+        Event,
+        Response = Receipt,
+        Error = PublishError,
+        Future = impl Future<Output = Result<Receipt, PublishError>>,
+    > + Clone {
+        let calls = Arc::new(Mutex::new(0));
+        service_fn(move |e: Event| {
+            let n = {
+                let mut calls = calls.lock().unwrap();
+                *calls += 1;
+                *calls
+            };
+            let error = fail(n).for_event(e.id());
+            async move { Err::<Receipt, _>(error) }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_that_may_have_been_stored_makes_the_outcome_unknown() {
+        // A lost confirm (written, then the connection closed), then an open breaker:
+        // the final `CircuitOpen` must not say "not sent".
+        let inner = failing(|n| match n {
+            1 => PublishError::new(ErrorKind::Connection, "confirm lost").mark_maybe_delivered(),
+            2 => PublishError::new(ErrorKind::Timeout, "attempt timed out"),
+            _ => PublishError::circuit_open(),
+        });
+        let svc = RetryLayer::new(5, BASE, MAX).layer(inner);
+        let published = event();
+        let id = published.id();
+        let err = svc.oneshot(published).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CircuitOpen);
+        assert!(err.maybe_delivered());
+        assert_eq!(err.event_id(), Some(id));
+        let text = err.to_string();
+        assert!(text.contains("outcome unknown"), "{text}");
+        assert!(text.contains("same event_id"), "{text}");
+        assert!(!text.contains("event not sent"), "{text}");
+
+        // The same when the retries run out, or a nack ends them.
+        for last in [ErrorKind::Connection, ErrorKind::Nacked] {
+            let inner = failing(move |n| match n {
+                1 => PublishError::new(ErrorKind::Timeout, "x").mark_maybe_delivered(),
+                _ => PublishError::new(last, "x"),
+            });
+            let err = RetryLayer::new(2, BASE, MAX)
+                .layer(inner)
+                .oneshot(event())
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), last);
+            assert!(err.maybe_delivered(), "{last:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_that_were_never_written_leave_the_outcome_known() {
+        let inner = failing(|n| match n {
+            1 => PublishError::new(ErrorKind::Connection, "channel closed, not sent"),
+            2 => PublishError::new(ErrorKind::PoolTimeout, "no channel"),
+            _ => PublishError::circuit_open(),
+        });
+        let err = RetryLayer::new(5, BASE, MAX)
+            .layer(inner)
+            .oneshot(event())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CircuitOpen);
+        assert!(!err.maybe_delivered());
+        assert!(err.to_string().contains("event not sent"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,6 +5,12 @@
 //! `publish attempt timed out after 5000 ms`, and the event's id. The inner future is
 //! dropped, which cancels it.
 //!
+//! The outcome of a timed-out call is **unknown**: the event may have been written and
+//! its confirm be late or lost, so the error is
+//! [`maybe_delivered`](PublishError::maybe_delivered) — publish it again only with the
+//! same event id. (The layer cannot tell whether the inner call had written the event
+//! yet; it errs on the side of "maybe".)
+//!
 //! The stack uses it twice (see [`circuit_breaker`](crate::circuit_breaker) for the
 //! whole order):
 //! - [`TimeoutLayer::attempt`] inside the retry and the circuit breaker bounds one
@@ -171,7 +177,8 @@ where
                 this.layer.what,
                 this.layer.after,
             )
-            .for_event(*this.event_id))),
+            .for_event(*this.event_id)
+            .mark_maybe_delivered())),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -217,11 +224,15 @@ mod tests {
         let err = svc.oneshot(event).await.unwrap_err();
         assert_eq!(start.elapsed(), Duration::from_secs(5));
         assert_eq!(err.kind(), ErrorKind::Timeout);
+        assert!(err.maybe_delivered(), "{err}");
         assert!(err.is_retryable() && err.is_broker_failure());
         assert_eq!(err.event_id(), Some(id));
         assert_eq!(
             err.to_string(),
-            format!("publish attempt timed out after 5000 ms (event {id})")
+            format!(
+                "publish attempt timed out after 5000 ms (event {id}) [outcome unknown: the event \
+                 may have reached the broker; publish it again only with the same event_id]"
+            )
         );
     }
 

@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn a_refused_call_fails_at_once_with_the_event_id() {
         let (mut svc, backend, _handle) = breaker(1);
-        backend.then_fail(ErrorKind::Nacked, 1);
+        backend.then_fail(ErrorKind::Connection, 1);
         publish(&mut svc).unwrap_err();
         let mut refused = start(&mut svc);
         let result = match refused.poll_unpin(&mut noop_cx()) {

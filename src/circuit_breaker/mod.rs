@@ -9,18 +9,38 @@
 //!
 //! What counts:
 //! - a failure is an error for which [`PublishError::is_broker_failure`] holds
-//!   (connection, timeout, nack, pool exhausted) — **or a probe whose future is dropped
+//!   (connection, timeout, pool exhausted) — **or a probe whose future is dropped
 //!   before it finishes** (an outer timeout, a cancelled request): otherwise a
 //!   cancelled probe would leave the breaker waiting for an answer that never comes.
 //!   Any other dropped call is not recorded: a client that disconnects says nothing
 //!   about the broker (slowness is caught by the per-attempt timeout inside the breaker);
-//! - a success is a confirm, or [`Unroutable`](ErrorKind::Unroutable): the
-//!   broker answered, it is healthy;
+//! - **a lost connection is one failure, not N.** A connection error that happened on
+//!   an open connection carries that connection's
+//!   [generation](PublishError::connection_generation) (a number the transport gives
+//!   each connection it opens); while closed, the breaker counts the first error of
+//!   each generation and ignores the rest. When a connection with 128 publishes in
+//!   flight closes, those 128 errors are one failure; the retry sends the publishes
+//!   again on a fresh connection, and their confirms (successes) reset the count. So
+//!   a routine close, or a broker restart that reconnects heal, never opens the
+//!   breaker; connections that keep being lost (each a new generation, with no
+//!   confirm between them), failed connection attempts (no generation: each counts)
+//!   and timeouts do;
+//! - a success is a confirm, or a refusal of one message: [`Unroutable`](ErrorKind::Unroutable)
+//!   or [`Nacked`](ErrorKind::Nacked) (a queue full with `x-overflow: reject-publish`)
+//!   — the broker answered, it is healthy. A full queue is that event's outcome, not
+//!   the bus's: it must not refuse the events of every other routing key;
 //! - any other error (validation, missing organization, shutdown, …) says nothing
 //!   about the broker and is not recorded; a probe that ends so is simply released,
 //!   and the next call becomes the probe;
 //! - once the breaker is open, only the probe moves it: a call let through while it
 //!   was closed that finishes later is not recorded.
+//!
+//! Why per connection generation, not a failure rate over a sliding window
+//! (Resilience4j): a window needs a minimum call count and a rate threshold tuned to
+//! the traffic, and a close under high concurrency can still fill a small window with
+//! failures of one cause. The generation says exactly which failures share a cause,
+//! and keeps failsafe's consecutive-failures policy (and the configured threshold)
+//! meaningful: `failure_threshold` distinct broker failures with no success between.
 //!
 //! All services built from one [`CircuitBreakerLayer`], and all their clones, share
 //! one breaker. [`CircuitBreakerLayer::handle`] returns a [`BreakerHandle`] whose
@@ -95,6 +115,8 @@
 //!     .unwrap_err();
 //! // Two attempts timed out, the breaker opened, and the retry stopped there.
 //! assert_eq!(err.kind(), ErrorKind::CircuitOpen);
+//! // The timed-out attempts may have reached the broker: the outcome is unknown.
+//! assert!(err.maybe_delivered());
 //! assert_eq!(health.state(), BreakerState::Open);
 //! assert_eq!(health.state().as_str(), "open");
 //! # }
@@ -122,9 +144,11 @@ use crate::{
 /// What a finished call says about the broker: the one place that decides what the
 /// breaker counts (see "What counts" above).
 ///
-/// - a confirm, or `Unroutable`: success — the broker answered, it is healthy;
-/// - an error for which [`PublishError::is_broker_failure`] holds (connection,
-///   timeout, nack, pool exhausted): failure;
+/// - a confirm, `Unroutable` or `Nacked`: success — the broker answered, it is healthy;
+/// - a connection error tagged with its connection's generation: a failure counted
+///   once per generation;
+/// - any other error for which [`PublishError::is_broker_failure`] holds (connection,
+///   timeout, pool exhausted): failure;
 /// - any other error: ignored — it says nothing about the broker.
 ///
 /// A call dropped before it finishes never gets here: the permit records a dropped
@@ -132,8 +156,13 @@ use crate::{
 fn verdict(result: &Result<Receipt, PublishError>) -> Verdict {
     match result {
         Ok(_) => Verdict::Success,
-        Err(e) if e.is_broker_failure() => Verdict::Failure,
-        Err(e) if e.kind() == ErrorKind::Unroutable => Verdict::Success,
+        Err(e) if e.is_broker_failure() => match e.connection_generation() {
+            Some(generation) if e.kind() == ErrorKind::Connection => {
+                Verdict::ConnectionLost(generation)
+            }
+            _ => Verdict::Failure,
+        },
+        Err(e) if matches!(e.kind(), ErrorKind::Unroutable | ErrorKind::Nacked) => Verdict::Success,
         Err(_) => Verdict::Ignore,
     }
 }
@@ -161,7 +190,7 @@ mod tests {
             (ErrorKind::Validation, Verdict::Ignore),
             (ErrorKind::MissingOrganization, Verdict::Ignore),
             (ErrorKind::OrganizationMismatch, Verdict::Ignore),
-            (ErrorKind::Nacked, Verdict::Failure),
+            (ErrorKind::Nacked, Verdict::Success),
             (ErrorKind::Unroutable, Verdict::Success),
             (ErrorKind::Timeout, Verdict::Failure),
             (ErrorKind::CircuitOpen, Verdict::Ignore),
@@ -174,6 +203,10 @@ mod tests {
             let result = Err(PublishError::new(kind, "x"));
             assert_eq!(verdict(&result), expected, "{kind:?}");
         }
+        let lost = Err(PublishError::new(ErrorKind::Connection, "x").on_connection(7));
+        assert_eq!(verdict(&lost), Verdict::ConnectionLost(7));
+        let timeout = Err(PublishError::new(ErrorKind::Timeout, "x").on_connection(7));
+        assert_eq!(verdict(&timeout), Verdict::Failure);
     }
 
     #[tokio::test(start_paused = true)]

@@ -78,7 +78,7 @@ mod tests {
         assert_eq!(handle.state(), BreakerState::Closed);
         backend
             .then_fail(ErrorKind::Timeout, 1)
-            .then_fail(ErrorKind::Nacked, 1)
+            .then_fail(ErrorKind::PoolTimeout, 1)
             .then_fail(ErrorKind::Connection, 1);
         for _ in 0..2 {
             publish(&mut svc).unwrap_err();

@@ -9,6 +9,7 @@
 //! leaves this state (settled, or dropped).
 
 use std::{
+    collections::VecDeque,
     fmt,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
@@ -85,6 +86,9 @@ pub(super) enum Verdict {
     Success,
     /// The broker is failing.
     Failure,
+    /// The connection of this generation was lost: one failure, however many calls
+    /// report it.
+    ConnectionLost(u64),
     /// Nothing about the broker: not recorded.
     Ignore,
 }
@@ -105,10 +109,31 @@ enum State {
     HalfOpen { probe_in_flight: bool },
 }
 
+/// How many recently lost connection generations are remembered, so that late
+/// errors from one of them are not counted again. Far more than a pool has
+/// connections; the oldest is forgotten first.
+const REMEMBERED_GENERATIONS: usize = 64;
+
 #[derive(Debug)]
 struct Machine {
     state: State,
     policy: Policy,
+    /// The lost connection generations already counted, oldest first.
+    counted: VecDeque<u64>,
+}
+
+impl Machine {
+    /// Whether the loss of connection `generation` is new (and remembers it).
+    fn first_loss_of(&mut self, generation: u64) -> bool {
+        if self.counted.contains(&generation) {
+            return false;
+        }
+        if self.counted.len() == REMEMBERED_GENERATIONS {
+            self.counted.pop_front();
+        }
+        self.counted.push_back(generation);
+        true
+    }
 }
 
 /// The breaker shared by a layer, its services, their futures and handles.
@@ -138,6 +163,7 @@ impl Breaker {
             machine: Mutex::new(Machine {
                 state: State::Closed,
                 policy,
+                counted: VecDeque::new(),
             }),
             failure_threshold,
             open_for,
@@ -217,7 +243,8 @@ impl Machine {
                 self.policy.record_success();
                 None
             }
-            Verdict::Failure => {
+            Verdict::ConnectionLost(generation) if !self.first_loss_of(generation) => None,
+            Verdict::Failure | Verdict::ConnectionLost(_) => {
                 let open_for = self.policy.mark_dead_on_failure()?;
                 self.state = open_until(open_for);
                 Some(Transition::Opened { open_for })
@@ -245,7 +272,10 @@ impl Machine {
                 self.state = State::Closed;
                 Some(Transition::Closed)
             }
-            Verdict::Failure => {
+            Verdict::Failure | Verdict::ConnectionLost(_) => {
+                if let Verdict::ConnectionLost(generation) = verdict {
+                    self.first_loss_of(generation);
+                }
                 // failsafe's rule for a failed probe: the policy's next backoff, or the
                 // last period again if the policy does not ask for one.
                 let open_for = self.policy.mark_dead_on_failure().unwrap_or(open_for);
@@ -402,6 +432,78 @@ mod tests {
         assert_eq!(handle.state(), BreakerState::Closed);
         call(&breaker, Verdict::Failure);
         assert_eq!(handle.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_connection_counts_once_however_many_calls_it_failed() {
+        let (breaker, handle) = breaker(2, OPEN_FOR);
+        // 128 publishes in flight on connection 1 fail together.
+        let in_flight: Vec<_> = (0..128).map(|_| breaker.admit().unwrap()).collect();
+        for permit in in_flight {
+            permit.settle(Verdict::ConnectionLost(1));
+            advance(TICK).await;
+        }
+        assert_eq!(handle.state(), BreakerState::Closed, "one failure, not 128");
+        // Their retries on a fresh connection succeed: the count starts again.
+        call(&breaker, Verdict::Success);
+        // The fresh connection is closed too (a second routine close), then a third:
+        // each is one failure, and confirms between them heal it.
+        for generation in [2, 3] {
+            for _ in 0..64 {
+                call(&breaker, Verdict::ConnectionLost(generation));
+            }
+            assert_eq!(handle.state(), BreakerState::Closed);
+            call(&breaker, Verdict::Success);
+        }
+        // A late error from an already counted connection is still not counted again.
+        call(&breaker, Verdict::ConnectionLost(1));
+        call(&breaker, Verdict::Failure);
+        assert_eq!(handle.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_lost_again_and_again_without_a_confirm_open_it() {
+        let (breaker, handle) = breaker(3, OPEN_FOR);
+        // Each reconnect is lost before anything is confirmed: reconnects do not heal.
+        for generation in 10..12 {
+            for _ in 0..5 {
+                call(&breaker, Verdict::ConnectionLost(generation));
+            }
+            advance(Duration::from_millis(200)).await;
+            assert_eq!(handle.state(), BreakerState::Closed);
+        }
+        call(&breaker, Verdict::ConnectionLost(12));
+        assert_eq!(handle.state(), BreakerState::Open);
+        advance(OPEN_FOR).await;
+        // A probe on a connection lost before (a stale channel) reopens it.
+        breaker.admit().unwrap().settle(Verdict::ConnectionLost(12));
+        assert_eq!(handle.state(), BreakerState::Open);
+        advance(OPEN_FOR).await;
+        call(&breaker, Verdict::Success);
+        assert_eq!(handle.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_connection_attempts_and_timeouts_each_count() {
+        let (breaker, handle) = breaker(3, OPEN_FOR);
+        call(&breaker, Verdict::Failure); // connect refused: no generation
+        call(&breaker, Verdict::ConnectionLost(20));
+        assert_eq!(handle.state(), BreakerState::Closed);
+        call(&breaker, Verdict::Failure); // an attempt timed out
+        assert_eq!(handle.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn only_the_latest_generations_are_remembered() {
+        let (breaker, handle) = breaker(u32::MAX, OPEN_FOR);
+        for generation in 0..(REMEMBERED_GENERATIONS as u64 + 1) {
+            call(&breaker, Verdict::ConnectionLost(generation));
+        }
+        let machine = breaker.lock();
+        assert_eq!(machine.counted.len(), REMEMBERED_GENERATIONS);
+        assert_eq!(machine.counted.front(), Some(&1));
+        drop(machine);
+        assert_eq!(handle.state(), BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]

@@ -316,7 +316,12 @@ async fn deliver(
                 counters.published.fetch_add(1, Ordering::Relaxed);
                 break;
             }
-            Err(error) if error.is_retryable() || error.kind() == ErrorKind::CircuitOpen => {
+            // A nack (a full queue) is not retried at once by the delivery stack, but a
+            // detached event is tried again later, when the queue may have drained.
+            Err(error)
+                if error.is_retryable()
+                    || matches!(error.kind(), ErrorKind::CircuitOpen | ErrorKind::Nacked) =>
+            {
                 tracing::warn!(event_id = %id, event_type = event.event_type(), round, delay_ms = delay.as_millis() as u64, %error, "detached event not published yet; will try again");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(settings.redelivery_max);

@@ -40,6 +40,8 @@ pub(crate) struct ConfirmChannel {
 
 struct Inner {
     channel: lapin::Channel,
+    /// The generation of the connection the channel is on.
+    generation: u64,
     tracker: Arc<ConfirmTracker>,
     permits: Arc<Semaphore>,
     /// The number of permits `permits` started with.
@@ -59,19 +61,23 @@ impl fmt::Debug for ConfirmChannel {
 }
 
 impl ConfirmChannel {
-    /// Opens a channel on `connection` and puts it in confirm mode.
+    /// Opens a channel on `connection` (of generation `generation`) and puts it in
+    /// confirm mode.
     pub(crate) async fn open(
         connection: &Connection,
+        generation: u64,
         max_in_flight: usize,
     ) -> Result<Self, PublishError> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| PublishError::connection("could not open a channel", e))?;
+        let channel = connection.create_channel().await.map_err(|e| {
+            PublishError::connection("could not open a channel", e).on_connection(generation)
+        })?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| PublishError::connection("could not enable publisher confirms", e))?;
+            .map_err(|e| {
+                PublishError::connection("could not enable publisher confirms", e)
+                    .on_connection(generation)
+            })?;
         let frame_max = match connection.configuration().frame_max() {
             0 => usize::MAX,
             n => usize::try_from(n).unwrap_or(usize::MAX),
@@ -84,6 +90,7 @@ impl ConfirmChannel {
         Ok(Self {
             inner: Arc::new(Inner {
                 channel,
+                generation,
                 tracker: ConfirmTracker::spawn(),
                 permits: Arc::new(Semaphore::new(max_in_flight)),
                 max_in_flight,
@@ -96,6 +103,11 @@ impl ConfirmChannel {
     /// content header frame (all properties and headers) must fit in one frame.
     pub(crate) fn frame_max(&self) -> usize {
         self.inner.frame_max
+    }
+
+    /// The generation of the connection the channel is on.
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.generation
     }
 
     /// Open, and no confirm failed on it.

@@ -5,7 +5,15 @@
 //! address (redacted) in its errors. It is the place where several addresses and
 //! TLS settings will go.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    ops::Deref,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use lapin::{Connection, ConnectionProperties};
@@ -23,6 +31,31 @@ pub(crate) struct ConnectionSettings {
     pub(crate) name: Option<String>,
     /// TCP connect, AMQP handshake and the exchange declaration, together.
     pub(crate) timeout: Duration,
+}
+
+/// The next connection's generation: unique within the process, never 0.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// An open connection and its generation, a number unique within the process that
+/// the errors of publishes on it carry, so that the circuit breaker counts one lost
+/// connection once however many publishes were in flight on it.
+pub(crate) struct Generation {
+    connection: Connection,
+    generation: u64,
+}
+
+impl Generation {
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl Deref for Generation {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.connection
+    }
 }
 
 /// Opens connections and declares the exchange on each.
@@ -63,13 +96,19 @@ impl ConnectionManager {
 }
 
 impl managed::Manager for ConnectionManager {
-    type Type = Connection;
+    type Type = Generation;
     type Error = PublishError;
 
-    async fn create(&self) -> Result<Connection, PublishError> {
+    async fn create(&self) -> Result<Generation, PublishError> {
         let timeout = self.settings.timeout;
         tokio::time::timeout(timeout, self.connect())
             .await
+            .map(|connected| {
+                connected.map(|connection| Generation {
+                    connection,
+                    generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+                })
+            })
             .unwrap_or_else(|_| {
                 Err(PublishError::new(
                     ErrorKind::Connection,
@@ -84,7 +123,7 @@ impl managed::Manager for ConnectionManager {
 
     async fn recycle(
         &self,
-        connection: &mut Connection,
+        connection: &mut Generation,
         _: &Metrics,
     ) -> RecycleResult<PublishError> {
         if connection.status().connected() {

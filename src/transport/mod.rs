@@ -6,7 +6,12 @@
 //! | `basic.ack`, routed | `Ok(`[`Receipt`]`)` |
 //! | `basic.ack` with a `basic.return` for this event (`mandatory`, no queue bound) | [`ErrorKind::Unroutable`] |
 //! | `basic.nack` | [`ErrorKind::Nacked`] |
-//! | channel or connection lost | [`ErrorKind::Connection`] |
+//! | channel or connection lost after the event was written | [`ErrorKind::Connection`], [`maybe_delivered`](PublishError::maybe_delivered) |
+//! | channel already closed: not written | [`ErrorKind::Connection`] |
+//!
+//! A connection error carries the connection's
+//! [generation](PublishError::connection_generation), so that the circuit breaker
+//! counts a lost connection once, however many publishes were in flight on it.
 //!
 //! Outcomes are exact even with hundreds of confirms in flight per channel (see
 //! `confirm/mod.rs` for how returns are attributed). The transport has no deadline
@@ -166,10 +171,12 @@ impl AmqpPublish {
                 channel.frame_max(),
             ));
         }
+        let generation = channel.generation();
         let outcome = channel.publish(message).await?;
         drop(channel);
         outcome_to_result(
             outcome,
+            generation,
             &event,
             self.inner.exchange.name().as_str(),
             started,
@@ -233,8 +240,11 @@ impl Future for ResponseFuture {
     }
 }
 
+/// The broker's answer as the publish's result; `generation` is the connection's,
+/// which connection errors carry for the circuit breaker.
 fn outcome_to_result(
     outcome: Outcome,
+    generation: u64,
     event: &Event,
     exchange: &str,
     started: Instant,
@@ -264,11 +274,26 @@ fn outcome_to_result(
             Err(match error {
                 Some(e) => err.with_source(e),
                 None => err,
-            })
+            }
+            .on_connection(generation)
+            .mark_maybe_delivered())
+        }
+        Outcome::NotSent(error) => {
+            let err = PublishError::new(
+                ErrorKind::Connection,
+                "the channel was closed: the event was not sent",
+            );
+            Err(match error {
+                Some(e) => err.with_source(e),
+                None => err,
+            }
+            .on_connection(generation))
         }
         Outcome::Unknown => Err(PublishError::new(
             ErrorKind::Connection,
             "the channel closed after the broker acked the event, before it was known whether it was routed",
-        )),
+        )
+        .on_connection(generation)
+        .mark_maybe_delivered()),
     }
 }

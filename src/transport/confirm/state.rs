@@ -32,8 +32,12 @@ pub(crate) enum Outcome {
     Unroutable { reply_code: u16, reply_text: String },
     /// Negatively acknowledged.
     Nacked,
-    /// The channel failed before the outcome was known (with lapin's error, when it gave one).
+    /// The channel failed after the event was written, before its confirm arrived
+    /// (with lapin's error, when it gave one): the broker may have stored it.
     Failed(Option<lapin::Error>),
+    /// `basic_publish` itself failed (the channel was already closed): the event was
+    /// not written (with lapin's error, when it gave one).
+    NotSent(Option<lapin::Error>),
     /// The channel failed after the broker acked the event but before it was known
     /// whether the event was routed.
     Unknown,
@@ -285,7 +289,7 @@ impl<P, R: Reply> State<P, R> {
         };
         entry.stage = Stage::Done;
         self.failed = true;
-        self.settle(seq, Outcome::Failed(error));
+        self.settle(seq, Outcome::NotSent(error));
     }
 
     /// The publish of `seq` was dropped before its first poll: nothing was sent and
@@ -510,7 +514,7 @@ mod tests {
                     reply_text,
                 } => Got::Unroutable(reply_code, reply_text),
                 Outcome::Nacked => Got::Nacked,
-                Outcome::Failed(error) => Got::Failed {
+                Outcome::Failed(error) | Outcome::NotSent(error) => Got::Failed {
                     with_error: error.is_some(),
                 },
                 Outcome::Unknown => Got::Unknown,
