@@ -168,19 +168,28 @@ impl DetachedQueue {
             )
             .for_event(id)
         };
-        if self.overflow_wait.is_zero() {
-            return self.tx.try_send(event).map_err(|e| match e {
+        let result = if self.overflow_wait.is_zero() {
+            self.tx.try_send(event).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => full(),
                 mpsc::error::TrySendError::Closed(_) => PublishError::shutdown().for_event(id),
-            });
-        }
-        self.tx
-            .send_timeout(event, self.overflow_wait)
-            .await
-            .map_err(|e| match e {
-                mpsc::error::SendTimeoutError::Timeout(_) => full(),
-                mpsc::error::SendTimeoutError::Closed(_) => PublishError::shutdown().for_event(id),
             })
+        } else {
+            self.tx
+                .send_timeout(event, self.overflow_wait)
+                .await
+                .map_err(|e| match e {
+                    mpsc::error::SendTimeoutError::Timeout(_) => full(),
+                    mpsc::error::SendTimeoutError::Closed(_) => {
+                        PublishError::shutdown().for_event(id)
+                    }
+                })
+        };
+        if result.is_err() {
+            // Refused without waiting: spend cooperative budget so a caller looping on
+            // `QueueFull` yields to the scheduler now and then (the worker, timers).
+            tokio::task::coop::consume_budget().await;
+        }
+        result
     }
 
     /// Events waiting in the queue (not counting those being published).

@@ -84,16 +84,25 @@ struct Shared {
     detached: Arc<DetachedQueue>,
     flush_timeout: Duration,
     closed: AtomicBool,
+    /// Publishes in flight, plus the [`CLOSED`] bit once `close` began: a publish is
+    /// admitted only while the bit is clear, so after `close` the count only falls and
+    /// callers looping on `publish` cannot keep `close` waiting.
     in_flight: AtomicUsize,
     idle: Notify,
 }
+
+/// The top bit of [`Shared::in_flight`]: set by `close`.
+const CLOSED: usize = 1 << (usize::BITS - 1);
 
 impl fmt::Debug for EventPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventPublisher")
             .field("transport", &self.shared.transport)
             .field("closed", &self.shared.closed.load(Ordering::Relaxed))
-            .field("in_flight", &self.shared.in_flight.load(Ordering::Relaxed))
+            .field(
+                "in_flight",
+                &(self.shared.in_flight.load(Ordering::Relaxed) & !CLOSED),
+            )
             .finish()
     }
 }
@@ -103,10 +112,18 @@ struct InFlight<'a>(&'a Shared);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) & !CLOSED == 1 {
             self.0.idle.notify_waiters();
         }
     }
+}
+
+/// The `Shutdown` error for `event`, after spending a unit of tokio's cooperative
+/// budget: a caller looping on a closed publisher yields now and then, so timers and
+/// `close` itself still run on its thread.
+async fn shut_down(event: &Event) -> PublishError {
+    tokio::task::coop::consume_budget().await;
+    PublishError::shutdown().for_event(event.id())
 }
 
 impl EventPublisher {
@@ -157,11 +174,22 @@ impl EventPublisher {
     pub async fn publish(&self, event: impl Into<Event>) -> Result<Receipt, PublishError> {
         let event = event.into();
         let shared = &*self.shared;
-        shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        let _guard = InFlight(shared);
-        if shared.closed.load(Ordering::Acquire) {
-            return Err(PublishError::shutdown().for_event(event.id()));
+        let mut state = shared.in_flight.load(Ordering::Acquire);
+        loop {
+            if state & CLOSED != 0 {
+                return Err(shut_down(&event).await);
+            }
+            match shared.in_flight.compare_exchange_weak(
+                state,
+                state + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => state = now,
+            }
         }
+        let _guard = InFlight(shared);
         self.publish.clone().oneshot(event).await
     }
 
@@ -222,7 +250,7 @@ impl EventPublisher {
     pub async fn spawn(&self, event: impl Into<Event>) -> Result<(), PublishError> {
         let event = event.into();
         if self.shared.closed.load(Ordering::Acquire) {
-            return Err(PublishError::shutdown().for_event(event.id()));
+            return Err(shut_down(&event).await);
         }
         self.spawn.clone().oneshot(event).await
     }
@@ -249,10 +277,11 @@ impl EventPublisher {
     pub async fn close_within(&self, flush_deadline: Duration) -> CloseReport {
         let shared = &*self.shared;
         shared.closed.store(true, Ordering::Release);
+        shared.in_flight.fetch_or(CLOSED, Ordering::AcqRel);
         let report = shared.detached.flush(flush_deadline).await;
         loop {
             let idle = shared.idle.notified();
-            if shared.in_flight.load(Ordering::Acquire) == 0 {
+            if shared.in_flight.load(Ordering::Acquire) & !CLOSED == 0 {
                 break;
             }
             idle.await;

@@ -1,0 +1,252 @@
+//! Fail-fast paths are fair: callers looping on `CircuitOpen`, `Shutdown`, `QueueFull` or
+//! a validation error yield to the scheduler now and then, so on a current-thread runtime
+//! a 100 ms timer keeps ticking, the half-open probe gets through and `close()` returns.
+//!
+//! No broker: the transport is an in-memory mock that hangs until it is made healthy.
+//! Each test runs its runtime on a thread of its own and fails (instead of hanging) when
+//! the runtime does not finish in time.
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use fitviz_events::{
+    Event, EventPublisher, PublishError, PublisherConfig, Receipt, circuit_breaker::BreakerState,
+    events::WorkoutCreated, testing::Example,
+};
+use tower::service_fn;
+
+/// Looping callers, as in the issue.
+const LOOPERS: usize = 16;
+const TICK: Duration = Duration::from_millis(100);
+
+/// Runs `test` on a fresh current-thread runtime; panics if it takes longer than `limit`
+/// (a starved runtime never finishes, and the test must not hang).
+fn bounded<F>(limit: Duration, test: impl FnOnce() -> F + Send + 'static)
+where
+    F: Future<Output = ()>,
+{
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(test());
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(limit)
+        .expect("the runtime was starved: the test did not finish in time");
+}
+
+/// A transport that hangs until `healthy` is set, then confirms after one yield (as
+/// real I/O would), counting calls.
+#[derive(Clone, Default)]
+struct Mock {
+    healthy: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Mock {
+    fn publisher(&self, config: PublisherConfig) -> EventPublisher {
+        let mock = self.clone();
+        let transport = service_fn(move |event: Event| {
+            mock.calls.fetch_add(1, Ordering::Relaxed);
+            let healthy = mock.healthy.clone();
+            async move {
+                if !healthy.load(Ordering::Acquire) {
+                    std::future::pending::<()>().await;
+                }
+                tokio::task::yield_now().await;
+                Ok::<_, PublishError>(Receipt::new(event.id(), Duration::ZERO))
+            }
+        });
+        EventPublisher::builder(config).build_with_transport(transport)
+    }
+}
+
+fn config() -> PublisherConfig {
+    PublisherConfig {
+        confirm_timeout: Duration::from_millis(20),
+        publish_timeout: Duration::from_millis(100),
+        retry_attempts: 0,
+        breaker_failure_threshold: 1,
+        breaker_open_duration: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
+fn event() -> Event {
+    Event::new(WorkoutCreated::example()).with_organization("org-loop")
+}
+
+/// Counts the ticks of a 100 ms interval.
+fn ticker() -> Arc<AtomicUsize> {
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let counter = ticks.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    ticks
+}
+
+/// Starts `LOOPERS` tasks running `call` until `stop` is set; returns the call count.
+fn loop_on<F, Fut>(stop: &Arc<AtomicBool>, call: F) -> Arc<AtomicUsize>
+where
+    F: Fn() -> Fut + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let calls = Arc::new(AtomicUsize::new(0));
+    for _ in 0..LOOPERS {
+        let (stop, calls, call) = (stop.clone(), calls.clone(), call.clone());
+        tokio::task::spawn_local(async move {
+            while !stop.load(Ordering::Relaxed) {
+                call().await;
+                calls.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    calls
+}
+
+/// Sleeps `secs` of real time with the loopers running and checks the ticker advanced
+/// by at least half the ticks it would have without them (the machine is shared and
+/// noisy; a starved runtime ticks 0 times).
+async fn assert_ticks_during(ticks: &AtomicUsize, period: Duration) {
+    let before = ticks.load(Ordering::Relaxed);
+    tokio::time::sleep(period).await;
+    let ticked = ticks.load(Ordering::Relaxed) - before;
+    let expected = (period.as_millis() / TICK.as_millis()) as usize;
+    assert!(
+        ticked >= expected / 2,
+        "the 100 ms timer ticked {ticked} times in {period:?} (expected about {expected})"
+    );
+}
+
+#[test]
+fn looping_on_an_open_breaker_lets_timers_and_the_probe_run() {
+    bounded(Duration::from_secs(30), || async {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let mock = Mock::default();
+                let publisher = mock.publisher(config());
+                // The stuck transport times out once: the breaker opens.
+                assert!(!publisher.try_publish(event()).await);
+                assert_eq!(publisher.breaker_state(), Some(BreakerState::Open));
+
+                let ticks = ticker();
+                let stop = Arc::new(AtomicBool::new(false));
+                let p = publisher.clone();
+                let calls = loop_on(&stop, move || {
+                    let p = p.clone();
+                    async move {
+                        p.try_publish(event()).await;
+                    }
+                });
+                // The broker recovers; the probe after the open period must get through.
+                mock.healthy.store(true, Ordering::Release);
+                assert_ticks_during(&ticks, Duration::from_millis(1500)).await;
+                assert_eq!(
+                    publisher.breaker_state(),
+                    Some(BreakerState::Closed),
+                    "the half-open probe was not let through"
+                );
+                assert!(mock.calls.load(Ordering::Relaxed) > 1);
+                stop.store(true, Ordering::Relaxed);
+                assert!(calls.load(Ordering::Relaxed) > LOOPERS);
+                publisher.close().await;
+            })
+            .await;
+    });
+}
+
+#[test]
+fn looping_after_close_lets_close_return_and_timers_run() {
+    bounded(Duration::from_secs(30), || async {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let mock = Mock::default();
+                mock.healthy.store(true, Ordering::Release);
+                let publisher = mock.publisher(config());
+                let ticks = ticker();
+                let stop = Arc::new(AtomicBool::new(false));
+                let (p, q) = (publisher.clone(), publisher.clone());
+                let published = loop_on(&stop, move || {
+                    let p = p.clone();
+                    async move {
+                        p.try_publish(event()).await;
+                    }
+                });
+                let spawned = loop_on(&stop, move || {
+                    let q = q.clone();
+                    async move {
+                        let _ = q.spawn(event()).await;
+                    }
+                });
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                // `close` returns although 32 tasks keep publishing.
+                publisher.close().await;
+                let before = (
+                    published.load(Ordering::Relaxed),
+                    spawned.load(Ordering::Relaxed),
+                );
+                assert_ticks_during(&ticks, Duration::from_millis(1000)).await;
+                assert!(published.load(Ordering::Relaxed) > before.0, "loopers ran");
+                assert!(spawned.load(Ordering::Relaxed) > before.1, "loopers ran");
+                let err = publisher.publish(event()).await.unwrap_err();
+                assert_eq!(err.kind(), fitviz_events::ErrorKind::Shutdown);
+                stop.store(true, Ordering::Relaxed);
+            })
+            .await;
+    });
+}
+
+#[test]
+fn looping_on_invalid_events_or_a_full_queue_lets_timers_run() {
+    bounded(Duration::from_secs(30), || async {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let mock = Mock::default(); // stuck: detached events stay queued
+                let publisher = mock.publisher(PublisherConfig {
+                    detached_capacity: 1,
+                    detached_concurrency: 1,
+                    ..config()
+                });
+                let ticks = ticker();
+                let stop = Arc::new(AtomicBool::new(false));
+                let (p, q) = (publisher.clone(), publisher.clone());
+                let invalid = loop_on(&stop, move || {
+                    let p = p.clone();
+                    async move {
+                        let bad = Event::from_json("workout.created", serde_json::json!({}));
+                        let err = p.publish(bad.with_organization("o")).await.unwrap_err();
+                        assert_eq!(err.kind(), fitviz_events::ErrorKind::Validation);
+                    }
+                });
+                let full = loop_on(&stop, move || {
+                    let q = q.clone();
+                    async move {
+                        let _ = q.spawn(event()).await;
+                    }
+                });
+                assert_ticks_during(&ticks, Duration::from_millis(1000)).await;
+                assert!(invalid.load(Ordering::Relaxed) > LOOPERS);
+                assert!(full.load(Ordering::Relaxed) > LOOPERS);
+                stop.store(true, Ordering::Relaxed);
+                publisher.close_within(Duration::from_millis(10)).await;
+            })
+            .await;
+    });
+}
