@@ -35,6 +35,7 @@ mod event;
 pub mod events;
 pub mod future;
 pub mod http;
+mod log_limit;
 pub mod organization;
 mod publisher;
 pub mod retry;

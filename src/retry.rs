@@ -12,7 +12,9 @@
 //!   of `base × 2^(n−1)`, capped at `max` ("equal jitter"), so a burst of failed
 //!   events does not come back in lockstep and every retry waits at least a little;
 //! - each retry is logged with `tracing::warn!` (`event_id`, `event_type`, `attempt`
-//!   — the attempt that failed, 1 for the first call — `delay_ms` and `error`).
+//!   — the attempt that failed, 1 for the first call — `delay_ms` and `error`); a burst
+//!   of identical ones (same error kind and event type) is one line, then at most one
+//!   every five seconds with the number left out since (`suppressed`).
 //!
 //! Put it outside the [circuit breaker](crate::circuit_breaker) and the per-attempt
 //! [timeout](crate::timeout): see the recommended order there.
@@ -56,14 +58,14 @@
 //! # }
 //! ```
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::time::Sleep;
 use tower::retry::Policy;
 use tower_layer::Layer;
 use uuid::Uuid;
 
-use crate::{error::PublishError, event::Event, event::Receipt};
+use crate::{error::PublishError, event::Event, event::Receipt, log_limit::LogLimiter};
 
 /// Retries retryable failures; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -113,6 +115,8 @@ pub struct RetryPolicy {
     max: Duration,
     /// Attempts of the current event that have failed so far.
     failed: u32,
+    /// Shared by the policy's clones: limits the retry warnings.
+    log: Arc<LogLimiter>,
 }
 
 impl RetryPolicy {
@@ -123,6 +127,7 @@ impl RetryPolicy {
             base,
             max,
             failed: 0,
+            log: Arc::default(),
         }
     }
 
@@ -171,14 +176,17 @@ impl Policy<Event, Receipt, PublishError> for RetryPolicy {
             self.failed,
             jitter(event.id(), self.failed),
         );
-        tracing::warn!(
-            event_id = %event.id(),
-            event_type = event.event_type(),
-            attempt = self.failed,
-            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            %error,
-            "publish attempt failed; retrying"
-        );
+        if let Some(suppressed) = self.log.admit((error.kind(), event.event_type())) {
+            tracing::warn!(
+                event_id = %event.id(),
+                event_type = event.event_type(),
+                attempt = self.failed,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                %error,
+                suppressed,
+                "publish attempt failed; retrying"
+            );
+        }
         Some(tokio::time::sleep(delay))
     }
 

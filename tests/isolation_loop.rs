@@ -21,6 +21,11 @@ use fitviz_events::{
 };
 use tower::service_fn;
 
+mod support;
+
+/// Calls made by all loopers, for the failure message.
+static CALLS: AtomicUsize = AtomicUsize::new(0);
+
 /// Looping callers, as in the issue.
 const LOOPERS: usize = 16;
 const TICK: Duration = Duration::from_millis(100);
@@ -40,9 +45,12 @@ where
         rt.block_on(test());
         let _ = done.send(());
     });
-    finished
-        .recv_timeout(limit)
-        .expect("the runtime was starved: the test did not finish in time");
+    if finished.recv_timeout(limit).is_err() {
+        panic!(
+            "the runtime was starved: the test did not finish in {limit:?} ({} looping calls)",
+            CALLS.load(Ordering::Relaxed)
+        );
+    }
 }
 
 /// A transport that hangs until `healthy` is set, then confirms after one yield (as
@@ -105,16 +113,17 @@ fn ticker() -> Arc<AtomicUsize> {
 /// Starts `LOOPERS` tasks running `call` until `stop` is set; returns the call count.
 fn loop_on<F, Fut>(stop: &Arc<AtomicBool>, call: F) -> Arc<AtomicUsize>
 where
-    F: Fn() -> Fut + Clone + 'static,
-    Fut: Future<Output = ()> + 'static,
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let calls = Arc::new(AtomicUsize::new(0));
     for _ in 0..LOOPERS {
         let (stop, calls, call) = (stop.clone(), calls.clone(), call.clone());
-        tokio::task::spawn_local(async move {
+        tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 call().await;
                 calls.fetch_add(1, Ordering::Relaxed);
+                CALLS.fetch_add(1, Ordering::Relaxed);
             }
         });
     }
@@ -137,9 +146,9 @@ async fn assert_ticks_during(ticks: &AtomicUsize, period: Duration) {
 
 #[test]
 fn looping_on_an_open_breaker_lets_timers_and_the_probe_run() {
-    bounded(Duration::from_secs(30), || async {
-        tokio::task::LocalSet::new()
-            .run_until(async {
+    bounded(Duration::from_secs(15), || async {
+        {
+            {
                 let mock = Mock::default();
                 let publisher = mock.publisher(config());
                 // The stuck transport times out once: the breaker opens.
@@ -167,16 +176,16 @@ fn looping_on_an_open_breaker_lets_timers_and_the_probe_run() {
                 stop.store(true, Ordering::Relaxed);
                 assert!(calls.load(Ordering::Relaxed) > LOOPERS);
                 publisher.close().await;
-            })
-            .await;
+            }
+        }
     });
 }
 
 #[test]
 fn looping_after_close_lets_close_return_and_timers_run() {
-    bounded(Duration::from_secs(30), || async {
-        tokio::task::LocalSet::new()
-            .run_until(async {
+    bounded(Duration::from_secs(15), || async {
+        {
+            {
                 let mock = Mock::default();
                 mock.healthy.store(true, Ordering::Release);
                 let publisher = mock.publisher(config());
@@ -208,16 +217,16 @@ fn looping_after_close_lets_close_return_and_timers_run() {
                 let err = publisher.publish(event()).await.unwrap_err();
                 assert_eq!(err.kind(), fitviz_events::ErrorKind::Shutdown);
                 stop.store(true, Ordering::Relaxed);
-            })
-            .await;
+            }
+        }
     });
 }
 
 #[test]
 fn looping_on_invalid_events_or_a_full_queue_lets_timers_run() {
-    bounded(Duration::from_secs(30), || async {
-        tokio::task::LocalSet::new()
-            .run_until(async {
+    bounded(Duration::from_secs(15), || async {
+        {
+            {
                 let mock = Mock::default(); // stuck: detached events stay queued
                 let publisher = mock.publisher(PublisherConfig {
                     detached_capacity: 1,
@@ -246,7 +255,45 @@ fn looping_on_invalid_events_or_a_full_queue_lets_timers_run() {
                 assert!(full.load(Ordering::Relaxed) > LOOPERS);
                 stop.store(true, Ordering::Relaxed);
                 publisher.close_within(Duration::from_millis(10)).await;
-            })
-            .await;
+            }
+        }
     });
+}
+
+#[test]
+fn a_burst_of_identical_failures_is_logged_once_with_a_count() {
+    let captured = support::Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+        .block_on(async {
+            let publisher = Mock::default().publisher(config());
+            assert!(!publisher.try_publish(event()).await); // a timeout: the breaker opens
+            for _ in 0..10_000 {
+                assert!(!publisher.try_publish(event()).await); // CircuitOpen
+            }
+            tokio::time::advance(Duration::from_secs(5)).await;
+            let err = publisher.publish(event()).await.unwrap_err(); // the probe times out
+            assert_eq!(err.kind(), fitviz_events::ErrorKind::Timeout);
+            assert!(!publisher.try_publish(event()).await); // CircuitOpen again
+            publisher.close().await;
+        });
+    let logs = captured.text();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("event not published"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{logs}");
+    assert!(lines[0].contains("Timeout") && lines[0].contains("suppressed=0"));
+    assert!(lines[1].contains("CircuitOpen") && lines[1].contains("suppressed=0"));
+    assert!(lines[2].contains("CircuitOpen") && lines[2].contains("suppressed=9999"));
 }

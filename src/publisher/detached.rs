@@ -38,6 +38,7 @@ use crate::{
     config::PublisherConfig,
     error::{ErrorKind, PublishError},
     event::{Event, Receipt},
+    log_limit::LogLimiter,
 };
 
 /// The delivery stack the worker publishes through.
@@ -247,6 +248,7 @@ async fn worker(
     abort: Arc<Notify>,
 ) -> mpsc::Receiver<Event> {
     let permits = Arc::new(Semaphore::new(settings.concurrency));
+    let log = Arc::new(LogLimiter::default());
     let mut tasks = JoinSet::new();
     let mut closing = false;
     loop {
@@ -267,8 +269,9 @@ async fn worker(
                 let delivery = delivery.clone();
                 let counters = counters.clone();
                 let settings = settings.clone();
+                let log = log.clone();
                 tasks.spawn(async move {
-                    deliver(delivery, event, &settings, &counters).await;
+                    deliver(delivery, event, &settings, &counters, &log).await;
                     drop(permit);
                 });
             }
@@ -301,11 +304,14 @@ async fn next_event(
 }
 
 /// Publishes one detached event, waiting and trying again while the broker is unavailable.
+/// Its warnings and errors go through `log`: a burst of identical ones is one line with
+/// a `suppressed` count.
 async fn deliver(
     delivery: Delivery,
     event: Event,
     settings: &DetachedSettings,
     counters: &Counters,
+    log: &LogLimiter,
 ) {
     let id = event.id();
     let mut delay = settings.redelivery_base;
@@ -318,13 +324,17 @@ async fn deliver(
                 break;
             }
             Err(error) if error.is_retryable() || error.kind() == ErrorKind::CircuitOpen => {
-                tracing::warn!(event_id = %id, event_type = event.event_type(), round, delay_ms = delay.as_millis() as u64, %error, "detached event not published yet; will try again");
+                if let Some(suppressed) = log.admit(("retry", error.kind(), event.event_type())) {
+                    tracing::warn!(event_id = %id, event_type = event.event_type(), round, delay_ms = delay.as_millis() as u64, %error, suppressed, "detached event not published yet; will try again");
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(settings.redelivery_max);
             }
             Err(error) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(event_id = %id, event_type = event.event_type(), kind = ?error.kind(), %error, "detached event refused for good");
+                if let Some(suppressed) = log.admit(("refused", error.kind(), event.event_type())) {
+                    tracing::error!(event_id = %id, event_type = event.event_type(), kind = ?error.kind(), %error, suppressed, "detached event refused for good");
+                }
                 break;
             }
         }

@@ -35,6 +35,7 @@ use crate::{
     config::PublisherConfig,
     error::PublishError,
     event::{Event, OrganizationId, Receipt},
+    log_limit::LogLimiter,
     schema::DomainEvent,
     transport::AmqpPublish,
 };
@@ -89,6 +90,8 @@ struct Shared {
     /// callers looping on `publish` cannot keep `close` waiting.
     in_flight: AtomicUsize,
     idle: Notify,
+    /// Limits `try_publish`'s warnings: a burst of identical failures is one line.
+    log: LogLimiter,
 }
 
 /// The top bit of [`Shared::in_flight`]: set by `close`.
@@ -150,6 +153,7 @@ impl EventPublisher {
                 closed: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
+                log: LogLimiter::default(),
             }),
         }
     }
@@ -225,13 +229,19 @@ impl EventPublisher {
 
     /// Publishes and returns whether the broker confirmed the event; failures are
     /// logged with `tracing` and never panic. The graceful mode of the original library.
+    ///
+    /// A burst of identical failures (same error kind and event type) is logged once,
+    /// then at most once every five seconds with the number of lines left out since
+    /// (the field `suppressed`), so a caller looping on a failure does not flood the logs.
     pub async fn try_publish(&self, event: impl Into<Event>) -> bool {
         let event = event.into();
         let (id, event_type) = (event.id(), event.event_type().to_owned());
         match self.publish(event).await {
             Ok(_) => true,
             Err(error) => {
-                tracing::warn!(event_id = %id, %event_type, kind = ?error.kind(), %error, "event not published");
+                if let Some(suppressed) = self.shared.log.admit((error.kind(), &event_type)) {
+                    tracing::warn!(event_id = %id, %event_type, kind = ?error.kind(), %error, suppressed, "event not published");
+                }
                 false
             }
         }
