@@ -297,3 +297,30 @@ fn a_burst_of_identical_failures_is_logged_once_with_a_count() {
     assert!(lines[1].contains("CircuitOpen") && lines[1].contains("suppressed=0"));
     assert!(lines[2].contains("CircuitOpen") && lines[2].contains("suppressed=9999"));
 }
+
+#[tokio::test]
+async fn a_tenant_cannot_fill_more_than_its_share_of_the_detached_queue() {
+    let publisher = Mock::default().publisher(PublisherConfig {
+        detached_capacity: 4,
+        detached_share_per_organization_percent: 50,
+        ..config()
+    });
+    let of = |org: &str| Event::new(WorkoutCreated::example()).with_organization(org);
+    publisher.spawn(of("flood")).await.unwrap();
+    publisher.spawn(of("flood")).await.unwrap();
+    let err = publisher.spawn(of("flood")).await.unwrap_err();
+    assert_eq!(err.kind(), fitviz_events::ErrorKind::QueueFull);
+    assert!(err.to_string().contains("`flood` has its share"), "{err}");
+    assert_eq!(publisher.queued_of(Some("flood")), 2);
+    // The other tenants still have room.
+    publisher.spawn(of("calm")).await.unwrap();
+    publisher.spawn(of("quiet")).await.unwrap();
+    assert_eq!(publisher.queued_of(Some("calm")), 1);
+    let report = publisher.close_within(Duration::from_millis(10)).await;
+    assert_eq!(report.unsent.len(), 4);
+    assert_eq!(
+        publisher.queued_of(Some("flood")),
+        0,
+        "shares are given back"
+    );
+}

@@ -38,6 +38,7 @@ use crate::{
     config::PublisherConfig,
     error::{ErrorKind, PublishError},
     event::{Event, Receipt},
+    fairness::{ShareGuard, Shares, tenant},
     log_limit::LogLimiter,
 };
 
@@ -48,6 +49,8 @@ type Delivery = BoxCloneSyncService<Event, Receipt, PublishError>;
 #[derive(Clone, Debug)]
 pub(crate) struct DetachedSettings {
     capacity: usize,
+    /// How many of the queue's events one organization may have.
+    share: usize,
     concurrency: usize,
     /// How long a new event waits for room in a full queue; zero rejects at once.
     overflow_wait: Duration,
@@ -59,6 +62,7 @@ impl DetachedSettings {
     pub(crate) fn from_config(config: &PublisherConfig) -> Self {
         Self {
             capacity: config.detached_capacity,
+            share: config.detached_share_per_organization(),
             concurrency: config.detached_concurrency,
             overflow_wait: config.detached_overflow_wait,
             redelivery_base: config.detached_redelivery_base_delay,
@@ -88,13 +92,18 @@ struct Counters {
 
 /// The queue and its worker.
 pub(crate) struct DetachedQueue {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Queued>,
+    /// Each organization's part of the queue (queued or being published).
+    shares: Arc<Shares>,
     overflow_wait: Duration,
     counters: Arc<Counters>,
     close: Arc<Notify>,
     abort: Arc<Notify>,
-    worker: Mutex<Option<tokio::task::JoinHandle<mpsc::Receiver<Event>>>>,
+    worker: Mutex<Option<tokio::task::JoinHandle<mpsc::Receiver<Queued>>>>,
 }
+
+/// A queued event and its unit of its organization's share of the queue.
+type Queued = (Event, ShareGuard);
 
 /// The service that queues an event: the end of the front, for `spawn`.
 #[derive(Clone)]
@@ -138,6 +147,7 @@ impl DetachedQueue {
     /// Starts the worker on the current tokio runtime.
     pub(crate) fn start(delivery: Delivery, settings: DetachedSettings) -> Self {
         let (tx, rx) = mpsc::channel(settings.capacity);
+        let shares = Shares::new(settings.share);
         let counters = Arc::new(Counters::default());
         let close = Arc::new(Notify::new());
         let abort = Arc::new(Notify::new());
@@ -151,6 +161,7 @@ impl DetachedQueue {
         ));
         Self {
             tx,
+            shares,
             overflow_wait: settings.overflow_wait,
             counters,
             close,
@@ -168,6 +179,19 @@ impl DetachedQueue {
                 "the detached-publish queue is full; the event was not queued",
             )
             .for_event(id)
+        };
+        let event = match self.shares.try_acquire(tenant(&event)) {
+            Ok(guard) => (event, guard),
+            Err(_) => {
+                tokio::task::coop::consume_budget().await;
+                let org = tenant(&event).to_owned();
+                let limit = self.shares.limit();
+                return Err(PublishError::new(
+                    ErrorKind::QueueFull,
+                    format!("organization `{org}` has its share of the detached-publish queue ({limit} events); the event was not queued"),
+                )
+                .for_event(id));
+            }
         };
         let result = if self.overflow_wait.is_zero() {
             self.tx.try_send(event).map_err(|e| match e {
@@ -191,6 +215,11 @@ impl DetachedQueue {
             tokio::task::coop::consume_budget().await;
         }
         result
+    }
+
+    /// Detached events of `org` queued or being published.
+    pub(crate) fn queued_of(&self, org: &str) -> usize {
+        self.shares.held(org)
     }
 
     /// Events waiting in the queue (not counting those being published).
@@ -217,7 +246,7 @@ impl DetachedQueue {
             .map(|(_, e)| e)
             .collect();
         if let Some(mut rx) = rx {
-            while let Ok(event) = rx.try_recv() {
+            while let Ok((event, _share)) = rx.try_recv() {
                 unsent.push(event);
             }
         }
@@ -240,13 +269,13 @@ impl DetachedQueue {
 }
 
 async fn worker(
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<Queued>,
     delivery: Delivery,
     settings: DetachedSettings,
     counters: Arc<Counters>,
     close: Arc<Notify>,
     abort: Arc<Notify>,
-) -> mpsc::Receiver<Event> {
+) -> mpsc::Receiver<Queued> {
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let log = Arc::new(LogLimiter::default());
     let mut tasks = JoinSet::new();
@@ -264,7 +293,7 @@ async fn worker(
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             next = next_event(&mut rx, &permits) => {
-                let Some((permit, event)) = next else { break };
+                let Some((permit, (event, share))) = next else { break };
                 lock(&counters.in_progress).insert(event.id(), event.clone());
                 let delivery = delivery.clone();
                 let counters = counters.clone();
@@ -272,7 +301,7 @@ async fn worker(
                 let log = log.clone();
                 tasks.spawn(async move {
                     deliver(delivery, event, &settings, &counters, &log).await;
-                    drop(permit);
+                    drop((permit, share));
                 });
             }
         }
@@ -295,9 +324,9 @@ async fn abort_all(tasks: &mut JoinSet<()>) {
 /// The next event to publish, once one of the `concurrency` permits is free;
 /// `None` when the queue is closed and drained.
 async fn next_event(
-    rx: &mut mpsc::Receiver<Event>,
+    rx: &mut mpsc::Receiver<Queued>,
     permits: &Arc<Semaphore>,
-) -> Option<(OwnedSemaphorePermit, Event)> {
+) -> Option<(OwnedSemaphorePermit, Queued)> {
     let permit = permits.clone().acquire_owned().await.ok()?;
     let event = rx.recv().await?;
     Some((permit, event))

@@ -35,6 +35,7 @@ use crate::{
     config::PublisherConfig,
     error::PublishError,
     event::{Event, OrganizationId, Receipt},
+    fairness::FairShareLayer,
     log_limit::LogLimiter,
     schema::DomainEvent,
     transport::AmqpPublish,
@@ -82,6 +83,7 @@ pub struct EventPublisher {
 struct Shared {
     transport: Option<AmqpPublish>,
     breaker: Option<BreakerHandle>,
+    fair: Option<FairShareLayer>,
     detached: Arc<DetachedQueue>,
     flush_timeout: Duration,
     closed: AtomicBool,
@@ -132,6 +134,7 @@ async fn shut_down(event: &Event) -> PublishError {
 impl EventPublisher {
     /// `publish` is the front over the delivery stack, boxed once; the detached queue's
     /// worker uses `delivery` alone.
+    #[allow(clippy::too_many_arguments)] // private; called once, by the builder
     fn new(
         publish: PublishService,
         front: Front,
@@ -140,6 +143,7 @@ impl EventPublisher {
         flush_timeout: Duration,
         transport: Option<AmqpPublish>,
         breaker: Option<BreakerHandle>,
+        fair: Option<FairShareLayer>,
     ) -> Self {
         let detached = Arc::new(DetachedQueue::start(delivery, detached));
         Self {
@@ -148,6 +152,7 @@ impl EventPublisher {
             shared: Arc::new(Shared {
                 transport,
                 breaker,
+                fair,
                 detached,
                 flush_timeout,
                 closed: AtomicBool::new(false),
@@ -269,6 +274,23 @@ impl EventPublisher {
     /// of your own, built with [`EventPublisherBuilder::build_with_delivery`]).
     pub fn breaker_state(&self) -> Option<BreakerState> {
         self.shared.breaker.as_ref().map(BreakerHandle::state)
+    }
+
+    /// The publishes of `organization` in flight now, as the per-organization fair share
+    /// counts them (`None`: events without an organization; always 0 for a delivery stack
+    /// of your own). At most [`PublisherConfig::max_in_flight_per_organization`].
+    pub fn in_flight_of(&self, organization: Option<&str>) -> usize {
+        self.shared
+            .fair
+            .as_ref()
+            .map_or(0, |fair| fair.in_flight(organization))
+    }
+
+    /// Detached events of `organization` queued or being published (`None`: events
+    /// without an organization). At most
+    /// [`PublisherConfig::detached_share_per_organization`].
+    pub fn queued_of(&self, organization: Option<&str>) -> usize {
+        self.shared.detached.queued_of(organization.unwrap_or(""))
     }
 
     /// Detached events waiting in the queue.
