@@ -20,8 +20,8 @@ use std::{
 };
 
 use fitviz_events::{
-    Event, EventPublisher, PublishError, PublisherConfig, Receipt, events::WorkoutCreated,
-    testing::Example, transport::AmqpPublish,
+    Event, EventPublisher, PublisherConfig, events::WorkoutCreated, testing::Example,
+    transport::AmqpPublish,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use tower::{ServiceExt, service_fn};
