@@ -8,7 +8,8 @@
 //! stack) bounds that wait, so a flooding tenant's surplus fails with
 //! [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) while the other tenants' publishes
 //! go straight through. A publish below its share pays one short, sharded lock and a
-//! `try_acquire`: no await, no allocation.
+//! `try_acquire`: no await, no allocation (an organization's counter is created on its
+//! first publish and kept; idle ones are dropped when a shard has many).
 //!
 //! The default stack puts it inside the overall deadline, outside the retry, so a
 //! publish holds its share across retries and backoff:
@@ -56,9 +57,13 @@ use crate::{
 };
 
 const SHARDS: usize = 16;
+/// Organizations a shard keeps before a new one makes it drop the idle ones.
+const SWEEP_AT: usize = 64;
 
 /// Per-organization counters of a bounded resource: a semaphore of `limit` permits per
-/// organization, created on first use and dropped when the organization is idle.
+/// organization, created on first use and kept, so a steady tenant allocates nothing;
+/// a shard that holds [`SWEEP_AT`] organizations drops its idle ones before it takes a
+/// new one, so memory stays bounded by the organizations active at once.
 pub(crate) struct Shares {
     limit: usize,
     hasher: RandomState,
@@ -105,73 +110,49 @@ impl Shares {
             .map_or(0, |sem| self.limit - sem.available_permits())
     }
 
-    /// A unit of `org`'s share if it has one free; otherwise what to wait on.
-    pub(crate) fn try_acquire(
-        self: &Arc<Self>,
-        org: &str,
-    ) -> Result<ShareGuard, (Arc<str>, Arc<Semaphore>)> {
-        let (key, sem) = {
+    /// A unit of `org`'s share if it has one free; otherwise the semaphore to wait on.
+    pub(crate) fn try_acquire(&self, org: &str) -> Result<ShareGuard, Arc<Semaphore>> {
+        let sem = {
             let mut map = self.shard(org);
-            match map.get_key_value(org) {
-                Some((key, sem)) => (key.clone(), sem.clone()),
+            match map.get(org) {
+                Some(sem) => sem.clone(),
                 None => {
-                    let (key, sem) = (Arc::<str>::from(org), Arc::new(Semaphore::new(self.limit)));
-                    map.insert(key.clone(), sem.clone());
-                    (key, sem)
+                    if map.len() >= SWEEP_AT {
+                        // Only the map holds an idle organization's semaphore: nobody holds
+                        // or waits for its permits, and nobody can get it without this lock.
+                        map.retain(|_, sem| Arc::strong_count(sem) > 1);
+                    }
+                    let sem = Arc::new(Semaphore::new(self.limit));
+                    map.insert(Arc::from(org), sem.clone());
+                    sem
                 }
             }
         };
         match sem.clone().try_acquire_owned() {
-            Ok(permit) => Ok(self.guard(key, permit)),
-            Err(_) => Err((key, sem)),
+            Ok(permit) => Ok(ShareGuard(permit)),
+            Err(_) => Err(sem),
         }
     }
 
-    /// Waits for a unit of `org`'s share.
-    pub(crate) async fn acquire(self: Arc<Self>, key: Arc<str>, sem: Arc<Semaphore>) -> ShareGuard {
+    /// Waits for a unit of the share `sem` counts.
+    pub(crate) async fn acquire(sem: Arc<Semaphore>) -> ShareGuard {
         let permit = sem
             .acquire_owned()
             .await
             .expect("the semaphores of Shares are never closed");
-        self.guard(key, permit)
+        ShareGuard(permit)
     }
 
-    fn guard(self: &Arc<Self>, key: Arc<str>, permit: OwnedSemaphorePermit) -> ShareGuard {
-        ShareGuard {
-            shares: self.clone(),
-            key,
-            permit: Some(permit),
-        }
+    /// Organizations tracked now, for tests.
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap().len()).sum()
     }
 }
 
 /// A unit of an organization's share, given back when dropped.
-pub(crate) struct ShareGuard {
-    shares: Arc<Shares>,
-    key: Arc<str>,
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-impl fmt::Debug for ShareGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ShareGuard").field(&self.key).finish()
-    }
-}
-
-impl Drop for ShareGuard {
-    fn drop(&mut self) {
-        drop(self.permit.take());
-        let mut map = self.shares.shard(&self.key);
-        // Only the map holds the semaphore: nobody holds or waits for a permit, and
-        // nobody can get it without this lock. Drop the idle organization.
-        if map
-            .get(&*self.key)
-            .is_some_and(|sem| Arc::strong_count(sem) == 1)
-        {
-            map.remove(&*self.key);
-        }
-    }
-}
+#[derive(Debug)]
+pub(crate) struct ShareGuard(#[allow(dead_code)] OwnedSemaphorePermit);
 
 /// Limits the publishes in flight per organization; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -238,13 +219,13 @@ where
                     guard: Some(guard),
                 },
             },
-            Err((key, sem)) => {
+            Err(sem) => {
                 // Keep the service that was made ready for this call.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture {
                     kind: Kind::Waiting {
-                        wait: Box::pin(self.shares.clone().acquire(key, sem)),
+                        wait: Box::pin(Shares::acquire(sem)),
                         call: Some((inner, event)),
                     },
                 }
@@ -362,14 +343,24 @@ mod tests {
         drop((a2, a3, b1));
         assert_eq!(layer.in_flight(Some("a")), 0);
         assert_eq!(layer.in_flight(Some("b")), 0);
-        // Idle organizations are forgotten.
+    }
+
+    #[test]
+    fn idle_organizations_are_dropped_when_a_shard_is_full() {
+        let shares = Shares::new(1);
+        let busy = shares.try_acquire("busy").unwrap();
+        for i in 0..10_000 {
+            drop(shares.try_acquire(&format!("org-{i}")).unwrap());
+        }
         assert!(
-            layer
-                .shares
-                .shards
-                .iter()
-                .all(|s| s.lock().unwrap().is_empty())
+            shares.tracked() <= SHARDS * SWEEP_AT,
+            "{}",
+            shares.tracked()
         );
+        // The busy one was kept: its permit is still taken.
+        assert!(shares.try_acquire("busy").is_err());
+        drop(busy);
+        assert!(shares.try_acquire("busy").is_ok());
     }
 
     #[test]
