@@ -260,8 +260,11 @@ impl EventPublisher {
     ///
     /// # Errors
     /// Validation and organization errors, [`ErrorKind::QueueFull`](crate::ErrorKind::QueueFull)
-    /// when the queue stays full (see the `detached_*` settings of [`PublisherConfig`]),
-    /// and [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown) after `close`.
+    /// when the queue stays full or the event's organization already has its share of it
+    /// (see the `detached_*` settings of [`PublisherConfig`]), and
+    /// [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown) after `close`. Each of these
+    /// returns without waiting but spends a unit of tokio's cooperative budget, so a
+    /// caller looping on them still lets other tasks run.
     pub async fn spawn(&self, event: impl Into<Event>) -> Result<(), PublishError> {
         let event = event.into();
         if self.shared.closed.load(Ordering::Acquire) {
