@@ -325,3 +325,44 @@ async fn a_tenant_cannot_fill_more_than_its_share_of_the_detached_queue() {
         "shares are given back"
     );
 }
+
+#[test]
+fn the_retry_layer_logs_a_burst_of_identical_retries_once() {
+    let captured = support::Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+        .block_on(async {
+            use tower::{ServiceBuilder, ServiceExt};
+            // A broker that never answers: every attempt times out and is retried once.
+            let svc = ServiceBuilder::new()
+                .layer(fitviz_events::retry::RetryLayer::new(
+                    1,
+                    Duration::from_millis(10),
+                    Duration::from_millis(10),
+                ))
+                .layer(fitviz_events::timeout::TimeoutLayer::attempt(
+                    Duration::from_millis(5),
+                ))
+                .service(service_fn(|_: Event| {
+                    std::future::pending::<Result<Receipt, PublishError>>()
+                }));
+            for _ in 0..50 {
+                let err = svc.clone().oneshot(event()).await.unwrap_err();
+                assert_eq!(err.kind(), fitviz_events::ErrorKind::Timeout);
+            }
+        });
+    let logs = captured.text();
+    let retries = logs.matches("publish attempt failed; retrying").count();
+    assert_eq!(retries, 1, "50 identical retries, one line:\n{logs}");
+    assert!(logs.contains("suppressed=0"), "{logs}");
+}
