@@ -14,7 +14,9 @@ use crate::error::PublishError;
 
 pin_project! {
     /// The response future of the front layers: an error decided before the inner
-    /// service was called, or the inner service's future.
+    /// service was called, or the inner service's future. A rejection spends a unit of
+    /// tokio's cooperative budget (see `tokio::task::coop`), so a caller looping on
+    /// rejected events cannot starve the runtime.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
@@ -54,6 +56,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Rejected { error } => {
+                // No I/O happened: spend cooperative budget so a loop of rejected events
+                // yields to the scheduler now and then.
+                std::task::ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
                 Poll::Ready(Err(error.take().expect("polled after completion")))
             }
             KindProj::Inner { future } => future.poll(cx),

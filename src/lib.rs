@@ -8,7 +8,7 @@
 //! | crate root | [`EventPublisher`], [`PublisherConfig`], [`Event`], [`PublishError`], [`SchemaRegistry`], … |
 //! | [`events`] | the eleven built-in FitViz events |
 //! | [`validate`], [`organization`], [`envelope`] | the front of the stack: one Tower middleware each |
-//! | [`timeout`], [`retry`], [`circuit_breaker`] | the delivery stack: one Tower middleware each |
+//! | [`timeout`], [`fairness`], [`retry`], [`circuit_breaker`] | the delivery stack: one Tower middleware each |
 //! | [`transport`] | [`AmqpPublish`](transport::AmqpPublish): the confirmed publish on a pool of channels |
 //! | [`http`] | [`http::EventPublishLayer`] and the request-scoped [`http::Publisher`] |
 //! | `axum` | the `Publisher` extractor and `IntoResponse` for [`PublishError`] (feature `axum`) |
@@ -33,9 +33,11 @@ pub mod envelope;
 mod error;
 mod event;
 pub mod events;
+pub mod fairness;
 pub mod future;
 pub mod http;
 mod ident;
+mod log_limit;
 pub mod organization;
 mod publisher;
 pub mod retry;

@@ -22,7 +22,9 @@
 //!   of `base × 2^(n−1)`, capped at `max` ("equal jitter"), so a burst of failed
 //!   events does not come back in lockstep and every retry waits at least a little;
 //! - each retry is logged with `tracing::warn!` (`event_id`, `event_type`, `attempt`
-//!   — the attempt that failed, 1 for the first call — `delay_ms` and `error`).
+//!   — the attempt that failed, 1 for the first call — `delay_ms` and `error`); a burst
+//!   of identical ones (same error kind and event type) is one line, then at most one
+//!   every five seconds with the number left out since (`suppressed`).
 //!
 //! Put it outside the [circuit breaker](crate::circuit_breaker) and the per-attempt
 //! [timeout](crate::timeout): see the recommended order there.
@@ -66,14 +68,14 @@
 //! # }
 //! ```
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::time::Sleep;
 use tower::retry::Policy;
 use tower_layer::Layer;
 use uuid::Uuid;
 
-use crate::{error::PublishError, event::Event, event::Receipt};
+use crate::{error::PublishError, event::Event, event::Receipt, log_limit::LogLimiter};
 
 /// Retries retryable failures; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -125,6 +127,8 @@ pub struct RetryPolicy {
     failed: u32,
     /// Whether one of them may have reached the broker.
     maybe_delivered: bool,
+    /// Shared by the policy's clones: limits the retry warnings.
+    log: Arc<LogLimiter>,
 }
 
 impl RetryPolicy {
@@ -136,6 +140,7 @@ impl RetryPolicy {
             max,
             failed: 0,
             maybe_delivered: false,
+            log: Arc::default(),
         }
     }
 
@@ -191,14 +196,17 @@ impl Policy<Event, Receipt, PublishError> for RetryPolicy {
             self.failed,
             jitter(event.id(), self.failed),
         );
-        tracing::warn!(
-            event_id = %event.id(),
-            event_type = event.event_type(),
-            attempt = self.failed,
-            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            %error,
-            "publish attempt failed; retrying"
-        );
+        if let Some(suppressed) = self.log.admit((error.kind(), event.event_type())) {
+            tracing::warn!(
+                event_id = %event.id(),
+                event_type = event.event_type(),
+                attempt = self.failed,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                %error,
+                suppressed,
+                "publish attempt failed; retrying"
+            );
+        }
         Some(tokio::time::sleep(delay))
     }
 

@@ -16,7 +16,8 @@ pin_project! {
     /// The response future of [`CircuitBreaker`](super::CircuitBreaker): the inner
     /// service's future for an admitted call, which records the outcome when it
     /// completes (and a failure if a probe is dropped before), or an immediate
-    /// `CircuitOpen` error when the breaker refused the call.
+    /// `CircuitOpen` error when the breaker refused the call. The refusal spends a unit
+    /// of tokio's cooperative budget, so a caller looping on it cannot starve the runtime.
     #[derive(Debug)]
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct ResponseFuture<F> {
@@ -75,6 +76,10 @@ where
                 Poll::Ready(result)
             }
             KindProj::Refused { event_id } => {
+                // A refusal does no I/O: spend a unit of tokio's cooperative budget so a
+                // caller looping on it yields now and then (timers, the half-open probe
+                // and `close` get their turn).
+                std::task::ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
                 Poll::Ready(Err(PublishError::circuit_open().for_event(*event_id)))
             }
         }

@@ -166,6 +166,11 @@ pub struct PublisherConfig {
     /// How many publishes may await their broker confirm on one channel.
     #[garde(custom(rules::int(1, 65_535)))]
     pub max_in_flight: usize,
+    /// The share, in percent, of all publishes in flight (`pool_size × max_in_flight`) one
+    /// organization may hold; its further publishes wait, within their deadline (see
+    /// [`fairness`](crate::fairness)). 100 turns the per-organization limit off.
+    #[garde(custom(rules::int(1, 100)))]
+    pub max_in_flight_per_organization_percent: u8,
     /// The deadline of one attempt, including the broker confirm.
     #[serde(rename = "confirm_timeout_ms", with = "As::<Millis>")]
     #[garde(custom(rules::millis(1, MAX_MS)))]
@@ -227,6 +232,10 @@ pub struct PublisherConfig {
     /// Detached events published at once.
     #[garde(custom(rules::int(1, 4096)))]
     pub detached_concurrency: usize,
+    /// The share, in percent, of `detached_capacity` one organization's queued detached
+    /// events may take; beyond it its `spawn` fails with `QueueFull`. 100 turns it off.
+    #[garde(custom(rules::int(1, 100)))]
+    pub detached_share_per_organization_percent: u8,
     /// How long a detached publish waits for room in a full queue; zero rejects at once.
     #[serde(rename = "detached_overflow_wait_ms", with = "As::<Millis>")]
     #[garde(custom(rules::millis(0, MAX_MS)))]
@@ -266,6 +275,7 @@ impl Default for PublisherConfig {
             source: "fitviz-service".to_owned(),
             pool_size: 4,
             max_in_flight: 256,
+            max_in_flight_per_organization_percent: 25,
             confirm_timeout: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(15),
             retry_attempts: 3,
@@ -281,6 +291,7 @@ impl Default for PublisherConfig {
             breaker_open_duration: Duration::from_secs(5),
             detached_capacity: 10_000,
             detached_concurrency: 64,
+            detached_share_per_organization_percent: 50,
             detached_overflow_wait: Duration::ZERO,
             detached_redelivery_base_delay: Duration::from_millis(200),
             detached_redelivery_max_delay: Duration::from_secs(5),
@@ -355,6 +366,26 @@ impl PublisherConfig {
         self.url.redacted()
     }
 
+    /// The most publishes one organization may have in flight:
+    /// `max_in_flight_per_organization_percent` of `pool_size × max_in_flight`, rounded
+    /// up, at least 1.
+    pub fn max_in_flight_per_organization(&self) -> usize {
+        share(
+            self.pool_size.saturating_mul(self.max_in_flight),
+            self.max_in_flight_per_organization_percent,
+        )
+    }
+
+    /// The most detached events one organization may have queued or in progress:
+    /// `detached_share_per_organization_percent` of `detached_capacity`, rounded up, at
+    /// least 1.
+    pub fn detached_share_per_organization(&self) -> usize {
+        share(
+            self.detached_capacity,
+            self.detached_share_per_organization_percent,
+        )
+    }
+
     /// The URL to connect with: [`url`](Self::url) with the `heartbeat` (seconds) and
     /// `connection_timeout` (milliseconds) query parameters set from this config, replacing
     /// any the URL already had; other parameters are kept. This is the form lapin reads.
@@ -363,4 +394,9 @@ impl PublisherConfig {
         self.url
             .with_timeouts(self.heartbeat, self.connection_timeout)
     }
+}
+
+/// `percent` % of `total`, rounded up, at least 1.
+fn share(total: usize, percent: u8) -> usize {
+    (total.saturating_mul(usize::from(percent)).div_ceil(100)).max(1)
 }

@@ -93,6 +93,7 @@ fn every_variable_is_read() {
         ("FITVIZ_EVENTS_SOURCE", "billing-api"),
         ("FITVIZ_EVENTS_POOL_SIZE", "16"),
         ("FITVIZ_EVENTS_MAX_IN_FLIGHT", "1000"),
+        ("FITVIZ_EVENTS_MAX_IN_FLIGHT_PER_ORGANIZATION_PERCENT", "10"),
         ("FITVIZ_EVENTS_CONFIRM_TIMEOUT_MS", "2500"),
         ("FITVIZ_EVENTS_PUBLISH_TIMEOUT_MS", "30000"),
         ("FITVIZ_EVENTS_RETRY_ATTEMPTS", "0"),
@@ -108,6 +109,10 @@ fn every_variable_is_read() {
         ("FITVIZ_EVENTS_BREAKER_OPEN_MS", "1000"),
         ("FITVIZ_EVENTS_DETACHED_CAPACITY", "500"),
         ("FITVIZ_EVENTS_DETACHED_CONCURRENCY", "8"),
+        (
+            "FITVIZ_EVENTS_DETACHED_SHARE_PER_ORGANIZATION_PERCENT",
+            "100",
+        ),
         ("FITVIZ_EVENTS_DETACHED_OVERFLOW_WAIT_MS", "250"),
         ("FITVIZ_EVENTS_DETACHED_REDELIVERY_BASE_DELAY_MS", "10"),
         ("FITVIZ_EVENTS_DETACHED_REDELIVERY_MAX_DELAY_MS", "60000"),
@@ -128,6 +133,7 @@ fn every_variable_is_read() {
         source: "billing-api".into(),
         pool_size: 16,
         max_in_flight: 1000,
+        max_in_flight_per_organization_percent: 10,
         confirm_timeout: Duration::from_millis(2500),
         publish_timeout: Duration::from_secs(30),
         retry_attempts: 0,
@@ -143,6 +149,7 @@ fn every_variable_is_read() {
         breaker_open_duration: Duration::from_secs(1),
         detached_capacity: 500,
         detached_concurrency: 8,
+        detached_share_per_organization_percent: 100,
         detached_overflow_wait: Duration::from_millis(250),
         detached_redelivery_base_delay: Duration::from_millis(10),
         detached_redelivery_max_delay: Duration::from_secs(60),
@@ -293,6 +300,14 @@ fn every_invalid_variable_is_named() {
             &["999", "0", "3600001", "x"],
         ),
         ("FITVIZ_EVENTS_DETACHED_CAPACITY", &["0", "1000001", "x"]),
+        (
+            "FITVIZ_EVENTS_DETACHED_SHARE_PER_ORGANIZATION_PERCENT",
+            &["0", "101", "-1", "x"],
+        ),
+        (
+            "FITVIZ_EVENTS_MAX_IN_FLIGHT_PER_ORGANIZATION_PERCENT",
+            &["0", "101", "256", "x"],
+        ),
         ("FITVIZ_EVENTS_DETACHED_CONCURRENCY", &["0", "4097", "-1"]),
         (
             "FITVIZ_EVENTS_DETACHED_OVERFLOW_WAIT_MS",
@@ -646,7 +661,7 @@ fn every_field_is_named_by_its_key() {
         assert_eq!(names::key_of_var(&var(key)), Some(*key));
         assert_eq!(var(key), format!("{ENV_PREFIX}{}", key.to_uppercase()));
     }
-    assert_eq!(keys().len(), 25);
+    assert_eq!(keys().len(), 27);
     assert_eq!(keys()[0], "url");
 }
 
@@ -828,6 +843,7 @@ fn deserializes_config_files() {
         "source": "billing-api",
         "pool_size": 8,
         "max_in_flight": 64,
+        "max_in_flight_per_organization_percent": 50,
         "confirm_timeout_ms": 2000,
         "publish_timeout_ms": 8000,
         "retry_attempts": 5,
@@ -843,6 +859,7 @@ fn deserializes_config_files() {
         "breaker_open_ms": 10000,
         "detached_capacity": 100,
         "detached_concurrency": 4,
+        "detached_share_per_organization_percent": 20,
         "detached_overflow_wait_ms": 30000,
         "detached_redelivery_base_delay_ms": 50,
         "detached_redelivery_max_delay_ms": 1000,
@@ -856,6 +873,7 @@ fn deserializes_config_files() {
         source: "billing-api".into(),
         pool_size: 8,
         max_in_flight: 64,
+        max_in_flight_per_organization_percent: 50,
         confirm_timeout: Duration::from_secs(2),
         publish_timeout: Duration::from_secs(8),
         retry_attempts: 5,
@@ -871,6 +889,7 @@ fn deserializes_config_files() {
         breaker_open_duration: Duration::from_secs(10),
         detached_capacity: 100,
         detached_concurrency: 4,
+        detached_share_per_organization_percent: 20,
         detached_overflow_wait: Duration::from_secs(30),
         detached_redelivery_base_delay: Duration::from_millis(50),
         detached_redelivery_max_delay: Duration::from_secs(1),
@@ -1182,4 +1201,21 @@ proptest! {
         }
         .validate();
     }
+}
+
+#[test]
+fn per_organization_shares_round_up_and_are_at_least_one() {
+    let c = PublisherConfig::default();
+    assert_eq!(c.max_in_flight_per_organization(), 256); // 25 % of 4 × 256
+    assert_eq!(c.detached_share_per_organization(), 5_000); // 50 % of 10,000
+    let c = PublisherConfig {
+        pool_size: 1,
+        max_in_flight: 3,
+        max_in_flight_per_organization_percent: 1,
+        detached_capacity: 3,
+        detached_share_per_organization_percent: 50,
+        ..Default::default()
+    };
+    assert_eq!(c.max_in_flight_per_organization(), 1);
+    assert_eq!(c.detached_share_per_organization(), 2);
 }

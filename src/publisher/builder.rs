@@ -12,6 +12,7 @@ use crate::{
     envelope::EnvelopeLayer,
     error::PublishError,
     event::{Event, Receipt},
+    fairness::FairShareLayer,
     organization::{GetOrganization, NoOrganizationSource, OrganizationLayer},
     retry::RetryLayer,
     schema::SchemaRegistry,
@@ -102,8 +103,9 @@ impl EventPublisherBuilder {
     pub async fn connect(self) -> Result<EventPublisher, PublishError> {
         let transport = AmqpPublish::connect(&self.config).await?;
         let breaker = self.breaker_layer();
-        let delivery = self.delivery(&breaker, transport.clone());
-        Ok(self.finish(delivery, Some(transport), Some(breaker)))
+        let fair = self.fair_share_layer();
+        let delivery = self.delivery(&breaker, &fair, transport.clone());
+        Ok(self.finish(delivery, Some(transport), Some(breaker), Some(fair)))
     }
 
     /// Builds the publisher over any transport (for example
@@ -120,8 +122,9 @@ impl EventPublisherBuilder {
         T::Future: Send + 'static,
     {
         let breaker = self.breaker_layer();
-        let delivery = self.delivery(&breaker, transport);
-        self.finish(delivery, None, Some(breaker))
+        let fair = self.fair_share_layer();
+        let delivery = self.delivery(&breaker, &fair, transport);
+        self.finish(delivery, None, Some(breaker), Some(fair))
     }
 
     /// Builds the publisher over a delivery stack of your own (see
@@ -132,7 +135,11 @@ impl EventPublisherBuilder {
     /// # Panics
     /// When the configuration is invalid (see [`PublisherConfig::validate`]).
     pub fn build_with_delivery(self, delivery: PublishService) -> EventPublisher {
-        self.finish(delivery, None, None)
+        self.finish(delivery, None, None, None)
+    }
+
+    fn fair_share_layer(&self) -> FairShareLayer {
+        FairShareLayer::new(self.config.max_in_flight_per_organization())
     }
 
     fn breaker_layer(&self) -> CircuitBreakerLayer {
@@ -153,13 +160,14 @@ impl EventPublisherBuilder {
         }
     }
 
-    /// The default delivery stack, outermost first: overall deadline → retry →
-    /// circuit breaker → per-attempt deadline → transport.
+    /// The default delivery stack, outermost first: overall deadline → fair share per
+    /// organization → retry → circuit breaker → per-attempt deadline → transport.
     ///
     /// Returned unboxed: `publish` boxes it once together with the front.
     fn delivery<T>(
         &self,
         breaker: &CircuitBreakerLayer,
+        fair: &FairShareLayer,
         transport: T,
     ) -> impl Service<Event, Response = Receipt, Error = PublishError, Future: Send>
     + Clone
@@ -173,6 +181,7 @@ impl EventPublisherBuilder {
         let config = &self.config;
         ServiceBuilder::new()
             .layer(TimeoutLayer::overall(config.publish_timeout))
+            .layer(fair.clone())
             .layer(RetryLayer::new(
                 config.retry_attempts,
                 config.retry_base_delay,
@@ -188,6 +197,7 @@ impl EventPublisherBuilder {
         delivery: D,
         transport: Option<AmqpPublish>,
         breaker: Option<CircuitBreakerLayer>,
+        fair: Option<FairShareLayer>,
     ) -> EventPublisher
     where
         D: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + Sync + 'static,
@@ -206,6 +216,7 @@ impl EventPublisherBuilder {
             self.config.publish_timeout,
             transport,
             breaker.map(|b| b.handle()),
+            fair,
         )
     }
 }

@@ -38,6 +38,8 @@ use crate::{
     config::PublisherConfig,
     error::{ErrorKind, PublishError},
     event::{Event, Receipt},
+    fairness::{ShareGuard, Shares, tenant},
+    log_limit::LogLimiter,
     transport::check_body_size,
 };
 
@@ -48,6 +50,8 @@ type Delivery = BoxCloneSyncService<Event, Receipt, PublishError>;
 #[derive(Clone, Debug)]
 pub(crate) struct DetachedSettings {
     capacity: usize,
+    /// How many of the queue's events one organization may have.
+    share: usize,
     concurrency: usize,
     /// How long a new event waits for room in a full queue; zero rejects at once.
     overflow_wait: Duration,
@@ -62,6 +66,7 @@ impl DetachedSettings {
     pub(crate) fn from_config(config: &PublisherConfig) -> Self {
         Self {
             capacity: config.detached_capacity,
+            share: config.detached_share_per_organization(),
             concurrency: config.detached_concurrency,
             overflow_wait: config.detached_overflow_wait,
             redelivery_base: config.detached_redelivery_base_delay,
@@ -92,14 +97,19 @@ struct Counters {
 
 /// The queue and its worker.
 pub(crate) struct DetachedQueue {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Queued>,
+    /// Each organization's part of the queue (queued or being published).
+    shares: Arc<Shares>,
     overflow_wait: Duration,
     max_body_bytes: usize,
     counters: Arc<Counters>,
     close: Arc<Notify>,
     abort: Arc<Notify>,
-    worker: Mutex<Option<tokio::task::JoinHandle<mpsc::Receiver<Event>>>>,
+    worker: Mutex<Option<tokio::task::JoinHandle<mpsc::Receiver<Queued>>>>,
 }
+
+/// A queued event and its unit of its organization's share of the queue.
+type Queued = (Event, ShareGuard);
 
 /// The service that queues an event: the end of the front, for `spawn`.
 #[derive(Clone)]
@@ -143,6 +153,7 @@ impl DetachedQueue {
     /// Starts the worker on the current tokio runtime.
     pub(crate) fn start(delivery: Delivery, settings: DetachedSettings) -> Self {
         let (tx, rx) = mpsc::channel(settings.capacity);
+        let shares = Shares::new(settings.share);
         let counters = Arc::new(Counters::default());
         let close = Arc::new(Notify::new());
         let abort = Arc::new(Notify::new());
@@ -156,6 +167,7 @@ impl DetachedQueue {
         ));
         Self {
             tx,
+            shares,
             overflow_wait: settings.overflow_wait,
             max_body_bytes: settings.max_body_bytes,
             counters,
@@ -176,19 +188,46 @@ impl DetachedQueue {
             )
             .for_event(id)
         };
-        if self.overflow_wait.is_zero() {
-            return self.tx.try_send(event).map_err(|e| match e {
+        let event = match self.shares.try_acquire(tenant(&event)) {
+            Ok(guard) => (event, guard),
+            Err(_) => {
+                tokio::task::coop::consume_budget().await;
+                let org = tenant(&event).to_owned();
+                let limit = self.shares.limit();
+                return Err(PublishError::new(
+                    ErrorKind::QueueFull,
+                    format!("organization `{org}` has its share of the detached-publish queue ({limit} events); the event was not queued"),
+                )
+                .for_event(id));
+            }
+        };
+        let result = if self.overflow_wait.is_zero() {
+            self.tx.try_send(event).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => full(),
                 mpsc::error::TrySendError::Closed(_) => PublishError::shutdown().for_event(id),
-            });
-        }
-        self.tx
-            .send_timeout(event, self.overflow_wait)
-            .await
-            .map_err(|e| match e {
-                mpsc::error::SendTimeoutError::Timeout(_) => full(),
-                mpsc::error::SendTimeoutError::Closed(_) => PublishError::shutdown().for_event(id),
             })
+        } else {
+            self.tx
+                .send_timeout(event, self.overflow_wait)
+                .await
+                .map_err(|e| match e {
+                    mpsc::error::SendTimeoutError::Timeout(_) => full(),
+                    mpsc::error::SendTimeoutError::Closed(_) => {
+                        PublishError::shutdown().for_event(id)
+                    }
+                })
+        };
+        if result.is_err() {
+            // Refused without waiting: spend cooperative budget so a caller looping on
+            // `QueueFull` yields to the scheduler now and then (the worker, timers).
+            tokio::task::coop::consume_budget().await;
+        }
+        result
+    }
+
+    /// Detached events of `org` queued or being published.
+    pub(crate) fn queued_of(&self, org: &str) -> usize {
+        self.shares.held(org)
     }
 
     /// Events waiting in the queue (not counting those being published).
@@ -215,7 +254,7 @@ impl DetachedQueue {
             .map(|(_, e)| e)
             .collect();
         if let Some(mut rx) = rx {
-            while let Ok(event) = rx.try_recv() {
+            while let Ok((event, _share)) = rx.try_recv() {
                 unsent.push(event);
             }
         }
@@ -238,14 +277,15 @@ impl DetachedQueue {
 }
 
 async fn worker(
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<Queued>,
     delivery: Delivery,
     settings: DetachedSettings,
     counters: Arc<Counters>,
     close: Arc<Notify>,
     abort: Arc<Notify>,
-) -> mpsc::Receiver<Event> {
+) -> mpsc::Receiver<Queued> {
     let permits = Arc::new(Semaphore::new(settings.concurrency));
+    let log = Arc::new(LogLimiter::default());
     let mut tasks = JoinSet::new();
     let mut closing = false;
     loop {
@@ -261,14 +301,15 @@ async fn worker(
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             next = next_event(&mut rx, &permits) => {
-                let Some((permit, event)) = next else { break };
+                let Some((permit, (event, share))) = next else { break };
                 lock(&counters.in_progress).insert(event.id(), event.clone());
                 let delivery = delivery.clone();
                 let counters = counters.clone();
                 let settings = settings.clone();
+                let log = log.clone();
                 tasks.spawn(async move {
-                    deliver(delivery, event, &settings, &counters).await;
-                    drop(permit);
+                    deliver(delivery, event, &settings, &counters, &log).await;
+                    drop((permit, share));
                 });
             }
         }
@@ -291,20 +332,23 @@ async fn abort_all(tasks: &mut JoinSet<()>) {
 /// The next event to publish, once one of the `concurrency` permits is free;
 /// `None` when the queue is closed and drained.
 async fn next_event(
-    rx: &mut mpsc::Receiver<Event>,
+    rx: &mut mpsc::Receiver<Queued>,
     permits: &Arc<Semaphore>,
-) -> Option<(OwnedSemaphorePermit, Event)> {
+) -> Option<(OwnedSemaphorePermit, Queued)> {
     let permit = permits.clone().acquire_owned().await.ok()?;
     let event = rx.recv().await?;
     Some((permit, event))
 }
 
 /// Publishes one detached event, waiting and trying again while the broker is unavailable.
+/// Its warnings and errors go through `log`: a burst of identical ones is one line with
+/// a `suppressed` count.
 async fn deliver(
     delivery: Delivery,
     event: Event,
     settings: &DetachedSettings,
     counters: &Counters,
+    log: &LogLimiter,
 ) {
     let id = event.id();
     let mut delay = settings.redelivery_base;
@@ -322,13 +366,17 @@ async fn deliver(
                 if error.is_retryable()
                     || matches!(error.kind(), ErrorKind::CircuitOpen | ErrorKind::Nacked) =>
             {
-                tracing::warn!(event_id = %id, event_type = event.event_type(), round, delay_ms = delay.as_millis() as u64, %error, "detached event not published yet; will try again");
+                if let Some(suppressed) = log.admit(("retry", error.kind(), event.event_type())) {
+                    tracing::warn!(event_id = %id, event_type = event.event_type(), round, delay_ms = delay.as_millis() as u64, %error, suppressed, "detached event not published yet; will try again");
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(settings.redelivery_max);
             }
             Err(error) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(event_id = %id, event_type = event.event_type(), kind = ?error.kind(), %error, "detached event refused for good");
+                if let Some(suppressed) = log.admit(("refused", error.kind(), event.event_type())) {
+                    tracing::error!(event_id = %id, event_type = event.event_type(), kind = ?error.kind(), %error, suppressed, "detached event refused for good");
+                }
                 break;
             }
         }

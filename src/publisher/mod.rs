@@ -35,6 +35,8 @@ use crate::{
     config::PublisherConfig,
     error::PublishError,
     event::{Event, OrganizationId, Receipt},
+    fairness::FairShareLayer,
+    log_limit::LogLimiter,
     schema::DomainEvent,
     transport::AmqpPublish,
 };
@@ -81,19 +83,31 @@ pub struct EventPublisher {
 struct Shared {
     transport: Option<AmqpPublish>,
     breaker: Option<BreakerHandle>,
+    fair: Option<FairShareLayer>,
     detached: Arc<DetachedQueue>,
     flush_timeout: Duration,
     closed: AtomicBool,
+    /// Publishes in flight, plus the [`CLOSED`] bit once `close` began: a publish is
+    /// admitted only while the bit is clear, so after `close` the count only falls and
+    /// callers looping on `publish` cannot keep `close` waiting.
     in_flight: AtomicUsize,
     idle: Notify,
+    /// Limits `try_publish`'s warnings: a burst of identical failures is one line.
+    log: LogLimiter,
 }
+
+/// The top bit of [`Shared::in_flight`]: set by `close`.
+const CLOSED: usize = 1 << (usize::BITS - 1);
 
 impl fmt::Debug for EventPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventPublisher")
             .field("transport", &self.shared.transport)
             .field("closed", &self.shared.closed.load(Ordering::Relaxed))
-            .field("in_flight", &self.shared.in_flight.load(Ordering::Relaxed))
+            .field(
+                "in_flight",
+                &(self.shared.in_flight.load(Ordering::Relaxed) & !CLOSED),
+            )
             .finish()
     }
 }
@@ -103,15 +117,24 @@ struct InFlight<'a>(&'a Shared);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) & !CLOSED == 1 {
             self.0.idle.notify_waiters();
         }
     }
 }
 
+/// The `Shutdown` error for `event`, after spending a unit of tokio's cooperative
+/// budget: a caller looping on a closed publisher yields now and then, so timers and
+/// `close` itself still run on its thread.
+async fn shut_down(event: &Event) -> PublishError {
+    tokio::task::coop::consume_budget().await;
+    PublishError::shutdown().for_event(event.id())
+}
+
 impl EventPublisher {
     /// `publish` is the front over the delivery stack, boxed once; the detached queue's
     /// worker uses `delivery` alone.
+    #[allow(clippy::too_many_arguments)] // private; called once, by the builder
     fn new(
         publish: PublishService,
         front: Front,
@@ -120,6 +143,7 @@ impl EventPublisher {
         flush_timeout: Duration,
         transport: Option<AmqpPublish>,
         breaker: Option<BreakerHandle>,
+        fair: Option<FairShareLayer>,
     ) -> Self {
         let detached = Arc::new(DetachedQueue::start(delivery, detached));
         Self {
@@ -128,11 +152,13 @@ impl EventPublisher {
             shared: Arc::new(Shared {
                 transport,
                 breaker,
+                fair,
                 detached,
                 flush_timeout,
                 closed: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
+                log: LogLimiter::default(),
             }),
         }
     }
@@ -157,11 +183,22 @@ impl EventPublisher {
     pub async fn publish(&self, event: impl Into<Event>) -> Result<Receipt, PublishError> {
         let event = event.into();
         let shared = &*self.shared;
-        shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        let _guard = InFlight(shared);
-        if shared.closed.load(Ordering::Acquire) {
-            return Err(PublishError::shutdown().for_event(event.id()));
+        let mut state = shared.in_flight.load(Ordering::Acquire);
+        loop {
+            if state & CLOSED != 0 {
+                return Err(shut_down(&event).await);
+            }
+            match shared.in_flight.compare_exchange_weak(
+                state,
+                state + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => state = now,
+            }
         }
+        let _guard = InFlight(shared);
         self.publish.clone().oneshot(event).await
     }
 
@@ -197,13 +234,19 @@ impl EventPublisher {
 
     /// Publishes and returns whether the broker confirmed the event; failures are
     /// logged with `tracing` and never panic. The graceful mode of the original library.
+    ///
+    /// A burst of identical failures (same error kind and event type) is logged once,
+    /// then at most once every five seconds with the number of lines left out since
+    /// (the field `suppressed`), so a caller looping on a failure does not flood the logs.
     pub async fn try_publish(&self, event: impl Into<Event>) -> bool {
         let event = event.into();
         let (id, event_type) = (event.id(), event.event_type().to_owned());
         match self.publish(event).await {
             Ok(_) => true,
             Err(error) => {
-                tracing::warn!(event_id = %id, %event_type, kind = ?error.kind(), %error, "event not published");
+                if let Some(suppressed) = self.shared.log.admit((error.kind(), &event_type)) {
+                    tracing::warn!(event_id = %id, %event_type, kind = ?error.kind(), %error, suppressed, "event not published");
+                }
                 false
             }
         }
@@ -218,13 +261,15 @@ impl EventPublisher {
     /// # Errors
     /// Validation and organization errors, [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge)
     /// for an event over [`PublisherConfig::max_body_bytes`] (checked before it is queued),
-    /// [`ErrorKind::QueueFull`](crate::ErrorKind::QueueFull)
-    /// when the queue stays full (see the `detached_*` settings of [`PublisherConfig`]),
-    /// and [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown) after `close`.
+    /// [`ErrorKind::QueueFull`](crate::ErrorKind::QueueFull) when the queue stays full or
+    /// the event's organization already has its share of it (see the `detached_*`
+    /// settings of [`PublisherConfig`]), and [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown)
+    /// after `close`. Each of these returns without waiting but spends a unit of tokio's
+    /// cooperative budget, so a caller looping on them still lets other tasks run.
     pub async fn spawn(&self, event: impl Into<Event>) -> Result<(), PublishError> {
         let event = event.into();
         if self.shared.closed.load(Ordering::Acquire) {
-            return Err(PublishError::shutdown().for_event(event.id()));
+            return Err(shut_down(&event).await);
         }
         self.spawn.clone().oneshot(event).await
     }
@@ -233,6 +278,23 @@ impl EventPublisher {
     /// of your own, built with [`EventPublisherBuilder::build_with_delivery`]).
     pub fn breaker_state(&self) -> Option<BreakerState> {
         self.shared.breaker.as_ref().map(BreakerHandle::state)
+    }
+
+    /// The publishes of `organization` in flight now, as the per-organization fair share
+    /// counts them (`None`: events without an organization; always 0 for a delivery stack
+    /// of your own). At most [`PublisherConfig::max_in_flight_per_organization`].
+    pub fn in_flight_of(&self, organization: Option<&str>) -> usize {
+        self.shared
+            .fair
+            .as_ref()
+            .map_or(0, |fair| fair.in_flight(organization))
+    }
+
+    /// Detached events of `organization` queued or being published (`None`: events
+    /// without an organization). At most
+    /// [`PublisherConfig::detached_share_per_organization`].
+    pub fn queued_of(&self, organization: Option<&str>) -> usize {
+        self.shared.detached.queued_of(organization.unwrap_or(""))
     }
 
     /// Detached events waiting in the queue.
@@ -251,10 +313,11 @@ impl EventPublisher {
     pub async fn close_within(&self, flush_deadline: Duration) -> CloseReport {
         let shared = &*self.shared;
         shared.closed.store(true, Ordering::Release);
+        shared.in_flight.fetch_or(CLOSED, Ordering::AcqRel);
         let report = shared.detached.flush(flush_deadline).await;
         loop {
             let idle = shared.idle.notified();
-            if shared.in_flight.load(Ordering::Acquire) == 0 {
+            if shared.in_flight.load(Ordering::Acquire) & !CLOSED == 0 {
                 break;
             }
             idle.await;
