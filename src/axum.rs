@@ -1,16 +1,12 @@
 //! Axum integration (feature `axum`): the [`Publisher`] extractor and an
 //! `IntoResponse` for [`PublishError`] so handlers can use `?`.
 //!
-//! | error | status | body |
-//! |---|---|---|
-//! | `Validation` | 422 | `{"error": "validation", "message": …, "violations": [{"field": …, "message": …}]}` |
-//! | `TooLarge` | 413 | `{"error": "too_large", "message": …}` |
-//! | `CircuitOpen`, `Timeout`, `Connection`, `PoolTimeout`, `QueueFull`, `Shutdown` | 503 with `Retry-After` | `{"error": "event_bus_unavailable", "message": …}` |
-//! | anything else | 500 | `{"error": "<kind>", "message": …}` |
-//!
-//! When the outcome is unknown ([`PublishError::maybe_delivered`]: an attempt may have
-//! reached the broker), the body also has `"outcome": "unknown"` and the `"event_id"`
-//! to publish again with.
+//! The status of each [`ErrorKind`] is [`status_of`] (the README's error table lists it,
+//! with retryability and what the broker may have stored). The body is JSON:
+//! `{"error": <code>, "message": …, "outcome": "not sent" | "refused" | "unknown"}`, plus
+//! `"violations": [{"field": …, "message": …}]` for `Validation` (422) and the `"event_id"`
+//! to publish again with when the outcome is unknown ([`PublishError::delivery`]). A 503
+//! carries `Retry-After`.
 //!
 //! Messages never contain credentials.
 //!
@@ -33,7 +29,10 @@ use axum_core::{
 };
 use http::{HeaderValue, StatusCode, header, request::Parts};
 
-use crate::{error::ErrorKind, error::PublishError, http::Publisher};
+use crate::{
+    error::{Delivery, ErrorKind, PublishError},
+    http::Publisher,
+};
 
 /// The rejection when no [`EventPublishLayer`](crate::http::EventPublishLayer) ran for the request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -73,33 +72,43 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Publisher {
 /// Seconds a client should wait before retrying when the event bus is unavailable.
 pub const RETRY_AFTER_SECS: u32 = 5;
 
+/// The HTTP status and the `error` code of each [`ErrorKind`] (the README's error table
+/// lists the same, and a test holds them together).
+pub fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
+    match kind {
+        ErrorKind::Validation => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
+        ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        ErrorKind::CircuitOpen
+        | ErrorKind::Timeout
+        | ErrorKind::Connection
+        | ErrorKind::PoolTimeout
+        | ErrorKind::QueueFull
+        | ErrorKind::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "event_bus_unavailable"),
+        ErrorKind::MissingOrganization => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "missing_organization")
+        }
+        ErrorKind::OrganizationMismatch => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "organization_mismatch")
+        }
+        ErrorKind::Unroutable => (StatusCode::INTERNAL_SERVER_ERROR, "unroutable"),
+        ErrorKind::Nacked => (StatusCode::INTERNAL_SERVER_ERROR, "nacked"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "publish_failed"),
+    }
+}
+
 impl IntoResponse for PublishError {
     fn into_response(self) -> Response {
-        let (status, code) = match self.kind() {
-            ErrorKind::Validation => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
-            ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ErrorKind::CircuitOpen
-            | ErrorKind::Timeout
-            | ErrorKind::Connection
-            | ErrorKind::PoolTimeout
-            | ErrorKind::QueueFull
-            | ErrorKind::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "event_bus_unavailable"),
-            ErrorKind::MissingOrganization => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "missing_organization")
-            }
-            ErrorKind::OrganizationMismatch => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "organization_mismatch")
-            }
-            ErrorKind::Unroutable => (StatusCode::INTERNAL_SERVER_ERROR, "unroutable"),
-            ErrorKind::Nacked => (StatusCode::INTERNAL_SERVER_ERROR, "nacked"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "publish_failed"),
-        };
-        let mut body = serde_json::json!({ "error": code, "message": self.to_string() });
-        if self.maybe_delivered() {
-            body["outcome"] = "unknown".into();
-            if let Some(id) = self.event_id() {
-                body["event_id"] = id.to_string().into();
-            }
+        let (status, code) = status_of(self.kind());
+        let delivery = self.delivery();
+        let mut body = serde_json::json!({
+            "error": code,
+            "message": self.to_string(),
+            "outcome": delivery.as_str(),
+        });
+        if delivery == Delivery::Unknown
+            && let Some(id) = self.event_id()
+        {
+            body["event_id"] = id.to_string().into();
         }
         if let Some(validation) = self.validation_error() {
             body["violations"] = validation
@@ -152,6 +161,54 @@ mod tests {
         assert!(!body["message"].as_str().unwrap().contains("event not sent"));
 
         let (_, body) = respond(PublishError::circuit_open().for_event(id)).await;
-        assert!(body.get("outcome").is_none(), "{body}");
+        assert_eq!(body["outcome"], "not sent", "{body}");
+        assert!(body.get("event_id").is_none(), "{body}");
+    }
+
+    /// The README's table of error kinds is the code's: status, retryability and what
+    /// the broker may have stored, row by row, for every kind.
+    #[tokio::test]
+    async fn the_readme_error_table_matches_the_code() {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("| kind | HTTP | retried | stored by the broker? |")
+            .nth(1)
+            .expect("the README has the error-kind table");
+        let rows: Vec<Vec<String>> = table
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| {
+                line.trim_matches('|')
+                    .split('|')
+                    .map(|cell| cell.trim().trim_matches('`').to_owned())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(rows.len(), ErrorKind::ALL.len(), "one row per kind");
+        for (row, kind) in rows.iter().zip(ErrorKind::ALL) {
+            assert_eq!(
+                row[0],
+                format!("{kind:?}"),
+                "kinds in the order of ErrorKind::ALL"
+            );
+            let (status, _) = status_of(kind);
+            assert!(
+                row[1].starts_with(status.as_str()),
+                "{kind:?}: README says {}, code {status}",
+                row[1]
+            );
+            assert_eq!(row[2] == "yes", kind.is_retryable(), "{kind:?} retried");
+            assert!(
+                row[3].starts_with(kind.delivery().as_str()),
+                "{kind:?}: README says {}, code {}",
+                row[3],
+                kind.delivery().as_str()
+            );
+            let (response_status, body) =
+                respond(PublishError::new(kind, "x").for_event(Uuid::now_v7())).await;
+            assert_eq!(response_status, status, "{kind:?}");
+            assert_eq!(body["outcome"], kind.delivery().as_str(), "{kind:?}");
+        }
     }
 }

@@ -45,6 +45,71 @@ pub enum ErrorKind {
     TooLarge,
 }
 
+impl ErrorKind {
+    /// Every kind, in the order of the README's error table.
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::Validation,
+        ErrorKind::MissingOrganization,
+        ErrorKind::OrganizationMismatch,
+        ErrorKind::TooLarge,
+        ErrorKind::Config,
+        ErrorKind::Nacked,
+        ErrorKind::Unroutable,
+        ErrorKind::Timeout,
+        ErrorKind::Connection,
+        ErrorKind::PoolTimeout,
+        ErrorKind::CircuitOpen,
+        ErrorKind::QueueFull,
+        ErrorKind::Shutdown,
+    ];
+
+    /// Whether an error of this kind may succeed if the same event is tried again (see
+    /// [`PublishError::is_retryable`]).
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::PoolTimeout
+        )
+    }
+
+    /// What an error of this kind says about the event at the broker when no earlier
+    /// attempt may have reached it; [`PublishError::delivery`] also accounts for that.
+    pub fn delivery(self) -> Delivery {
+        match self {
+            ErrorKind::Nacked | ErrorKind::Unroutable => Delivery::Refused,
+            ErrorKind::Timeout => Delivery::Unknown,
+            _ => Delivery::NotSent,
+        }
+    }
+}
+
+/// What a failed publish says about the event at the broker.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Delivery {
+    /// The event was not sent: nothing reached the broker (invalid input, an open
+    /// circuit, a closed publisher, a connection that failed before the event was
+    /// written). Publishing it again cannot create a duplicate.
+    NotSent,
+    /// The broker answered and did not store it (a nack, or returned as unroutable).
+    Refused,
+    /// The event may have been stored: an attempt was written and its confirm was lost
+    /// or timed out. Publish it again only with the same `event_id`, so consumers can
+    /// de-duplicate.
+    Unknown,
+}
+
+impl Delivery {
+    /// `"not sent"`, `"refused"` or `"unknown"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::NotSent => "not sent",
+            Delivery::Refused => "refused",
+            Delivery::Unknown => "unknown",
+        }
+    }
+}
+
 /// The error of every publish: the kind, the event it concerns, and the cause.
 ///
 /// Use [`kind`](Self::kind) to branch, [`is_retryable`](Self::is_retryable) to decide
@@ -237,10 +302,18 @@ impl PublishError {
     /// an event too large, unroutable, a nack (a full queue stays full for longer than a backoff), an open
     /// circuit and shutdown are not.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self.inner.kind,
-            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::PoolTimeout
-        )
+        self.inner.kind.is_retryable()
+    }
+
+    /// What this failure says about the event at the broker: [`Delivery::Unknown`]
+    /// whenever an attempt may have reached it ([`maybe_delivered`](Self::maybe_delivered)),
+    /// whatever kind ended the publish; otherwise [`ErrorKind::delivery`].
+    pub fn delivery(&self) -> Delivery {
+        if self.inner.maybe_delivered {
+            Delivery::Unknown
+        } else {
+            self.inner.kind.delivery()
+        }
     }
 
     /// Whether this error says the broker is unhealthy (as opposed to this event being

@@ -48,7 +48,7 @@ pub mod transport;
 pub mod validate;
 
 pub use config::{BrokerUrl, ConfigError, ENV_PREFIX, PublisherConfig};
-pub use error::{ErrorKind, PublishError};
+pub use error::{Delivery, ErrorKind, PublishError};
 pub use event::{
     Event, InvalidId, MAX_CORRELATION_ID_BYTES, MAX_ORGANIZATION_ID_BYTES, OrganizationId, Receipt,
     check_correlation_id, check_event_type,
