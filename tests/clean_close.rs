@@ -15,15 +15,7 @@ async fn a_clean_close_logs_nothing_above_debug() {
         return;
     }
     let captured = Captured::default();
-    let writer = captured.clone();
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish(),
-    )
-    .unwrap();
+    tracing::subscriber::set_global_default(captured.subscriber(tracing::Level::INFO)).unwrap();
     tracing::warn!("capture check");
 
     let fx = Fixture::new("clean_close", "#").await;

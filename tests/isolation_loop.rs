@@ -264,13 +264,7 @@ fn looping_on_invalid_events_or_a_full_queue_lets_timers_run() {
 #[test]
 fn a_burst_of_identical_failures_is_logged_once_with_a_count() {
     let captured = support::Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = tracing::subscriber::set_default(captured.subscriber(tracing::Level::WARN));
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -329,13 +323,7 @@ async fn a_tenant_cannot_fill_more_than_its_share_of_the_detached_queue() {
 #[test]
 fn the_retry_layer_logs_a_burst_of_identical_retries_once() {
     let captured = support::Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = tracing::subscriber::set_default(captured.subscriber(tracing::Level::WARN));
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)

@@ -13,12 +13,7 @@ const PASSWORD: &str = "s3cr3t-Pa55word";
 #[test]
 fn the_password_appears_in_no_log_line_and_no_debug_output() {
     let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = tracing::subscriber::set_default(captured.subscriber(tracing::Level::TRACE));
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -286,6 +286,16 @@ impl Drop for Fixture {
 pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl Captured {
+    /// A subscriber writing events up to `level`, without colours, into this capture.
+    pub fn subscriber(&self, level: tracing::Level) -> impl tracing::Subscriber + Send + Sync {
+        let writer = self.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish()
+    }
+
     /// Everything logged so far.
     pub fn text(&self) -> String {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
