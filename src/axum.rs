@@ -82,6 +82,7 @@ pub fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
         | ErrorKind::Timeout
         | ErrorKind::Connection
         | ErrorKind::PoolTimeout
+        | ErrorKind::Blocked
         | ErrorKind::QueueFull
         | ErrorKind::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "event_bus_unavailable"),
         ErrorKind::MissingOrganization => {

@@ -32,6 +32,11 @@ pub enum ErrorKind {
     Connection,
     /// No channel could be taken from the pool in time.
     PoolTimeout,
+    /// The broker has blocked the connection (`connection.blocked`: its memory or disk
+    /// alarm) and the event was not sent. Retried within the publish deadline and
+    /// counted by the circuit breaker; publishing resumes when the broker unblocks the
+    /// connection, without a reconnect.
+    Blocked,
     /// The detached-publish queue is full.
     QueueFull,
     /// The publisher has been closed.
@@ -47,7 +52,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in the order of the README's error table.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::Validation,
         ErrorKind::MissingOrganization,
         ErrorKind::OrganizationMismatch,
@@ -58,6 +63,7 @@ impl ErrorKind {
         ErrorKind::Timeout,
         ErrorKind::Connection,
         ErrorKind::PoolTimeout,
+        ErrorKind::Blocked,
         ErrorKind::CircuitOpen,
         ErrorKind::QueueFull,
         ErrorKind::Shutdown,
@@ -68,7 +74,10 @@ impl ErrorKind {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::PoolTimeout
+            ErrorKind::Connection
+                | ErrorKind::Timeout
+                | ErrorKind::PoolTimeout
+                | ErrorKind::Blocked
         )
     }
 
@@ -317,14 +326,18 @@ impl PublishError {
     }
 
     /// Whether this error says the broker is unhealthy (as opposed to this event being
-    /// refused): connection failures, timeouts and an exhausted pool. A nack is the
+    /// refused): connection failures, timeouts, an exhausted pool and a connection the
+    /// broker blocked. A nack is the
     /// broker's answer about one event (a full queue), not a sign of ill health. The
     /// circuit breaker counts only these, and a lost connection once (see
     /// [`connection_generation`](Self::connection_generation)).
     pub fn is_broker_failure(&self) -> bool {
         matches!(
             self.inner.kind,
-            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::PoolTimeout
+            ErrorKind::Connection
+                | ErrorKind::Timeout
+                | ErrorKind::PoolTimeout
+                | ErrorKind::Blocked
         )
     }
 }

@@ -196,6 +196,7 @@ mod tests {
             (ErrorKind::CircuitOpen, Verdict::Ignore),
             (ErrorKind::Connection, Verdict::Failure),
             (ErrorKind::PoolTimeout, Verdict::Failure),
+            (ErrorKind::Blocked, Verdict::Failure),
             (ErrorKind::QueueFull, Verdict::Ignore),
             (ErrorKind::Shutdown, Verdict::Ignore),
             (ErrorKind::Config, Verdict::Ignore),

@@ -76,6 +76,23 @@ impl BreakerHandle {
     pub fn open_for(&self) -> Duration {
         self.breaker.open_for
     }
+
+    /// Ends the open period now, when the breaker is open: the next call is the
+    /// probe. For a signal that the backend is back — the
+    /// [`EventPublisher`](crate::EventPublisher) calls it when its transport has opened a
+    /// new connection or the broker unblocked one — so that publishing resumes with
+    /// the broker, not when a timer runs out. A closed or half-open breaker is left as
+    /// it is, and the probe still decides: if it fails, the breaker opens again.
+    pub fn probe_now(&self) {
+        let mut machine = self.breaker.lock();
+        if let State::Open { .. } = machine.state {
+            machine.state = State::HalfOpen {
+                probe_in_flight: false,
+            };
+            drop(machine);
+            tracing::info!("circuit breaker half-open: the broker is reachable again");
+        }
+    }
 }
 
 /// What one finished call says about the broker (decided by `verdict` in the
@@ -641,6 +658,25 @@ mod tests {
         // Outside a runtime tokio's clock is the system's: still open.
         assert_eq!(handle.state(), BreakerState::Open);
         assert!(format!("{handle:?}").contains("Open"), "{handle:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probe_now_ends_the_open_period_and_the_probe_still_decides() {
+        let (breaker, handle) = breaker(1, Duration::from_secs(3600));
+        handle.probe_now(); // Closed: nothing changes.
+        assert_eq!(handle.state(), BreakerState::Closed);
+        call(&breaker, Verdict::Failure);
+        assert_eq!(handle.state(), BreakerState::Open);
+        assert!(breaker.admit().is_none());
+        handle.probe_now();
+        assert_eq!(handle.state(), BreakerState::HalfOpen);
+        let probe = breaker.admit().expect("the probe is let through");
+        assert!(breaker.admit().is_none(), "one probe at a time");
+        probe.settle(Verdict::Failure);
+        assert_eq!(handle.state(), BreakerState::Open);
+        handle.probe_now();
+        breaker.admit().expect("probe").settle(Verdict::Success);
+        assert_eq!(handle.state(), BreakerState::Closed);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::{
     ConfigError, PublisherConfig,
     error::got,
     names::{self, Naming},
-    url::redact,
+    url::redact_list,
 };
 
 /// What booleans accept, in any case.
@@ -37,7 +37,7 @@ pub(super) fn load(
                 return Err(ConfigError::invalid(
                     names::var(key),
                     "expected valid unicode",
-                    &redact(&lossy),
+                    &redact_list(&lossy),
                 ));
             }
             Some(Ok(value)) if value.trim().is_empty() => {}

@@ -80,8 +80,8 @@ type Secs = DurationSeconds<u64>;
 ///  assert_eq!(config.redacted_url(), "amqps://billing:***@rabbit.internal/fitviz");
 ///  assert!(!format!("{config:?}").contains("s3cret"));
 ///  assert_eq!(
-///      config.amqp_uri(),
-///      "amqps://billing:s3cret@rabbit.internal/fitviz?heartbeat=10&connection_timeout=5000"
+///      config.amqp_uris(),
+///      ["amqps://billing:s3cret@rabbit.internal/fitviz?heartbeat=10&connection_timeout=5000"]
 ///  );
 ///
 ///  let err = PublisherConfig { retry_attempts: 50, ..Default::default() }.validate().unwrap_err();
@@ -147,7 +147,8 @@ type Secs = DurationSeconds<u64>;
 #[serde(default, deny_unknown_fields)]
 #[garde(context(Naming))]
 pub struct PublisherConfig {
-    /// The broker URL, `amqp://` or `amqps://`; its password is never shown.
+    /// The broker URL, `amqp://` or `amqps://`, or a comma-separated list of them (the
+    /// nodes of a cluster, tried in a shuffled order); passwords are never shown.
     #[garde(skip)]
     pub url: BrokerUrl,
     /// The topic exchange events are published to.
@@ -216,7 +217,7 @@ pub struct PublisherConfig {
     #[serde(rename = "pool_wait_timeout_ms", with = "As::<Millis>")]
     #[garde(custom(rules::millis(0, MAX_MS)))]
     pub pool_wait_timeout: Duration,
-    /// The connection name shown in the broker's management UI.
+    /// The connection name shown in the broker's management UI; unset, the `source`.
     #[garde(inner(custom(rules::text)))]
     pub connection_name: Option<String>,
     /// How many consecutive broker failures open the circuit breaker.
@@ -360,7 +361,7 @@ impl PublisherConfig {
         })
     }
 
-    /// The broker URL with the password replaced by `***`, safe to log, e.g.
+    /// The broker URLs with the passwords replaced by `***`, safe to log, e.g.
     /// `amqp://guest:***@127.0.0.1:5672/%2f`. A URL without a password is returned unchanged.
     pub fn redacted_url(&self) -> String {
         self.url.redacted()
@@ -386,11 +387,11 @@ impl PublisherConfig {
         )
     }
 
-    /// The URL to connect with: [`url`](Self::url) with the `heartbeat` (seconds) and
-    /// `connection_timeout` (milliseconds) query parameters set from this config, replacing
-    /// any the URL already had; other parameters are kept. This is the form lapin reads.
-    /// It contains the password.
-    pub fn amqp_uri(&self) -> String {
+    /// The URLs to connect with, one per entry of [`url`](Self::url): each with the
+    /// `heartbeat` (seconds) and `connection_timeout` (milliseconds) query parameters set
+    /// from this config, replacing any the URL already had; other parameters are kept.
+    /// This is the form lapin reads. They contain the password.
+    pub fn amqp_uris(&self) -> Vec<String> {
         self.url
             .with_timeouts(self.heartbeat, self.connection_timeout)
     }

@@ -62,7 +62,7 @@ fn defaults() {
     assert_eq!(c.detached_redelivery_base_delay, Duration::from_millis(200));
     assert_eq!(c.detached_redelivery_max_delay, Duration::from_secs(5));
     assert_eq!(
-        c.amqp_uri(),
+        c.amqp_uris().remove(0),
         "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&connection_timeout=5000"
     );
     c.validate().unwrap();
@@ -157,7 +157,7 @@ fn every_variable_is_read() {
     };
     assert_eq!(c, expected);
     assert_eq!(
-        c.amqp_uri(),
+        c.amqp_uris().remove(0),
         "amqps://svc:pw@rabbit.example:5671/fitviz?heartbeat=30&connection_timeout=750"
     );
 }
@@ -631,7 +631,7 @@ fn validate_errors_name_file_keys() {
         ..d()
     };
     c.validate().unwrap();
-    assert!(c.amqp_uri().contains("heartbeat=65535"));
+    assert!(c.amqp_uris().remove(0).contains("heartbeat=65535"));
     // Sub-millisecond durations in range are fine in code.
     PublisherConfig {
         confirm_timeout: Duration::from_micros(1500),
@@ -679,7 +679,7 @@ fn redaction() {
     );
     assert_eq!(c.url.redacted(), c.redacted_url());
     assert_eq!(c.url.to_string(), c.redacted_url());
-    assert!(c.amqp_uri().contains(PW));
+    assert!(c.amqp_uris().remove(0).contains(PW));
     assert_hidden(&format!("{c:?}"), &[PW]);
     assert_hidden(&format!("{c:#?}"), &[PW]);
     assert_hidden(&format!("{:?}", c.url), &[PW]);
@@ -810,7 +810,7 @@ fn amqp_uri_sets_heartbeat_and_connection_timeout() {
         connection_timeout: Duration::from_millis(1500),
         ..Default::default()
     };
-    let uri = c.amqp_uri();
+    let uri = c.amqp_uris().remove(0);
     assert_eq!(
         uri,
         "amqp://u:p@rabbit/vh?channel_max=10&auth_mechanism=plain&heartbeat=20&connection_timeout=1500"
@@ -827,10 +827,10 @@ fn amqp_uri_sets_heartbeat_and_connection_timeout() {
         ..Default::default()
     };
     assert_eq!(
-        c.amqp_uri(),
+        c.amqp_uris().remove(0),
         "amqps://rabbit.example?heartbeat=10&connection_timeout=5000#frag"
     );
-    let parsed: lapin::uri::AMQPUri = c.amqp_uri().parse().unwrap();
+    let parsed: lapin::uri::AMQPUri = c.amqp_uris().remove(0).parse().unwrap();
     assert_eq!(parsed.authority.port, 5671);
 }
 
@@ -1126,7 +1126,7 @@ proptest! {
                 let debug = format!("{config:?}");
                 prop_assert!(!debug.contains(&pw));
                 prop_assert!(!config.redacted_url().contains(&pw));
-                prop_assert!(config.amqp_uri().parse::<lapin::uri::AMQPUri>().is_ok());
+                prop_assert!(config.amqp_uris().remove(0).parse::<lapin::uri::AMQPUri>().is_ok());
                 prop_assert!(config.validate().is_ok());
             }
             Err(err) => {
@@ -1218,4 +1218,80 @@ fn per_organization_shares_round_up_and_are_at_least_one() {
     };
     assert_eq!(c.max_in_flight_per_organization(), 1);
     assert_eq!(c.detached_share_per_organization(), 2);
+}
+
+#[test]
+fn a_comma_separated_url_lists_the_nodes_of_a_cluster() {
+    let raw = format!(
+        "amqp://app:{PW}@rabbit-1:5681/fitviz, amqp://app:{PW}@rabbit-2/fitviz,amqp://app:{PW}@10.0.0.3:5999/fitviz"
+    );
+    let c = PublisherConfig::from_vars([("FITVIZ_EVENTS_URL", raw.as_str())]).unwrap();
+    assert_eq!(
+        c.url.addresses(),
+        ["rabbit-1:5681", "rabbit-2:5672", "10.0.0.3:5999"]
+    );
+    assert_eq!(c.url.expose_secret(), raw);
+    assert_eq!(
+        c.redacted_url(),
+        "amqp://app:***@rabbit-1:5681/fitviz,amqp://app:***@rabbit-2/fitviz,amqp://app:***@10.0.0.3:5999/fitviz"
+    );
+    assert_hidden(&format!("{c:?}"), &[PW]);
+    let uris = c.amqp_uris();
+    assert_eq!(uris.len(), 3);
+    for (uri, host) in uris.iter().zip(["rabbit-1", "rabbit-2", "10.0.0.3"]) {
+        assert!(uri.contains(PW) && uri.contains(host), "{uri}");
+        assert!(
+            uri.ends_with("?heartbeat=10&connection_timeout=5000"),
+            "{uri}"
+        );
+        uri.parse::<lapin::uri::AMQPUri>().unwrap();
+    }
+    // amqps defaults to 5671.
+    assert_eq!(
+        url("amqps://a:b@n1/v,amqps://a:b@n2:5000/v").addresses(),
+        ["n1:5671", "n2:5000"]
+    );
+}
+
+#[test]
+fn a_bad_url_list_is_refused_naming_the_entry_without_the_password() {
+    let cases = [
+        (
+            format!("amqp://app:{PW}@a/v,amqps://app:{PW}@b/v"),
+            "url: the list mixes `amqp` and `amqps` entries, refused: it would let a connection fall back to plain text, got `amqp://app:***@a/v,amqps://app:***@b/v`",
+        ),
+        (
+            format!("amqp://app:{PW}@a/v,amqp://app:{PW}@b/other"),
+            "url: the entries name different virtual hosts, got `amqp://app:***@a/v,amqp://app:***@b/other`",
+        ),
+        (
+            format!("amqp://app:{PW}@a/v,amqp://ops:{PW}@b/v"),
+            "url: the entries name different users, got `amqp://app:***@a/v,amqp://ops:***@b/v`",
+        ),
+        (
+            format!("amqp://app:{PW}@a/v,"),
+            "url: entry 2 of 2: expected a url, the entry is empty, got `amqp://app:***@a/v,`",
+        ),
+        (
+            format!("amqp://app:{PW}@a/v,amqp://app:{PW}@[::1]/v"),
+            "url: entry 2 of 2: expected a host name or ipv4 address, the amqp client does not support ipv6 addresses, got `amqp://app:***@a/v,amqp://app:***@[::1]/v`",
+        ),
+        (
+            format!("amqp://app:{PW}@a/v,http://app:{PW}@b/v,amqp://app:{PW}@c/v"),
+            "url: entry 2 of 3: expected scheme `amqp` or `amqps`, got `amqp://app:***@a/v,http://app:***@b/v,amqp://app:***@c/v`",
+        ),
+    ];
+    for (raw, expected) in cases {
+        let err = raw.parse::<BrokerUrl>().unwrap_err();
+        assert_eq!(err.to_string(), expected);
+        let env = env_err(&[("FITVIZ_EVENTS_URL", &raw)]);
+        assert_eq!(env.field(), "FITVIZ_EVENTS_URL");
+        assert_hidden(&env.to_string(), &[PW]);
+        assert_hidden(&format!("{env:?}"), &[PW]);
+    }
+    // A raw comma in a password splits the entry; the whole list is then hidden.
+    let raw = "amqp://app:pa,ss@a/v,amqp://app:pa,ss@b/v";
+    let err = raw.parse::<BrokerUrl>().unwrap_err();
+    assert_hidden(&err.to_string(), &["pa,ss", ",ss@"]);
+    assert!(err.to_string().contains("entry 1 of 4"), "{err}");
 }

@@ -2,6 +2,7 @@
 
 use std::{fmt, str::FromStr, time::Duration};
 
+use lapin::uri::AMQPUri;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 use url::{Host, Url};
@@ -14,13 +15,22 @@ const REDACTED: &str = "***";
 /// The key errors name the URL by (the environment renames it).
 const KEY: &str = "url";
 
-/// The broker URL: `amqp://` or `amqps://`, with a host name or IPv4 address.
+/// The broker URL, or a comma-separated list of them (the nodes of a cluster):
+/// `amqp://` or `amqps://`, each with a host name or IPv4 address.
 ///
-/// Made with [`parse`](str::parse) (or deserialized from a string), which checks it as the
-/// AMQP client will read it. The URL is held as a [`SecretString`]: [`Debug`] and
-/// [`Display`](fmt::Display) show it [redacted](Self::redacted), and only
-/// [`expose_secret`](Self::expose_secret) gives the password. [`Default`] is
-/// `amqp://guest:guest@127.0.0.1:5672/%2f`.
+/// Made with [`parse`](str::parse) (or deserialized from a string), which checks every
+/// entry as the AMQP client will read it, and the list as a whole: all entries use one
+/// scheme (a list mixing `amqp` and `amqps` is refused: it would let a connection fall
+/// back to plain text), one user and one virtual host. A password holding a comma must
+/// percent-encode it (`%2C`).
+///
+/// The URLs are held as a [`SecretString`]: [`Debug`] and [`Display`](fmt::Display)
+/// show them [redacted](Self::redacted), and only [`expose_secret`](Self::expose_secret)
+/// gives the passwords. [`Default`] is `amqp://guest:guest@127.0.0.1:5672/%2f`.
+///
+/// Each new connection tries the entries in an order shuffled for that connection, and
+/// takes the first that answers: publishers spread over the nodes, a node that is down
+/// is skipped, and one that comes back is used again by the next connections.
 ///
 /// ```
 /// use fitviz_events::BrokerUrl;
@@ -29,104 +39,187 @@ const KEY: &str = "url";
 /// assert_eq!(url.to_string(), "amqp://app:***@rabbit:5672/fitviz");
 /// assert_eq!(url.expose_secret(), "amqp://app:s3cret@rabbit:5672/fitviz");
 ///
+/// let cluster: BrokerUrl = "amqp://app:s3cret@rabbit-1/fitviz,amqp://app:s3cret@rabbit-2/fitviz".parse()?;
+/// assert_eq!(cluster.addresses(), ["rabbit-1:5672", "rabbit-2:5672"]);
+/// assert_eq!(cluster.to_string(), "amqp://app:***@rabbit-1/fitviz,amqp://app:***@rabbit-2/fitviz");
+///
 /// let err = "amqp://app:s3cret@[::1]/".parse::<BrokerUrl>().unwrap_err();
 /// assert!(!err.to_string().contains("s3cret"));
+/// let err = "amqps://app:s3cret@a/,amqp://app:s3cret@b/".parse::<BrokerUrl>().unwrap_err();
+/// assert!(err.to_string().contains("mixes `amqp` and `amqps`"));
 /// # Ok::<(), fitviz_events::ConfigError>(())
 /// ```
-// One URL. A list of brokers (`FITVIZ_EVENTS_URL=amqp://a,amqp://b`) can be a type holding
-// `Vec<BrokerUrl>` whose `FromStr` splits on commas and parses each with this one; envy
-// already splits a sequence on commas, and `with_timeouts` works per URL.
 #[derive(Clone)]
 pub struct BrokerUrl {
     secret: SecretString,
-    /// The URL with its password replaced, computed once.
+    /// The URLs with their passwords replaced, computed once.
     redacted: String,
+    nodes: Vec<Node>,
+}
+
+/// One entry of a [`BrokerUrl`] list.
+#[derive(Clone)]
+pub(crate) struct Node {
+    secret: SecretString,
+    redacted: String,
+    address: String,
+}
+
+impl Node {
+    /// `host:port`, as the client connects to it (the default port filled in).
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The URL, password replaced.
+    pub(crate) fn redacted(&self) -> &str {
+        &self.redacted
+    }
 }
 
 impl BrokerUrl {
-    /// The URL as given, password included: pass it to the connection and nowhere else
-    /// (prefer [`PublisherConfig::amqp_uri`](super::PublisherConfig::amqp_uri), which adds
-    /// the timeouts).
+    /// The URLs as given, passwords included: pass them to the connection and nowhere
+    /// else (prefer [`PublisherConfig::amqp_uris`](super::PublisherConfig::amqp_uris),
+    /// which adds the timeouts).
     pub fn expose_secret(&self) -> &str {
         self.secret.expose_secret()
     }
 
-    /// The URL with the password replaced by `***`, safe to log, e.g.
+    /// The URLs with the passwords replaced by `***`, safe to log, e.g.
     /// `amqp://guest:***@127.0.0.1:5672/%2f`. A URL without a password is returned unchanged.
     pub fn redacted(&self) -> String {
         self.redacted.clone()
     }
 
-    /// The URL with the `heartbeat` (seconds) and `connection_timeout` (milliseconds) query
-    /// parameters set, replacing any it had; other parameters are kept.
+    /// The `host:port` of every entry, in the order given (the default port filled in).
+    pub fn addresses(&self) -> Vec<&str> {
+        self.nodes.iter().map(Node::address).collect()
+    }
+
+    pub(crate) fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Every entry with the `heartbeat` (seconds) and `connection_timeout` (milliseconds)
+    /// query parameters set, replacing any it had; other parameters are kept.
     pub(super) fn with_timeouts(
         &self,
         heartbeat: Duration,
         connection_timeout: Duration,
-    ) -> String {
-        let raw = self.expose_secret();
-        let Ok(mut url) = Url::parse(raw) else {
-            return raw.to_owned(); // Unreachable: a `BrokerUrl` is parsed before it exists.
-        };
-        let kept: Vec<(String, String)> = (url.query_pairs())
-            .filter(|(key, _)| key != "heartbeat" && key != "connection_timeout")
-            .map(|(key, value)| (key.into_owned(), value.into_owned()))
-            .collect();
-        url.query_pairs_mut()
-            .clear()
-            .extend_pairs(kept)
-            .append_pair("heartbeat", &heartbeat.as_secs().to_string())
-            .append_pair(
-                "connection_timeout",
-                &connection_timeout.as_millis().to_string(),
-            );
-        url.into()
+    ) -> Vec<String> {
+        (self.nodes.iter())
+            .map(|node| with_timeouts(node.secret.expose_secret(), heartbeat, connection_timeout))
+            .collect()
     }
+}
+
+/// `raw` with the `heartbeat` and `connection_timeout` query parameters set.
+fn with_timeouts(raw: &str, heartbeat: Duration, connection_timeout: Duration) -> String {
+    let Ok(mut url) = Url::parse(raw) else {
+        return raw.to_owned(); // Unreachable: a `Node` is parsed before it exists.
+    };
+    let kept: Vec<(String, String)> = (url.query_pairs())
+        .filter(|(key, _)| key != "heartbeat" && key != "connection_timeout")
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect();
+    url.query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair("heartbeat", &heartbeat.as_secs().to_string())
+        .append_pair(
+            "connection_timeout",
+            &connection_timeout.as_millis().to_string(),
+        );
+    url.into()
 }
 
 impl FromStr for BrokerUrl {
     type Err = ConfigError;
 
-    /// Parses and checks one URL; an error names it `url` and shows it redacted.
+    /// Parses and checks one URL or a comma-separated list; an error names the setting
+    /// `url`, says which entry is at fault, and shows the value redacted.
     fn from_str(raw: &str) -> Result<Self, ConfigError> {
-        let fail = |reason: &str| ConfigError::invalid(KEY, reason, &redact(raw));
-        let url = Url::parse(raw).map_err(|e| fail(&format!("invalid url ({e})")))?;
-        match url.host() {
-            _ if !matches!(url.scheme(), "amqp" | "amqps") => {
-                return Err(fail("expected scheme `amqp` or `amqps`"));
+        let entries: Vec<&str> = raw.split(',').map(str::trim).collect();
+        let redacted = redact_list(raw);
+        let count = entries.len();
+        let fail = |reason: String| ConfigError::invalid(KEY, reason, &redacted);
+        let mut nodes = Vec::with_capacity(count);
+        let mut parsed = Vec::with_capacity(count);
+        for (i, entry) in entries.iter().enumerate() {
+            let which = |reason: String| match count {
+                1 => reason,
+                _ => format!("entry {} of {count}: {reason}", i + 1),
+            };
+            if entry.is_empty() {
+                return Err(fail(which("expected a url, the entry is empty".into())));
             }
-            None | Some(Host::Domain("")) => return Err(fail("expected a host")),
-            // lapin reads `Url::domain()`, which is `None` for IPv6 literals, and would
-            // silently connect to `localhost` instead.
-            Some(Host::Ipv6(_)) => {
-                return Err(fail(
-                    "expected a host name or ipv4 address, the amqp client does not support ipv6 addresses",
-                ));
-            }
-            Some(_) => {}
+            let (node, uri) = parse_node(entry).map_err(|reason| fail(which(reason)))?;
+            nodes.push(node);
+            parsed.push(uri);
         }
-        let broker_url = Self {
+        let first = &parsed[0];
+        if parsed.iter().any(|uri| uri.scheme != first.scheme) {
+            return Err(fail(
+                "the list mixes `amqp` and `amqps` entries, refused: it would let a connection fall back to plain text".into(),
+            ));
+        }
+        if parsed.iter().any(|uri| uri.vhost != first.vhost) {
+            return Err(fail("the entries name different virtual hosts".into()));
+        }
+        let user = |uri: &AMQPUri| uri.authority.userinfo.username.clone();
+        if parsed.iter().any(|uri| user(uri) != user(first)) {
+            return Err(fail("the entries name different users".into()));
+        }
+        Ok(Self {
             secret: raw.into(),
-            redacted: redact(raw),
-        };
-        // Parse it as lapin will, so a bad query parameter (`frame_max=x`, an unknown
-        // `auth_mechanism`, …) is a config error and not a connect error.
-        let uri = broker_url.with_timeouts(Duration::from_secs(10), Duration::from_secs(5));
-        let Err(message) = uri.parse::<lapin::uri::AMQPUri>() else {
-            return Ok(broker_url);
-        };
-        // lapin's messages quote no URL parts once the URL has a host; keep it that way.
-        let password = url.password().unwrap_or_default();
-        let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
-        let leaks = message.contains("://")
-            || (!password.is_empty()
-                && (message.contains(password) || message.contains(&*decoded)));
-        let reason = match leaks {
-            true => "rejected by the amqp client".to_owned(),
-            false => format!("rejected by the amqp client ({})", message.to_lowercase()),
-        };
-        Err(ConfigError::invalid(KEY, reason, &broker_url.redacted))
+            redacted,
+            nodes,
+        })
     }
+}
+
+/// Checks one entry as the AMQP client will read it. An error is a reason that quotes
+/// no part of the URL.
+fn parse_node(raw: &str) -> Result<(Node, AMQPUri), String> {
+    let url = Url::parse(raw).map_err(|e| format!("invalid url ({e})"))?;
+    match url.host() {
+        _ if !matches!(url.scheme(), "amqp" | "amqps") => {
+            return Err("expected scheme `amqp` or `amqps`".into());
+        }
+        None | Some(Host::Domain("")) => return Err("expected a host".into()),
+        // lapin reads `Url::domain()`, which is `None` for IPv6 literals, and would
+        // silently connect to `localhost` instead.
+        Some(Host::Ipv6(_)) => {
+            return Err(
+                "expected a host name or ipv4 address, the amqp client does not support ipv6 addresses"
+                    .into(),
+            );
+        }
+        Some(_) => {}
+    }
+    // Parse it as lapin will, so a bad query parameter (`frame_max=x`, an unknown
+    // `auth_mechanism`, …) is a config error and not a connect error.
+    let uri = with_timeouts(raw, Duration::from_secs(10), Duration::from_secs(5));
+    let message = match uri.parse::<AMQPUri>() {
+        Ok(uri) => {
+            let node = Node {
+                secret: raw.into(),
+                redacted: redact(raw),
+                address: format!("{}:{}", uri.authority.host, uri.authority.port),
+            };
+            return Ok((node, uri));
+        }
+        Err(message) => message,
+    };
+    // lapin's messages quote no URL parts once the URL has a host; keep it that way.
+    let password = url.password().unwrap_or_default();
+    let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
+    let leaks = message.contains("://")
+        || (!password.is_empty() && (message.contains(password) || message.contains(&*decoded)));
+    Err(match leaks {
+        true => "rejected by the amqp client".to_owned(),
+        false => format!("rejected by the amqp client ({})", message.to_lowercase()),
+    })
 }
 
 impl Default for BrokerUrl {
@@ -161,6 +254,25 @@ impl fmt::Debug for BrokerUrl {
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted)
+    }
+}
+
+/// Replaces the passwords of a comma-separated list of URLs by `***`. When an entry is
+/// no URL with a host (a password holding a raw comma would split into such entries),
+/// the whole list is redacted as one: hiding too much rather than too little.
+pub(super) fn redact_list(raw: &str) -> String {
+    if !raw.contains(',') {
+        return redact(raw);
+    }
+    let entries: Vec<&str> = raw.split(',').collect();
+    let all_urls = (entries.iter()).all(|e| Url::parse(e.trim()).is_ok_and(|u| u.has_host()));
+    match all_urls {
+        true => entries
+            .iter()
+            .map(|e| redact(e))
+            .collect::<Vec<_>>()
+            .join(","),
+        false => redact_raw(raw),
     }
 }
 

@@ -103,6 +103,10 @@ impl EventPublisherBuilder {
     pub async fn connect(self) -> Result<EventPublisher, PublishError> {
         let transport = AmqpPublish::connect(&self.config).await?;
         let breaker = self.breaker_layer();
+        // One view of the broker's health: when the transport's reconnect task opens
+        // a connection (or the broker unblocks one), the breaker probes at once.
+        let handle = breaker.handle();
+        transport.on_restored(move || handle.probe_now());
         let fair = self.fair_share_layer();
         let delivery = self.delivery(&breaker, &fair, transport.clone());
         Ok(self.finish(delivery, Some(transport), Some(breaker), Some(fair)))

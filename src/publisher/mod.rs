@@ -38,7 +38,7 @@ use crate::{
     fairness::FairShareLayer,
     log_limit::LogLimiter,
     schema::DomainEvent,
-    transport::AmqpPublish,
+    transport::{AmqpPublish, ConnectionState},
 };
 
 /// A boxed delivery stack: any `Service<Event>` with the crate's error type, as
@@ -278,6 +278,14 @@ impl EventPublisher {
     /// of your own, built with [`EventPublisherBuilder::build_with_delivery`]).
     pub fn breaker_state(&self) -> Option<BreakerState> {
         self.shared.breaker.as_ref().map(BreakerHandle::state)
+    }
+
+    /// The state of the connections to the broker — connected or not, to which node,
+    /// blocked, the last connection error — for readiness checks (`None` unless the
+    /// publisher was made with [`connect`](Self::connect) or
+    /// [`EventPublisherBuilder::connect`], which own their transport).
+    pub fn connection_state(&self) -> Option<ConnectionState> {
+        self.shared.transport.as_ref().map(AmqpPublish::state)
     }
 
     /// The publishes of `organization` in flight now, as the per-organization fair share

@@ -1,9 +1,10 @@
 //! Connections to the broker: a deadpool [`Manager`] over lapin of our own.
 //!
-//! `deadpool-lapin`'s manager takes one URL and does nothing after connecting; this
-//! one also declares the [`Exchange`] on every new connection and names the broker's
-//! address (redacted) in its errors. It is the place where several addresses and
-//! TLS settings will go.
+//! It connects to one of several broker addresses (the nodes of a cluster), tried in
+//! an order shuffled for every connection so that publishers spread over the nodes and
+//! skip one that is down; declares the [`Exchange`] on every new connection; records
+//! each connection in the transport's [`Health`]; and names the broker's address
+//! (redacted) in its errors.
 
 use std::{
     fmt,
@@ -18,19 +19,34 @@ use std::{
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use lapin::{Connection, ConnectionProperties};
 
-use super::exchange::Exchange;
+use super::{exchange::Exchange, health::Health};
 use crate::error::{ErrorKind, PublishError};
 
-/// What a connection is opened with.
-pub(crate) struct ConnectionSettings {
+/// One broker address.
+pub(crate) struct NodeSettings {
     /// The full URI, with credentials and query parameters (heartbeat, timeout).
     pub(crate) uri: String,
     /// The same, with the password replaced: the only form that is ever shown.
-    pub(crate) redacted: Arc<str>,
+    pub(crate) redacted: String,
+    /// `host:port`.
+    pub(crate) address: String,
+}
+
+/// What a connection is opened with.
+pub(crate) struct ConnectionSettings {
+    /// The broker's addresses: one, or the nodes of a cluster.
+    pub(crate) nodes: Vec<NodeSettings>,
     /// The connection name shown in the broker's management UI.
-    pub(crate) name: Option<String>,
-    /// TCP connect, AMQP handshake and the exchange declaration, together.
+    pub(crate) name: String,
+    /// TCP connect, AMQP handshake and the exchange declaration, together, per address.
     pub(crate) timeout: Duration,
+}
+
+impl ConnectionSettings {
+    /// The redacted addresses, for `Debug`.
+    fn redacted(&self) -> Vec<&str> {
+        self.nodes.iter().map(|n| n.redacted.as_str()).collect()
+    }
 }
 
 /// The next connection's generation: unique within the process, never 0.
@@ -62,36 +78,95 @@ impl Deref for Generation {
 pub(crate) struct ConnectionManager {
     settings: ConnectionSettings,
     exchange: Arc<Exchange>,
+    health: Health,
 }
 
 impl fmt::Debug for ConnectionManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectionManager")
-            .field("url", &self.settings.redacted)
+            .field("urls", &self.settings.redacted())
             .field("exchange", &self.exchange.name())
             .finish()
     }
 }
 
 impl ConnectionManager {
-    pub(crate) fn new(settings: ConnectionSettings, exchange: Arc<Exchange>) -> Self {
-        Self { settings, exchange }
+    pub(crate) fn new(
+        settings: ConnectionSettings,
+        exchange: Arc<Exchange>,
+        health: Health,
+    ) -> Self {
+        Self {
+            settings,
+            exchange,
+            health,
+        }
     }
 
-    async fn connect(&self) -> Result<Connection, PublishError> {
-        let mut properties = ConnectionProperties::default();
-        if let Some(name) = &self.settings.name {
-            properties = properties.with_connection_name(name.as_str().into());
+    /// Records that the publisher itself closes the connection of `generation`: not a
+    /// loss.
+    pub(crate) fn closing(&self, generation: u64) {
+        self.health.closing(generation);
+    }
+
+    /// Connects to the first node that answers, in a shuffled order.
+    async fn connect_any(&self) -> Result<(Connection, &NodeSettings), PublishError> {
+        let mut order: Vec<&NodeSettings> = self.settings.nodes.iter().collect();
+        fastrand::shuffle(&mut order);
+        let mut failures = Vec::with_capacity(order.len());
+        for node in order {
+            match self.connect_to(node).await {
+                Ok(connection) => return Ok((connection, node)),
+                Err(error) => {
+                    tracing::debug!(node = %node.address, %error, "could not connect to a broker node");
+                    failures.push((node, error));
+                }
+            }
         }
-        let connection = Connection::connect(&self.settings.uri, properties)
+        let error = match failures.len() {
+            1 => failures.pop().map(|(_, error)| error),
+            n => {
+                let each: Vec<String> = (failures.iter())
+                    .map(|(_, error)| error.to_string())
+                    .collect();
+                Some(PublishError::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "could not connect to any of the {n} broker addresses ({})",
+                        each.join("; ")
+                    ),
+                ))
+            }
+        };
+        Err(error.unwrap_or_else(|| PublishError::config("no broker address")))
+    }
+
+    async fn connect_to(&self, node: &NodeSettings) -> Result<Connection, PublishError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.settings.name.as_str().into());
+        let timeout = self.settings.timeout;
+        let connect = async {
+            let connection = Connection::connect(&node.uri, properties)
+                .await
+                .map_err(|e| PublishError::connect(&node.redacted, e))?;
+            if let Err(error) = self.exchange.declare(&connection).await {
+                close(&connection, "exchange declaration failed").await;
+                return Err(error);
+            }
+            Ok(connection)
+        };
+        tokio::time::timeout(timeout, connect)
             .await
-            .map_err(|e| PublishError::connect(&self.settings.redacted, e))?;
-        if let Err(error) = self.exchange.declare(&connection).await {
-            close(&connection, "exchange declaration failed").await;
-            return Err(error);
-        }
-        tracing::debug!(url = %self.settings.redacted, "connected to the broker");
-        Ok(connection)
+            .unwrap_or_else(|_| {
+                Err(PublishError::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "timed out after {} ms connecting to the broker at {}",
+                        timeout.as_millis(),
+                        node.redacted
+                    ),
+                ))
+            })
     }
 }
 
@@ -100,25 +175,21 @@ impl managed::Manager for ConnectionManager {
     type Error = PublishError;
 
     async fn create(&self) -> Result<Generation, PublishError> {
-        let timeout = self.settings.timeout;
-        tokio::time::timeout(timeout, self.connect())
-            .await
-            .map(|connected| {
-                connected.map(|connection| Generation {
+        match self.connect_any().await {
+            Ok((connection, node)) => {
+                let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
+                self.health.opened(&connection, generation, &node.address);
+                tracing::debug!(node = %node.address, generation, "connected to the broker");
+                Ok(Generation {
                     connection,
-                    generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+                    generation,
                 })
-            })
-            .unwrap_or_else(|_| {
-                Err(PublishError::new(
-                    ErrorKind::Connection,
-                    format!(
-                        "timed out after {} ms connecting to the broker at {}",
-                        timeout.as_millis(),
-                        self.settings.redacted
-                    ),
-                ))
-            })
+            }
+            Err(error) => {
+                self.health.connect_failed(&error.to_string());
+                Err(error)
+            }
+        }
     }
 
     async fn recycle(

@@ -29,29 +29,34 @@ mod confirm;
 mod connection;
 mod encode;
 mod exchange;
+mod health;
 mod pool;
+mod reconnect;
 
 pub use confirm::reattributed_returns;
 pub use encode::{HEADER_ORGANIZATION_ID, HEADER_SCHEMA_VERSION};
 pub(crate) use encode::{check_body_size, encode, header_frame_bytes};
+pub use health::ConnectionState;
 
 use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Instant,
 };
 
 use lapin::types::ShortString;
+use tokio::task::AbortHandle;
 use tower_service::Service;
 
 use self::{
     channel::Message,
     confirm::Outcome,
-    connection::{ConnectionManager, ConnectionSettings},
+    connection::{ConnectionManager, ConnectionSettings, NodeSettings},
     exchange::Exchange,
+    health::Health,
     pool::{ChannelPool, PoolSettings},
 };
 use crate::{
@@ -81,7 +86,10 @@ pub struct AmqpPublish {
 struct Inner {
     pool: ChannelPool,
     exchange: Arc<Exchange>,
+    health: Health,
     max_body_bytes: usize,
+    /// The reconnect task, aborted by `close`.
+    reconnect: OnceLock<AbortHandle>,
 }
 
 impl fmt::Debug for AmqpPublish {
@@ -94,24 +102,34 @@ impl fmt::Debug for AmqpPublish {
 }
 
 impl AmqpPublish {
-    /// A transport for `config`'s broker and exchange. Nothing is opened yet:
-    /// connections are opened on first use, and each new connection declares (or,
-    /// with `declare_exchange = false`, checks) the exchange. Must be called inside
-    /// a tokio runtime.
+    /// A transport for `config`'s broker and exchange. It returns at once and connects
+    /// in the background: a task opens the connections and a confirm-mode channel per
+    /// lane, and replaces them whenever they are lost (see [`state`](Self::state)).
+    /// Each new connection goes to one of the configured addresses, tried in a shuffled
+    /// order, and declares (or, with `declare_exchange = false`, checks) the exchange.
+    /// Must be called inside a tokio runtime.
     ///
     /// # Errors
     /// [`ErrorKind::Config`] when `config` is invalid (see [`PublisherConfig::validate`]).
     pub fn new(config: &PublisherConfig) -> Result<Self, PublishError> {
         config.validate()?;
         let exchange = Exchange::new(&config.exchange, config.declare_exchange)?;
+        let nodes = (config.url.nodes().iter().zip(config.amqp_uris()))
+            .map(|(node, uri)| NodeSettings {
+                uri,
+                redacted: node.redacted().to_owned(),
+                address: node.address().to_owned(),
+            })
+            .collect();
+        let health = Health::default();
         let connections = ConnectionManager::new(
             ConnectionSettings {
-                uri: config.amqp_uri(),
-                redacted: config.redacted_url().into(),
-                name: config.connection_name.clone(),
+                nodes,
+                name: (config.connection_name.clone()).unwrap_or_else(|| config.source.clone()),
                 timeout: config.connection_timeout,
             },
             exchange.clone(),
+            health.clone(),
         );
         let pool = ChannelPool::new(
             connections,
@@ -122,13 +140,26 @@ impl AmqpPublish {
                 wait_timeout: config.pool_wait_timeout,
             },
         )?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                pool,
-                exchange,
-                max_body_bytes: config.max_body_bytes,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            pool,
+            exchange,
+            health,
+            max_body_bytes: config.max_body_bytes,
+            reconnect: OnceLock::new(),
+        });
+        let _ = inner.reconnect.set(reconnect::spawn(&inner));
+        Ok(Self { inner })
+    }
+
+    /// What the transport knows of its connections now: connected or not, to which
+    /// node, blocked by the broker, the last connection error. For readiness checks.
+    pub fn state(&self) -> ConnectionState {
+        self.inner.health.state()
+    }
+
+    /// Calls `f` whenever a connection opens or the broker unblocks one.
+    pub(crate) fn on_restored(&self, f: impl Fn() + Send + Sync + 'static) {
+        self.inner.health.on_restored(f);
     }
 
     /// [`new`](Self::new), then opens a first connection and declares the exchange, so
@@ -146,6 +177,9 @@ impl AmqpPublish {
     /// Closes the channels and connections; later publishes fail with
     /// [`ErrorKind::Shutdown`].
     pub async fn close(&self) {
+        if let Some(task) = self.inner.reconnect.get() {
+            task.abort();
+        }
         self.inner.pool.close().await;
     }
 
@@ -172,6 +206,12 @@ impl AmqpPublish {
             ));
         }
         let generation = channel.generation();
+        if let Some(reason) = self.inner.health.blocked(generation) {
+            return Err(PublishError::new(
+                ErrorKind::Blocked,
+                format!("the broker has blocked the connection ({reason}): the event was not sent"),
+            ));
+        }
         let outcome = channel.publish(message).await?;
         drop(channel);
         outcome_to_result(

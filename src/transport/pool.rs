@@ -23,6 +23,7 @@ use std::{
 };
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult, Timeouts};
+use futures_util::future::join_all;
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::{
@@ -191,6 +192,24 @@ impl ChannelPool {
     /// one goes back to deadpool, whose `recycle` discards it.
     pub(crate) async fn channel(&self) -> Result<PooledChannel, PublishError> {
         let index = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        self.channel_at(index).await
+    }
+
+    /// Gives every lane a healthy channel, opening connections and channels as needed:
+    /// the reconnect task calls it, so that publishes find channels ready after a loss.
+    pub(crate) async fn fill(&self) -> Result<(), PublishError> {
+        for index in 0..self.lanes.len() {
+            self.channel_at(index).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.channels.is_closed()
+    }
+
+    async fn channel_at(&self, index: usize) -> Result<PooledChannel, PublishError> {
         let lane = &self.lanes[index];
         if let Some(channel) = lane.healthy() {
             return Ok(channel);
@@ -213,28 +232,34 @@ impl ChannelPool {
     /// Closes the pool: idle channels and connections are closed; later `get`s fail
     /// with [`ErrorKind::Shutdown`].
     pub(crate) async fn close(&self) {
-        for lane in self.lanes.iter() {
+        // Concurrently: against a silent broker each close waits out its timeout.
+        join_all(self.lanes.iter().map(|lane| async move {
             // A replacement in progress would put a fresh channel back after this.
             let _replacing = lane.replacing.lock().await;
             if let Some(channel) = lane.replace(None) {
                 channel.close("publisher closed").await;
             }
-        }
+        }))
+        .await;
         self.channels.close();
         let no_wait = Timeouts {
             wait: Some(Duration::ZERO),
             create: Some(Duration::ZERO),
             recycle: Some(Duration::from_millis(100)),
         };
+        let mut idle = Vec::new();
         for _ in 0..self.connections.status().available {
             match self.connections.timeout_get(&no_wait).await {
-                Ok(pooled) => {
-                    connection::close(&pooled, "publisher closed").await;
-                    let _ = managed::Object::take(pooled);
-                }
+                Ok(pooled) => idle.push(pooled),
                 Err(_) => break,
             }
         }
+        join_all(idle.into_iter().map(|pooled| async move {
+            self.connections.manager().closing(pooled.generation());
+            connection::close(&pooled, "publisher closed").await;
+            let _ = managed::Object::take(pooled);
+        }))
+        .await;
         self.connections.close();
     }
 }
