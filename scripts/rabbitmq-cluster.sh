@@ -38,6 +38,8 @@ RABBITMQ_SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
 RABBITMQ_USER=rabbitmq
 # Seconds to wait for a node (or the cluster) to come up / go away.
 TIMEOUT=${FITVIZ_HARNESS_TIMEOUT:-180}
+# Extra VM flags of every node; see scripts/README.md for the measurements.
+ERL_VM_ARGS=${FITVIZ_HARNESS_ERL_ARGS-}
 CLUSTER_IDS=(1 2 3)
 ALL_IDS=(1 2 3 tls)
 MARKER_FILE=.fitviz-harness
@@ -199,9 +201,9 @@ launch_node() {
         export RABBITMQ_LOG_BASE="$dir/log"
         export RABBITMQ_PID_FILE="$dir/pid"
         export RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins"
-        # Distribution on loopback only; one scheduler (+S 1:1) and few async threads
-        # keep four nodes light on a 2-core box; the marker lets pgrep find the node.
-        export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} +S 1:1 +A 4 -fitviz_harness_node $short"
+        # Distribution on loopback only; scheduler flags (FITVIZ_HARNESS_ERL_ARGS);
+        # the marker lets pgrep find the node.
+        export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} $ERL_VM_ARGS -fitviz_harness_node $short"
         unset ERL_FLAGS RABBITMQ_NODE_PORT RABBITMQ_NODE_IP_ADDRESS
         cd "$dir"
         echo "=== start $(date -Is)" >>"$dir/startup.log"
