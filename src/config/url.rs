@@ -57,6 +57,11 @@ impl BrokerUrl {
         self.redacted.clone()
     }
 
+    /// Whether the URL is `amqps://`.
+    pub(super) fn is_tls(&self) -> bool {
+        Url::parse(self.expose_secret()).is_ok_and(|url| url.scheme() == "amqps")
+    }
+
     /// The URL with the `heartbeat` (seconds) and `connection_timeout` (milliseconds) query
     /// parameters set, replacing any it had; other parameters are kept.
     pub(super) fn with_timeouts(

@@ -18,7 +18,10 @@ use std::{
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use lapin::{Connection, ConnectionProperties};
 
-use super::exchange::Exchange;
+use super::{
+    exchange::Exchange,
+    tls::{self, Tls},
+};
 use crate::error::{ErrorKind, PublishError};
 
 /// What a connection is opened with.
@@ -31,6 +34,8 @@ pub(crate) struct ConnectionSettings {
     pub(crate) name: Option<String>,
     /// TCP connect, AMQP handshake and the exchange declaration, together.
     pub(crate) timeout: Duration,
+    /// TLS for an `amqps://` URL.
+    pub(crate) tls: Option<Tls>,
 }
 
 /// The next connection's generation: unique within the process, never 0.
@@ -83,7 +88,7 @@ impl ConnectionManager {
         if let Some(name) = &self.settings.name {
             properties = properties.with_connection_name(name.as_str().into());
         }
-        let connection = Connection::connect(&self.settings.uri, properties)
+        let connection = tls::open(&self.settings.uri, properties, self.settings.tls.as_ref())
             .await
             .map_err(|e| PublishError::connect(&self.settings.redacted, e))?;
         if let Err(error) = self.exchange.declare(&connection).await {

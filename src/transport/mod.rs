@@ -20,9 +20,9 @@
 //! publisher's front has already validated and stamped them.
 //!
 //! Inside, each file has one job: `encode` turns an event into a message,
-//! `exchange` declares the exchange, `connection` opens connections, `pool` shares
-//! confirm-mode channels, `channel` publishes on one of them, `confirm` tracks its
-//! confirms.
+//! `exchange` declares the exchange, `connection` opens connections (`tls` those
+//! over TLS), `pool` shares confirm-mode channels, `channel` publishes on one of
+//! them, `confirm` tracks its confirms.
 
 mod channel;
 mod confirm;
@@ -30,6 +30,7 @@ mod connection;
 mod encode;
 mod exchange;
 mod pool;
+mod tls;
 
 pub use confirm::reattributed_returns;
 pub use encode::{HEADER_ORGANIZATION_ID, HEADER_SCHEMA_VERSION};
@@ -53,6 +54,7 @@ use self::{
     connection::{ConnectionManager, ConnectionSettings},
     exchange::Exchange,
     pool::{ChannelPool, PoolSettings},
+    tls::Tls,
 };
 use crate::{
     config::PublisherConfig,
@@ -102,7 +104,8 @@ impl AmqpPublish {
     /// # Errors
     /// [`ErrorKind::Config`] when `config` is invalid (see [`PublisherConfig::validate`]).
     pub fn new(config: &PublisherConfig) -> Result<Self, PublishError> {
-        config.validate()?;
+        // Validates the whole config, reading the TLS files once.
+        let tls = config.validated_tls()?.map(Tls::new);
         let exchange = Exchange::new(&config.exchange, config.declare_exchange)?;
         let connections = ConnectionManager::new(
             ConnectionSettings {
@@ -110,6 +113,7 @@ impl AmqpPublish {
                 redacted: config.redacted_url().into(),
                 name: config.connection_name.clone(),
                 timeout: config.connection_timeout,
+                tls,
             },
             exchange.clone(),
         );
