@@ -13,8 +13,24 @@
 //! A refused handshake (unknown CA, expired certificate, wrong name, no client certificate)
 //! fails the connect with an I/O error that says it is a TLS failure and gives rustls's
 //! reason: `tls failure: invalid peer certificate: UnknownIssuer`.
+//!
+//! Over TLS 1.3 the client's part of the handshake is over before the broker has checked
+//! the client certificate: a broker that refuses it (or, with `fail_if_no_peer_cert`, its
+//! absence) sends an alert and closes the socket while lapin writes the AMQP header. The
+//! alert usually arrives (`received fatal alert: CertificateRequired`), but the TCP reset
+//! caused by the unread header can overtake it, leaving only `connection reset by peer`.
+//! A connection closed right after a successful TLS handshake is therefore reported as a
+//! likely refusal of the client certificate, saying whether one was sent.
 
-use std::{error::Error as StdError, fmt, io, net::SocketAddr};
+use std::{
+    error::Error as StdError,
+    fmt, io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use lapin::{
     Connection, ConnectionProperties, ErrorKind,
@@ -70,54 +86,175 @@ pub(crate) async fn open(
     let Tls {
         connector,
         server_name,
-        ..
+        client_cert,
     } = tls.clone();
+    let handshaken = Arc::new(AtomicBool::new(false));
     let connected = Connection::connector(
         uri,
         runtime,
-        async move |uri, runtime| {
-            let host = uri.authority.host.as_str();
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, uri.authority.port))
-                .await?
-                .collect();
-            let stream = AsyncTcpStream::connect(&runtime, addresses).await?;
-            let name = server_name.as_deref().unwrap_or(host);
-            Ok(stream.into_rustls(&connector, name).await?)
+        {
+            let handshaken = handshaken.clone();
+            async move |uri, runtime| {
+                let host = uri.authority.host.as_str();
+                let addresses: Vec<SocketAddr> =
+                    tokio::net::lookup_host((host, uri.authority.port))
+                        .await?
+                        .collect();
+                let stream = AsyncTcpStream::connect(&runtime, addresses).await?;
+                let name = server_name.as_deref().unwrap_or(host);
+                let stream = stream.into_rustls(&connector, name).await?;
+                handshaken.store(true, Ordering::Relaxed);
+                Ok(stream)
+            }
         },
         properties,
     )
     .await;
-    connected.map_err(tls_failure)
+    let handshaken = handshaken.load(Ordering::Relaxed);
+    connected.map_err(|error| tls_failure(error, handshaken, client_cert))
 }
 
-/// Marks an I/O error that rustls caused as a TLS failure. A TLS 1.3 server refuses a
-/// client certificate only after the handshake, so the cause can reach lapin's I/O loop
-/// as well as our connector: both end here.
-fn tls_failure(error: lapin::Error) -> lapin::Error {
+/// Marks an I/O error that rustls caused as a TLS failure, and a connection closed right
+/// after the handshake as a likely refused client certificate. The cause can reach our
+/// connector or, after the handshake, lapin's I/O loop: both end here.
+fn tls_failure(error: lapin::Error, handshaken: bool, client_cert: bool) -> lapin::Error {
     let ErrorKind::IOError(io) = error.kind() else {
         return error;
     };
-    match io
+    if let Some(cause) = io
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
-        Some(cause) => io::Error::new(io.kind(), TlsFailure(cause.clone())).into(),
-        None => error,
+        return io::Error::new(io.kind(), TlsFailure::Refused(cause.clone())).into();
     }
+    let closed = matches!(
+        io.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::BrokenPipe
+    );
+    if !(closed && handshaken) {
+        return error;
+    }
+    let failure = TlsFailure::Closed {
+        client_cert,
+        cause: io::Error::new(io.kind(), io.to_string()),
+    };
+    io::Error::new(io.kind(), failure).into()
 }
 
-/// A TLS failure, with rustls's reason.
+/// A TLS failure and its cause.
 #[derive(Debug)]
-struct TlsFailure(rustls::Error);
+enum TlsFailure {
+    /// rustls refused the handshake, or the broker did with an alert.
+    Refused(rustls::Error),
+    /// The broker closed the connection right after the handshake.
+    Closed { client_cert: bool, cause: io::Error },
+}
 
 impl fmt::Display for TlsFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tls failure: {}", self.0)
+        match self {
+            Self::Refused(cause) => write!(f, "tls failure: {cause}"),
+            Self::Closed { client_cert, cause } => {
+                let guess = match client_cert {
+                    false => "it may require a client certificate, and none was sent",
+                    true => "it may have refused the client certificate",
+                };
+                write!(
+                    f,
+                    "tls failure: the broker closed the connection after the tls handshake; \
+                     {guess} ({cause})"
+                )
+            }
+        }
     }
 }
 
 impl StdError for TlsFailure {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(&self.0)
+        match self {
+            Self::Refused(cause) => Some(cause),
+            Self::Closed { cause, .. } => Some(cause),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::{CertificateError, ClientConfig, RootCertStore};
+
+    use super::*;
+
+    fn lapin_io(error: io::Error) -> lapin::Error {
+        error.into()
+    }
+
+    #[test]
+    fn rustls_errors_read_as_tls_failures() {
+        let refused = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        let refused = lapin_io(io::Error::new(io::ErrorKind::InvalidData, refused));
+        let error = tls_failure(refused, false, true);
+        assert_eq!(
+            error.to_string(),
+            "IO error: tls failure: invalid peer certificate: UnknownIssuer"
+        );
+        let ErrorKind::IOError(io) = error.kind() else {
+            panic!("{error:?}")
+        };
+        assert_eq!(io.kind(), io::ErrorKind::InvalidData);
+        let cause = io.get_ref().unwrap().source().unwrap();
+        assert!(cause.downcast_ref::<rustls::Error>().is_some());
+
+        // Other errors are left alone, also a reset before the handshake ended.
+        for (kind, handshaken) in [
+            (io::ErrorKind::ConnectionRefused, true),
+            (io::ErrorKind::ConnectionReset, false),
+        ] {
+            let error = lapin_io(io::Error::from(kind));
+            let shown = error.to_string();
+            assert_eq!(tls_failure(error, handshaken, false).to_string(), shown);
+        }
+    }
+
+    #[test]
+    fn a_connection_closed_after_the_handshake_is_a_likely_refused_client_certificate() {
+        let reset = || lapin_io(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert_eq!(
+            tls_failure(reset(), true, false).to_string(),
+            "IO error: tls failure: the broker closed the connection after the tls handshake; \
+             it may require a client certificate, and none was sent (connection reset)"
+        );
+        let error = tls_failure(reset(), true, true);
+        assert_eq!(
+            error.to_string(),
+            "IO error: tls failure: the broker closed the connection after the tls handshake; \
+             it may have refused the client certificate (connection reset)"
+        );
+        let ErrorKind::IOError(io) = error.kind() else {
+            panic!("{error:?}")
+        };
+        assert_eq!(io.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn debug_shows_no_certificate() {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth();
+        let tls = Tls::new(TlsClient {
+            config: Arc::new(config),
+            server_name: Some("rabbit.internal".into()),
+        });
+        assert_eq!(
+            format!("{tls:?}"),
+            r#"Tls { server_name: Some("rabbit.internal"), client_cert: false, .. }"#
+        );
     }
 }

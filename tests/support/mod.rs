@@ -2,6 +2,7 @@
 //! and a consumer to read back what was published.
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod proxy;
 
 use std::time::Duration;
