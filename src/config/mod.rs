@@ -5,16 +5,18 @@ mod env;
 mod error;
 mod names;
 mod rules;
+mod tls;
 mod url;
 
 #[cfg(test)]
 mod tests;
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 use serde_with::{As, DurationMilliSeconds, DurationSeconds};
 
+pub(crate) use self::tls::TlsClient;
 use self::{env::flag, names::Naming};
 pub use self::{error::ConfigError, url::BrokerUrl};
 
@@ -265,6 +267,27 @@ pub struct PublisherConfig {
     /// closes the whole connection; that is checked before publishing too.
     #[garde(custom(rules::int(1024, 134_217_728)))]
     pub max_body_bytes: usize,
+    /// A PEM file of one or more CA certificates trusted for an `amqps://` broker, on top
+    /// of the built-in roots (see [`tls_builtin_roots`](Self::tls_builtin_roots)).
+    // The TLS settings are checked together, files read, by `tls.rs`.
+    #[garde(skip)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Whether the built-in (webpki, Mozilla's) roots are trusted; `false` trusts only
+    /// [`tls_ca_file`](Self::tls_ca_file), which is then required.
+    #[serde(deserialize_with = "flag")]
+    #[garde(skip)]
+    pub tls_builtin_roots: bool,
+    /// A PEM file of the client certificate chain for mutual TLS, leaf first; needs
+    /// [`tls_key_file`](Self::tls_key_file).
+    #[garde(skip)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// A PEM file of the private key of [`tls_cert_file`](Self::tls_cert_file) (PKCS#8,
+    /// PKCS#1 or SEC1). Its contents are never shown.
+    #[garde(skip)]
+    pub tls_key_file: Option<PathBuf>,
+    /// The name the broker's certificate must carry when it is not the URL's host.
+    #[garde(skip)]
+    pub tls_server_name: Option<String>,
 }
 
 impl Default for PublisherConfig {
@@ -297,6 +320,11 @@ impl Default for PublisherConfig {
             detached_redelivery_base_delay: Duration::from_millis(200),
             detached_redelivery_max_delay: Duration::from_secs(5),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            tls_ca_file: None,
+            tls_builtin_roots: true,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
         }
     }
 }
@@ -343,12 +371,30 @@ impl PublisherConfig {
     /// than `confirm_timeout`, `retry_max_delay` shorter than `retry_base_delay`,
     /// `detached_redelivery_max_delay` shorter than `detached_redelivery_base_delay`, an
     /// `amq.*` `exchange` that would be declared) the later one, or the exchange.
+    ///
+    /// The TLS settings are checked last, their files read: a TLS setting with an `amqp://`
+    /// URL, a file that cannot be read or holds no valid certificate or key, a certificate
+    /// without its key (or the reverse), a key that does not match its certificate,
+    /// `tls_builtin_roots = false` without a `tls_ca_file`. The error names the setting and
+    /// the file, never the file's contents.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check(Naming::Key).map(drop)
+    }
+
+    /// [`validate`](Self::validate), then the TLS client of an `amqps://` URL (`None` for
+    /// `amqp://`), so that the TLS files are read once.
+    pub(crate) fn validated_tls(&self) -> Result<Option<TlsClient>, ConfigError> {
         self.check(Naming::Key)
     }
 
-    /// [`validate`](Self::validate), naming settings as `naming` does.
-    fn check(&self, naming: Naming) -> Result<(), ConfigError> {
+    /// [`validate`](Self::validate), naming settings as `naming` does; the TLS client.
+    fn check(&self, naming: Naming) -> Result<Option<TlsClient>, ConfigError> {
+        self.check_ranges(naming)?;
+        tls::client(self, naming)
+    }
+
+    /// The garde rules of the fields.
+    fn check_ranges(&self, naming: Naming) -> Result<(), ConfigError> {
         garde::Validate::validate_with(self, &naming).map_err(|report| {
             // The first field in declaration order; of its errors, the first rule's.
             let keys = names::keys();

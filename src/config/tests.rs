@@ -5,6 +5,7 @@ use proptest::prelude::*;
 use super::{
     BrokerUrl, ConfigError, ENV_PREFIX, PublisherConfig, env,
     names::{self, keys, var},
+    tls::tests::Files,
     url::{redact, redact_raw},
 };
 
@@ -61,6 +62,11 @@ fn defaults() {
     assert_eq!(c.detached_overflow_wait, Duration::ZERO);
     assert_eq!(c.detached_redelivery_base_delay, Duration::from_millis(200));
     assert_eq!(c.detached_redelivery_max_delay, Duration::from_secs(5));
+    assert_eq!(c.tls_ca_file, None);
+    assert!(c.tls_builtin_roots);
+    assert_eq!(c.tls_cert_file, None);
+    assert_eq!(c.tls_key_file, None);
+    assert_eq!(c.tls_server_name, None);
     assert_eq!(
         c.amqp_uris().remove(0),
         "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&connection_timeout=5000"
@@ -83,6 +89,8 @@ fn defaults() {
 
 #[test]
 fn every_variable_is_read() {
+    let files = Files::new();
+    let [ca, cert, key] = [&files.ca, &files.cert, &files.key].map(|p| p.to_str().unwrap());
     let vars = [
         (
             "FITVIZ_EVENTS_URL",
@@ -117,6 +125,11 @@ fn every_variable_is_read() {
         ("FITVIZ_EVENTS_DETACHED_REDELIVERY_BASE_DELAY_MS", "10"),
         ("FITVIZ_EVENTS_DETACHED_REDELIVERY_MAX_DELAY_MS", "60000"),
         ("FITVIZ_EVENTS_MAX_BODY_BYTES", "65536"),
+        ("FITVIZ_EVENTS_TLS_CA_FILE", ca),
+        ("FITVIZ_EVENTS_TLS_BUILTIN_ROOTS", "no"),
+        ("FITVIZ_EVENTS_TLS_CERT_FILE", cert),
+        ("FITVIZ_EVENTS_TLS_KEY_FILE", key),
+        ("FITVIZ_EVENTS_TLS_SERVER_NAME", "rabbit.internal"),
     ];
     // The table above covers every variable once.
     let mut names: Vec<&str> = vars.iter().map(|(k, _)| *k).collect();
@@ -154,6 +167,11 @@ fn every_variable_is_read() {
         detached_redelivery_base_delay: Duration::from_millis(10),
         detached_redelivery_max_delay: Duration::from_secs(60),
         max_body_bytes: 65_536,
+        tls_ca_file: Some(files.ca.clone()),
+        tls_builtin_roots: false,
+        tls_cert_file: Some(files.cert.clone()),
+        tls_key_file: Some(files.key.clone()),
+        tls_server_name: Some("rabbit.internal".into()),
     };
     assert_eq!(c, expected);
     assert_eq!(
@@ -325,6 +343,12 @@ fn every_invalid_variable_is_named() {
             "FITVIZ_EVENTS_MAX_BODY_BYTES",
             &["0", "1023", "134217729", "1MiB", "-1"],
         ),
+        // The default URL is `amqp://`: any TLS setting is an error (see `tls.rs` for more).
+        ("FITVIZ_EVENTS_TLS_CA_FILE", &["/nonexistent/ca.pem"]),
+        ("FITVIZ_EVENTS_TLS_BUILTIN_ROOTS", &["maybe", "false"]),
+        ("FITVIZ_EVENTS_TLS_CERT_FILE", &["/nonexistent/client.pem"]),
+        ("FITVIZ_EVENTS_TLS_KEY_FILE", &["/nonexistent/client.key"]),
+        ("FITVIZ_EVENTS_TLS_SERVER_NAME", &["rabbit.internal"]),
     ];
     assert_eq!(cases.len(), keys().len());
     for (var, values) in cases {
@@ -661,7 +685,7 @@ fn every_field_is_named_by_its_key() {
         assert_eq!(names::key_of_var(&var(key)), Some(*key));
         assert_eq!(var(key), format!("{ENV_PREFIX}{}", key.to_uppercase()));
     }
-    assert_eq!(keys().len(), 27);
+    assert_eq!(keys().len(), 32);
     assert_eq!(keys()[0], "url");
 }
 
@@ -836,8 +860,9 @@ fn amqp_uri_sets_heartbeat_and_connection_timeout() {
 
 #[test]
 fn deserializes_config_files() {
+    let files = Files::new();
     let json = r#"{
-        "url": "amqp://svc:pw@rabbit/fitviz",
+        "url": "amqps://svc:pw@rabbit/fitviz",
         "exchange": "fitviz.billing",
         "declare_exchange": false,
         "source": "billing-api",
@@ -863,11 +888,22 @@ fn deserializes_config_files() {
         "detached_overflow_wait_ms": 30000,
         "detached_redelivery_base_delay_ms": 50,
         "detached_redelivery_max_delay_ms": 1000,
-        "max_body_bytes": 2048
+        "max_body_bytes": 2048,
+        "tls_builtin_roots": "off",
+        "tls_server_name": "rabbit.internal"
     }"#;
+    let mut value: serde_json::Value = serde_json::from_str(json).unwrap();
+    for (key, path) in [
+        ("tls_ca_file", &files.ca),
+        ("tls_cert_file", &files.cert),
+        ("tls_key_file", &files.key),
+    ] {
+        value[key] = path.to_str().unwrap().into();
+    }
+    let json = &value.to_string();
     let c: PublisherConfig = serde_json::from_str(json).unwrap();
     let expected = PublisherConfig {
-        url: url("amqp://svc:pw@rabbit/fitviz"),
+        url: url("amqps://svc:pw@rabbit/fitviz"),
         exchange: "fitviz.billing".into(),
         declare_exchange: false,
         source: "billing-api".into(),
@@ -894,6 +930,11 @@ fn deserializes_config_files() {
         detached_redelivery_base_delay: Duration::from_millis(50),
         detached_redelivery_max_delay: Duration::from_secs(1),
         max_body_bytes: 2048,
+        tls_ca_file: Some(files.ca.clone()),
+        tls_builtin_roots: false,
+        tls_cert_file: Some(files.cert.clone()),
+        tls_key_file: Some(files.key.clone()),
+        tls_server_name: Some("rabbit.internal".into()),
     };
     assert_eq!(c, expected);
     c.validate().unwrap();

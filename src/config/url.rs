@@ -91,6 +91,11 @@ impl BrokerUrl {
         self.redacted.clone()
     }
 
+    /// Whether the URLs are `amqps://` (all entries share one scheme).
+    pub(super) fn is_tls(&self) -> bool {
+        Url::parse(self.nodes[0].secret.expose_secret()).is_ok_and(|url| url.scheme() == "amqps")
+    }
+
     /// The `host:port` of every entry, in the order given (the default port filled in).
     pub fn addresses(&self) -> Vec<&str> {
         self.nodes.iter().map(Node::address).collect()

@@ -19,7 +19,11 @@ use std::{
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use lapin::{Connection, ConnectionProperties};
 
-use super::{exchange::Exchange, health::Health};
+use super::{
+    exchange::Exchange,
+    health::Health,
+    tls::{self, Tls},
+};
 use crate::error::{ErrorKind, PublishError};
 
 /// One broker address.
@@ -40,6 +44,8 @@ pub(crate) struct ConnectionSettings {
     pub(crate) name: String,
     /// TCP connect, AMQP handshake and the exchange declaration, together, per address.
     pub(crate) timeout: Duration,
+    /// TLS for an `amqps://` URL.
+    pub(crate) tls: Option<Tls>,
 }
 
 impl ConnectionSettings {
@@ -146,7 +152,7 @@ impl ConnectionManager {
             .with_connection_name(self.settings.name.as_str().into());
         let timeout = self.settings.timeout;
         let connect = async {
-            let connection = Connection::connect(&node.uri, properties)
+            let connection = tls::open(&node.uri, properties, self.settings.tls.as_ref())
                 .await
                 .map_err(|e| PublishError::connect(&node.redacted, e))?;
             if let Err(error) = self.exchange.declare(&connection).await {

@@ -20,9 +20,9 @@
 //! publisher's front has already validated and stamped them.
 //!
 //! Inside, each file has one job: `encode` turns an event into a message,
-//! `exchange` declares the exchange, `connection` opens connections, `pool` shares
-//! confirm-mode channels, `channel` publishes on one of them, `confirm` tracks its
-//! confirms.
+//! `exchange` declares the exchange, `connection` opens connections (`tls` those
+//! over TLS), `pool` shares confirm-mode channels, `channel` publishes on one of
+//! them, `confirm` tracks its confirms.
 
 mod channel;
 mod confirm;
@@ -32,6 +32,7 @@ mod exchange;
 mod health;
 mod pool;
 mod reconnect;
+mod tls;
 
 pub use confirm::reattributed_returns;
 pub use encode::{HEADER_ORGANIZATION_ID, HEADER_SCHEMA_VERSION};
@@ -58,6 +59,7 @@ use self::{
     exchange::Exchange,
     health::Health,
     pool::{ChannelPool, PoolSettings},
+    tls::Tls,
 };
 use crate::{
     config::PublisherConfig,
@@ -112,7 +114,8 @@ impl AmqpPublish {
     /// # Errors
     /// [`ErrorKind::Config`] when `config` is invalid (see [`PublisherConfig::validate`]).
     pub fn new(config: &PublisherConfig) -> Result<Self, PublishError> {
-        config.validate()?;
+        // Validates the whole config, reading the TLS files once.
+        let tls = config.validated_tls()?.map(Tls::new);
         let exchange = Exchange::new(&config.exchange, config.declare_exchange)?;
         let nodes = (config.url.nodes().iter().zip(config.amqp_uris()))
             .map(|(node, uri)| NodeSettings {
@@ -127,6 +130,7 @@ impl AmqpPublish {
                 nodes,
                 name: (config.connection_name.clone()).unwrap_or_else(|| config.source.clone()),
                 timeout: config.connection_timeout,
+                tls,
             },
             exchange.clone(),
             health.clone(),

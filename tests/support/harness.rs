@@ -72,7 +72,12 @@ impl Harness {
 
     /// Raises (`on`) or clears a memory alarm on node `n` (blocks publishers cluster-wide).
     pub async fn memory_alarm(n: usize, on: bool) {
-        run(&["memory-alarm", &n.to_string(), if on { "on" } else { "off" }]).await;
+        run(&[
+            "memory-alarm",
+            &n.to_string(),
+            if on { "on" } else { "off" },
+        ])
+        .await;
     }
 
     /// Closes every client connection on node `n` (320 CONNECTION_FORCED).
