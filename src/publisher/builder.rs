@@ -114,7 +114,7 @@ impl EventPublisherBuilder {
 
     /// Builds the publisher over any transport (for example
     /// [`MemorySink`](crate::testing::MemorySink), or an [`AmqpPublish`] made with
-    /// [`AmqpPublish::new`], which connects lazily) with the default stack.
+    /// [`AmqpPublish::new`], which connects in the background) with the default stack.
     /// Must be called inside a tokio runtime.
     ///
     /// # Panics

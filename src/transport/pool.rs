@@ -5,7 +5,8 @@
 //! objects are open [`ConfirmChannel`]s on connections from the
 //! [`ConnectionManager`]'s pool; `recycle` discards a channel that closed or on which
 //! a confirm failed, so the pool heals itself after a broker restart or a cut
-//! connection: the next `get` opens a new channel on a new connection.
+//! connection: the next `get` opens a new channel on a new connection. The reconnect
+//! task (`reconnect.rs`) calls [`ChannelPool::fill`] to do that in the background.
 //!
 //! Publishes share channels: [`ChannelPool`] keeps `pool_size` lanes, each holding
 //! one pooled channel for as long as it is healthy, and publishes take turns over
@@ -139,7 +140,8 @@ impl Lane {
 }
 
 impl ChannelPool {
-    /// Builds the pool; connections and channels are opened lazily, on first use.
+    /// Builds the pool; connections and channels are opened on first use, or by
+    /// [`fill`](Self::fill).
     pub(crate) fn new(
         connections: ConnectionManager,
         settings: &PoolSettings,

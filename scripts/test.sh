@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite (the README's test command; .ci/run calls it):
+#  1. `cargo test --all-features` — unit, integration and doc tests against the broker at
+#     FITVIZ_EVENTS_URL (127.0.0.1:5672 by default), in parallel;
+#  2. the TLS tests, serially, against a mutual-TLS node of their own on 127.0.0.1:5691
+#     that the test starts and stops (scripts/rabbitmq-cluster.sh tls-start / tls-stop);
+#  3. the cluster tests, serially, against a three-node cluster on 127.0.0.1:5681-5683
+#     that the harness starts first and always stops afterwards (scripts/rabbitmq-cluster.sh run).
+# Steps 2 and 3 start RabbitMQ nodes beside the machine's own broker (never touching it):
+# they need `rabbitmq-server` installed and root (the nodes run as the `rabbitmq` user).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --all-features
+cargo test --all-features --test tls -- --ignored --test-threads=1
+bash scripts/rabbitmq-cluster.sh run \
+  cargo test --all-features --test cluster -- --ignored --test-threads=1 --nocapture
