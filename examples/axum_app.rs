@@ -5,7 +5,7 @@
 //!   and to the `x-request-id` (the events' correlation id);
 //! - `POST /workouts` publishes and waits for the broker's confirm (`?` maps errors to
 //!   422 / 503 / 500), `POST /bookings` publishes detached, `POST /payments` uses the
-//!   JSON path, `GET /health` reports the circuit breaker's state;
+//!   JSON path, `GET /health` reports the circuit breaker's and the connection's state;
 //! - SIGTERM (how containers and systemd stop a service) or Ctrl-C shuts down gracefully:
 //!   requests in progress finish, then `publisher.close()` flushes the detached queue.
 //!
@@ -120,9 +120,18 @@ async fn payment_failed(
 async fn health(
     axum::extract::State(publisher): axum::extract::State<EventPublisher>,
 ) -> Json<Value> {
+    let connection = publisher.connection_state().map(|c| {
+        json!({
+            "connected": c.connected,
+            "node": c.node,
+            "blocked": c.blocked,
+            "last_error": c.last_error,
+        })
+    });
     Json(json!({
         "status": "ok",
         "event_bus": publisher.breaker_state().map(|s| s.as_str()),
+        "connection": connection,
         "queued_events": publisher.queued(),
     }))
 }
