@@ -2,7 +2,14 @@
 //! and the permits for the publishes in flight on it, and publishes one message at a
 //! time with [`ConfirmChannel::publish`], resolving with that message's own outcome.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use lapin::{
     BasicProperties, Connection,
@@ -42,6 +49,8 @@ struct Inner {
     channel: lapin::Channel,
     /// The generation of the connection the channel is on.
     generation: u64,
+    /// Whether the broker blocks that connection.
+    blocked: Arc<AtomicBool>,
     tracker: Arc<ConfirmTracker>,
     permits: Arc<Semaphore>,
     /// The number of permits `permits` started with.
@@ -66,6 +75,7 @@ impl ConfirmChannel {
     pub(crate) async fn open(
         connection: &Connection,
         generation: u64,
+        blocked: Arc<AtomicBool>,
         max_in_flight: usize,
     ) -> Result<Self, PublishError> {
         let channel = connection.create_channel().await.map_err(|e| {
@@ -91,6 +101,7 @@ impl ConfirmChannel {
             inner: Arc::new(Inner {
                 channel,
                 generation,
+                blocked,
                 tracker: ConfirmTracker::spawn(),
                 permits: Arc::new(Semaphore::new(max_in_flight)),
                 max_in_flight,
@@ -108,6 +119,11 @@ impl ConfirmChannel {
     /// The generation of the connection the channel is on.
     pub(crate) fn generation(&self) -> u64 {
         self.inner.generation
+    }
+
+    /// Whether the broker blocks the channel's connection (`connection.blocked`).
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.inner.blocked.load(Ordering::Relaxed)
     }
 
     /// Open, and no confirm failed on it.

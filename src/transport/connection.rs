@@ -11,7 +11,7 @@ use std::{
     ops::Deref,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -64,11 +64,17 @@ static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 pub(crate) struct Generation {
     connection: Connection,
     generation: u64,
+    blocked: Arc<AtomicBool>,
 }
 
 impl Generation {
     pub(crate) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Whether the broker blocks this connection (`connection.blocked`).
+    pub(crate) fn blocked_flag(&self) -> Arc<AtomicBool> {
+        self.blocked.clone()
     }
 }
 
@@ -184,11 +190,12 @@ impl managed::Manager for ConnectionManager {
         match self.connect_any().await {
             Ok((connection, node)) => {
                 let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
-                self.health.opened(&connection, generation, &node.address);
+                let blocked = self.health.opened(&connection, generation, &node.address);
                 tracing::debug!(node = %node.address, generation, "connected to the broker");
                 Ok(Generation {
                     connection,
                     generation,
+                    blocked,
                 })
             }
             Err(error) => {

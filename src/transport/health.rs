@@ -4,7 +4,10 @@
 //! [`ConnectionState`] is the snapshot a health check reads.
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -52,6 +55,8 @@ struct Live {
     node: String,
     status: ConnectionStatus,
     blocked: Option<String>,
+    /// Whether the broker blocks it, for the publish path to read without a lock.
+    blocked_flag: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -96,8 +101,8 @@ impl Health {
         }
     }
 
-    /// Whether the connection of `generation` is blocked by the broker; the reason.
-    pub(crate) fn blocked(&self, generation: u64) -> Option<String> {
+    /// The broker's reason for blocking the connection of `generation`, if it does.
+    pub(crate) fn blocked_reason(&self, generation: u64) -> Option<String> {
         let inner = self.lock();
         let live = inner.live.iter().find(|l| l.generation == generation)?;
         (live.blocked.clone()).or_else(|| live.status.blocked().then(|| "blocked".to_owned()))
@@ -132,8 +137,15 @@ impl Health {
         self.lost.notify_waiters();
     }
 
-    /// Records an open connection and follows its events until it closes.
-    pub(crate) fn opened(&self, connection: &Connection, generation: u64, node: &str) {
+    /// Records an open connection and follows its events until it closes. Returns the
+    /// flag that says whether the broker blocks it.
+    pub(crate) fn opened(
+        &self,
+        connection: &Connection,
+        generation: u64,
+        node: &str,
+    ) -> Arc<AtomicBool> {
+        let blocked_flag = Arc::new(AtomicBool::new(false));
         let status = connection.status().clone();
         let mut inner = self.lock();
         inner.failed_attempts = 0;
@@ -143,6 +155,7 @@ impl Health {
             node: node.to_owned(),
             status: status.clone(),
             blocked: None,
+            blocked_flag: blocked_flag.clone(),
         });
         drop(inner);
         self.restored();
@@ -183,11 +196,13 @@ impl Health {
                 }
             }
         });
+        blocked_flag
     }
 
     fn set_blocked(&self, generation: u64, reason: Option<String>) {
         let mut inner = self.lock();
         if let Some(live) = inner.live.iter_mut().find(|l| l.generation == generation) {
+            live.blocked_flag.store(reason.is_some(), Ordering::Relaxed);
             live.blocked = reason;
         }
     }

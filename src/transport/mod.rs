@@ -210,7 +210,9 @@ impl AmqpPublish {
             ));
         }
         let generation = channel.generation();
-        if let Some(reason) = self.inner.health.blocked(generation) {
+        if channel.is_blocked() {
+            let reason = (self.inner.health.blocked_reason(generation))
+                .unwrap_or_else(|| "blocked".to_owned());
             return Err(PublishError::new(
                 ErrorKind::Blocked,
                 format!("the broker has blocked the connection ({reason}): the event was not sent"),

@@ -65,7 +65,13 @@ impl managed::Manager for ChannelManager {
 
     async fn create(&self) -> Result<ConfirmChannel, PublishError> {
         let connection = self.connections.get().await.map_err(pool_error)?;
-        ConfirmChannel::open(&connection, connection.generation(), self.max_in_flight).await
+        ConfirmChannel::open(
+            &connection,
+            connection.generation(),
+            connection.blocked_flag(),
+            self.max_in_flight,
+        )
+        .await
     }
 
     async fn recycle(
