@@ -230,6 +230,16 @@ impl AmqpPublish {
     }
 }
 
+impl reconnect::Transport for Inner {
+    fn pool(&self) -> &ChannelPool {
+        &self.pool
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+}
+
 /// The smallest `frame_max` AMQP 0-9-1 allows a broker to negotiate.
 const MIN_FRAME_MAX: usize = 4096;
 

@@ -19,7 +19,13 @@ use std::{
 
 use tokio::task::AbortHandle;
 
-use super::Inner;
+use super::{health::Health, pool::ChannelPool};
+
+/// What the task keeps connected: a transport's pool, and the record of its health.
+pub(super) trait Transport: Send + Sync + 'static {
+    fn pool(&self) -> &ChannelPool;
+    fn health(&self) -> &Health;
+}
 
 /// The first delay after a failed attempt.
 const FIRST_DELAY: Duration = Duration::from_millis(100);
@@ -31,31 +37,31 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts the task; it ends when the transport is closed (which aborts it, so that
 /// closing never waits for a connection attempt) or its last clone dropped.
-pub(super) fn spawn(inner: &Arc<Inner>) -> AbortHandle {
-    let weak = Arc::downgrade(inner);
+pub(super) fn spawn<T: Transport>(transport: &Arc<T>) -> AbortHandle {
+    let weak = Arc::downgrade(transport);
     tokio::spawn(run(weak)).abort_handle()
 }
 
-async fn run(weak: Weak<Inner>) {
+async fn run<T: Transport>(weak: Weak<T>) {
     let mut failures: u32 = 0;
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        if inner.pool.is_closed() {
+        if inner.pool().is_closed() {
             return;
         }
-        let health = inner.health.clone();
+        let health = inner.health().clone();
         // Registered before the check, so a loss during it is not missed.
         let lost = health.lost();
         let mut lost = std::pin::pin!(lost);
         lost.as_mut().enable();
-        match inner.pool.fill().await {
+        match inner.pool().fill().await {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!(attempts = failures + 1, "reconnected to the broker");
                 }
                 failures = 0;
             }
-            Err(error) if inner.pool.is_closed() => {
+            Err(error) if inner.pool().is_closed() => {
                 tracing::debug!(%error, "transport closed while reconnecting");
                 return;
             }
