@@ -335,6 +335,7 @@ impl Topology {
 #[derive(Default)]
 struct TaskReport {
     confirmed: Vec<(Uuid, Instant)>,
+    failed_between: Option<(Instant, Instant)>,
     failures: HashMap<ErrorKind, usize>,
     samples: Vec<String>,
     max_latency: Duration,
@@ -345,6 +346,8 @@ struct TaskReport {
 struct LoadReport {
     /// Confirmed ids with the time of their confirm, in time order.
     confirmed: Vec<(Uuid, Instant)>,
+    /// When the first and the last failed publish ended.
+    failed_between: Option<(Instant, Instant)>,
     failures: HashMap<ErrorKind, usize>,
     samples: Vec<String>,
     max_latency: Duration,
@@ -422,6 +425,8 @@ impl Load {
                                 confirmed.fetch_add(1, Ordering::Relaxed);
                             }
                             Err(error) => {
+                                let (first, _) = report.failed_between.unwrap_or((done, done));
+                                report.failed_between = Some((first, done));
                                 *report.failures.entry(error.kind()).or_default() += 1;
                                 if report.samples.len() < 3 {
                                     report
@@ -472,6 +477,10 @@ impl Load {
         for task in self.tasks {
             let report = task.await.expect("load task");
             all.confirmed.extend(report.confirmed);
+            all.failed_between = match (all.failed_between, report.failed_between) {
+                (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+                (x, y) => x.or(y),
+            };
             for (kind, n) in report.failures {
                 *all.failures.entry(kind).or_default() += n;
             }
@@ -642,8 +651,10 @@ async fn failover(fault: Fault) {
     assert_eq!(
         report.failed(),
         0,
-        "failed publishes: {:?}, e.g. {:?}",
+        "failed publishes: {:?}, from {} to {} after the fault, e.g. {:?}",
         report.failures,
+        since(t_fault, report.failed_between.map(|(a, _)| a)),
+        since(t_fault, report.failed_between.map(|(_, b)| b)),
         report.samples
     );
     assert_eq!(report.confirmed.len(), 3200);
