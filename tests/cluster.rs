@@ -171,7 +171,10 @@ impl Drop for Restore {
         for args in commands {
             let status = std::process::Command::new(&script).args(&args).status();
             if !matches!(status, Ok(status) if status.success()) {
-                eprintln!("restoring the cluster: {} failed: {status:?}", args.join(" "));
+                eprintln!(
+                    "restoring the cluster: {} failed: {status:?}",
+                    args.join(" ")
+                );
             }
         }
     }
@@ -220,7 +223,10 @@ impl Topology {
             .await
             .unwrap();
         let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         // Safety net: a crashed test's queue goes away after 10 minutes unused.
         args.insert("x-expires".into(), AMQPValue::LongInt(600_000));
         channel
@@ -378,10 +384,7 @@ impl LoadReport {
     }
     /// The first confirm after `t`.
     fn first_confirm_after(&self, t: Instant) -> Option<Instant> {
-        self.confirmed
-            .iter()
-            .map(|(_, at)| *at)
-            .find(|at| *at > t)
+        self.confirmed.iter().map(|(_, at)| *at).find(|at| *at > t)
     }
 }
 
@@ -394,7 +397,12 @@ struct Load {
 }
 
 impl Load {
-    fn start(publisher: &EventPublisher, tasks: usize, pause: Duration, limit: Option<usize>) -> Self {
+    fn start(
+        publisher: &EventPublisher,
+        tasks: usize,
+        pause: Duration,
+        limit: Option<usize>,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let confirmed = Arc::new(AtomicUsize::new(0));
         let started = Arc::new(AtomicUsize::new(0));
@@ -429,9 +437,7 @@ impl Load {
                                 report.failed_between = Some((first, done));
                                 *report.failures.entry(error.kind()).or_default() += 1;
                                 if report.samples.len() < 3 {
-                                    report
-                                        .samples
-                                        .push(format!("{:?}: {error}", error.kind()));
+                                    report.samples.push(format!("{:?}: {error}", error.kind()));
                                 }
                             }
                         }
@@ -508,7 +514,11 @@ impl Seen {
     }
     /// The first connection state after `t` that is connected with a generation newer
     /// than `generation`: a connection opened after it.
-    fn new_connection_after(&self, t: Instant, generation: Option<u64>) -> Option<&(Instant, ConnectionState)> {
+    fn new_connection_after(
+        &self,
+        t: Instant,
+        generation: Option<u64>,
+    ) -> Option<&(Instant, ConnectionState)> {
         self.connection
             .iter()
             .find(|(at, s)| *at >= t && s.connected && s.generation > generation)
@@ -576,7 +586,10 @@ fn ms(d: Duration) -> String {
 
 /// `b - a`, or "never".
 fn since(a: Instant, b: Option<Instant>) -> String {
-    b.map_or_else(|| "never".to_owned(), |b| ms(b.saturating_duration_since(a)))
+    b.map_or_else(
+        || "never".to_owned(),
+        |b| ms(b.saturating_duration_since(a)),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -627,15 +640,24 @@ async fn failover(fault: Fault) {
     let seen = monitor.stop().await;
 
     let lost = seen.lost_after(t_fault, before.generation);
-    let new = seen.new_connection_after(t_fault, before.generation);
+    // Connected again, to another node: a new connection, or the pool's other one when
+    // it was on another node already.
+    let new = seen
+        .connection
+        .iter()
+        .find(|(at, s)| *at >= t_fault && s.connected && node_of(s) != node);
     let first_after_new = new.and_then(|(at, _)| report.first_confirm_after(*at));
     let (gap, gap_end) = report.longest_gap(t_fault, t_end);
     eprintln!(
         "MEASURED failover ({fault:?} node {node}, {} command took {}): connection lost after {}, \
-         new connection to {:?} after {}, first confirm on it after {}; longest time without a \
+         connected to {:?} after {}, first confirm there after {}; longest time without a \
          confirm {} (ended {} after the fault); {} publishes, {} confirmed, max latency {}, \
          breaker states {:?}",
-        if fault == Fault::Stop { "stop-node" } else { "kill" },
+        if fault == Fault::Stop {
+            "stop-node"
+        } else {
+            "kill"
+        },
         ms(fault_took),
         since(t_fault, lost),
         new.map(|(_, s)| s.node.clone()),
@@ -658,9 +680,11 @@ async fn failover(fault: Fault) {
         report.samples
     );
     assert_eq!(report.confirmed.len(), 3200);
-    let (_, new_state) = new.expect("the publisher connected again");
-    assert_ne!(node_of(new_state), node, "reconnected to the stopped node");
-    assert!(first_after_new.is_some(), "no confirm on the new connection");
+    assert!(new.is_some(), "the publisher never used another node");
+    assert!(
+        first_after_new.is_some(),
+        "no confirm after the move to another node"
+    );
 
     // Every confirmed event is in the queue, read through a node that stayed up.
     topology.assert_holds(other, &report.ids()).await;
@@ -718,7 +742,9 @@ async fn close_every_connection_twice_under_load_loses_nothing_breaker_stays_clo
     let state = publisher.connection_state().unwrap();
 
     for (round, (t, generation)) in cuts.iter().enumerate() {
-        let new = seen.new_connection_after(*t, *generation).map(|(at, _)| *at);
+        let new = seen
+            .new_connection_after(*t, *generation)
+            .map(|(at, _)| *at);
         eprintln!(
             "MEASURED close-connections round {}: new connection after {}, first confirm after it {}",
             round + 1,
@@ -929,7 +955,11 @@ async fn memory_alarm_blocks_reported_bounded_breaker_opens_unblock_resumes_same
          without publishing ({}), {} after it overall; publishes: {:?}; state {:?}; breaker {:?}",
         ms(t_alarmed - t_alarm),
         since(t_alarmed, blocked_idle),
-        if blocked_idle.is_some() { "arrived idle" } else { "not while idle" },
+        if blocked_idle.is_some() {
+            "arrived idle"
+        } else {
+            "not while idle"
+        },
         since(t_alarmed, blocked_at),
         outcomes,
         state,
@@ -996,7 +1026,10 @@ async fn memory_alarm_blocks_reported_bounded_breaker_opens_unblock_resumes_same
         "publishing resumed {:?} after the unblock",
         resumed - t_cleared
     );
-    assert_eq!(after.generation, before.generation, "reconnected: {after:?}");
+    assert_eq!(
+        after.generation, before.generation,
+        "reconnected: {after:?}"
+    );
     assert_eq!(after.blocked, None);
     assert_eq!(after.connections_lost, 0);
     for i in 0..100 {

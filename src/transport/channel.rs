@@ -2,7 +2,14 @@
 //! and the permits for the publishes in flight on it, and publishes one message at a
 //! time with [`ConfirmChannel::publish`], resolving with that message's own outcome.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use lapin::{
     BasicProperties, Connection,
@@ -48,6 +55,8 @@ struct Inner {
     max_in_flight: usize,
     /// The connection's negotiated maximum frame size, in bytes.
     frame_max: usize,
+    /// Set when the broker nacked a publish on this channel: the pool replaces it.
+    retired: AtomicBool,
 }
 
 impl fmt::Debug for ConfirmChannel {
@@ -95,6 +104,7 @@ impl ConfirmChannel {
                 permits: Arc::new(Semaphore::new(max_in_flight)),
                 max_in_flight,
                 frame_max,
+                retired: AtomicBool::new(false),
             }),
         })
     }
@@ -110,9 +120,21 @@ impl ConfirmChannel {
         self.inner.generation
     }
 
-    /// Open, and no confirm failed on it.
+    /// Open, no confirm failed on it, and not [retired](Self::retire).
     pub(crate) fn is_healthy(&self) -> bool {
-        self.inner.channel.status().connected() && !self.inner.tracker.has_failed()
+        self.inner.channel.status().connected()
+            && !self.inner.tracker.has_failed()
+            && !self.inner.retired.load(Ordering::Acquire)
+    }
+
+    /// Makes the pool replace this channel (publishes in flight on it still settle).
+    ///
+    /// For a nack: RabbitMQ 3.10 keeps nacking every publish of a channel whose
+    /// quorum queue lost its leader (the leader's node stopped or died) for as long as
+    /// the channel lives, while a new channel on the same connection publishes to the
+    /// new leader at once (measured with `tests/cluster.rs`).
+    pub(crate) fn retire(&self) {
+        self.inner.retired.store(true, Ordering::Release);
     }
 
     /// How many publishes hold a permit (being written or awaiting their confirm).
