@@ -20,7 +20,8 @@ IFS=, read -r url1 url2 _ <<<"$FITVIZ_CLUSTER_URLS"
 fail() { echo "cluster-loadgen-check: FAILED: $*" >&2; exit 1; }
 tmp=$(mktemp -d)
 # Whatever happens, leave every node running.
-trap 'rm -rf "$tmp"; "$harness" start-all-nodes >/dev/null 2>&1 || true' EXIT
+loadgen=""
+trap '[[ -z $loadgen ]] || kill "$loadgen" 2>/dev/null || true; rm -rf "$tmp"; "$harness" start-all-nodes >/dev/null 2>&1 || true' EXIT
 
 cargo build --quiet --example loadgen
 bin="${CARGO_TARGET_DIR:-target}/debug/examples/loadgen"
@@ -33,23 +34,25 @@ loadgen=$!
 
 # The node(s) of loadgen's publisher connections (not its " set-up" ones).
 nodes_of_loadgen() {
-  local n
+  local n out
   for n in 1 2; do
-    if rabbitmqctl -q -n "fvc$n@localhost" list_connections client_properties 2>/dev/null |
-      grep -q "\"fitviz-loadgen-$loadgen\"}"; then
+    # Captured first: `grep -q` closing the pipe early would fail it (pipefail).
+    out=$(rabbitmqctl -q -n "fvc$n@localhost" list_connections client_properties 2>/dev/null || true)
+    if grep -qF "\"fitviz-loadgen-$loadgen\"}" <<<"$out"; then
       echo "$n"
     fi
   done
 }
 node=""
 for _ in $(seq 1 100); do
-  node=$(nodes_of_loadgen | head -n 1)
+  node=$(nodes_of_loadgen)
+  node=${node%%$'\n'*}
   [[ -n $node ]] && break
   kill -0 "$loadgen" 2>/dev/null || break
   sleep 0.2
 done
 [[ -n $node ]] || { cat "$tmp/err" "$tmp/out"; fail "loadgen's connection was not found on node 1 or 2"; }
-echo "cluster-loadgen-check: loadgen (pid $loadgen) publishes through node(s) $(nodes_of_loadgen | tr '\n' ' ')"
+echo "cluster-loadgen-check: loadgen (pid $loadgen) publishes through node(s) $(nodes_of_loadgen | paste -sd ' ')"
 
 # Under way: some events confirmed.
 for _ in $(seq 1 300); do
