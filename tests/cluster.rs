@@ -614,6 +614,13 @@ async fn failover(fault: Fault) {
     let _ = cluster_urls();
     let name = support::unique(&format!("cluster.failover.{fault:?}").to_lowercase());
     let publisher = EventPublisher::connect(PublisherConfig {
+        // After a kill -9 of the quorum queue leader's node, the publishes the new
+        // channels hold while the queue elects a leader can wait 5 s and more for their
+        // confirm (measured: none for ~5 s, then all at once); with the default 5 s
+        // attempt deadline they all time out together, the timeouts open the breaker
+        // and the publishes still in their deadline end as CircuitOpen. An attempt
+        // deadline above the leader failover, and a publish deadline above that.
+        confirm_timeout: Duration::from_secs(10),
         publish_timeout: Duration::from_secs(15),
         ..config(&name)
     })
