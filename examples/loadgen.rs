@@ -7,7 +7,16 @@
 //! cargo run --release --example loadgen -- --events 100000 --detached
 //! # options: --events N --concurrency C [--batch B] [--detached] [--payload-bytes P]
 //! #          [--url U] [--exchange X] [--pool-size S] [--max-in-flight M]
+//! #          [--queue-type classic|quorum] [--max-length L] [--keep-queue]
+//! #          [--confirmed-ids FILE]
 //! ```
+//!
+//! For cluster checks (`scripts/cluster-loadgen-check.sh`): `--queue-type quorum` makes
+//! the demo queue a quorum queue, `--max-length` changes its bound (1,000 events),
+//! `--keep-queue` leaves it for an independent consumer (it still expires a minute
+//! after its last use) and prints its name as `"queue"` in the summary, and
+//! `--confirmed-ids FILE` writes the id of every confirmed event, one per line
+//! (not with `--detached`).
 //!
 //! It declares a durable queue `loadgen.<exchange>.<pid>` bound to `loadgen.#` (so the
 //! events are routable), holding at most 1,000 events (`x-max-length`), and deletes it
@@ -45,6 +54,10 @@ struct Args {
     exchange: Option<String>,
     pool_size: Option<usize>,
     max_in_flight: Option<usize>,
+    quorum: bool,
+    max_length: i32,
+    keep_queue: bool,
+    confirmed_ids: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -58,6 +71,10 @@ fn parse_args() -> Result<Args, String> {
         exchange: None,
         pool_size: None,
         max_in_flight: None,
+        quorum: false,
+        max_length: 1_000,
+        keep_queue: false,
+        confirmed_ids: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,9 +90,23 @@ fn parse_args() -> Result<Args, String> {
             "--exchange" => args.exchange = Some(value()?),
             "--pool-size" => args.pool_size = Some(num(value()?)? as usize),
             "--max-in-flight" => args.max_in_flight = Some(num(value()?)? as usize),
+            "--queue-type" => match value()?.as_str() {
+                "quorum" => args.quorum = true,
+                "classic" => args.quorum = false,
+                other => return Err(format!("--queue-type: classic or quorum, got {other}")),
+            },
+            "--max-length" => {
+                args.max_length =
+                    i32::try_from(num(value()?)?).map_err(|e| format!("{flag}: {e}"))?
+            }
+            "--keep-queue" => args.keep_queue = true,
+            "--confirmed-ids" => args.confirmed_ids = Some(value()?.into()),
             "--help" | "-h" => return Err("see the header of examples/loadgen.rs".into()),
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    if args.detached && args.confirmed_ids.is_some() {
+        return Err("--confirmed-ids does not work with --detached".into());
     }
     Ok(args)
 }
@@ -126,7 +157,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             "loadgen.#",
             &config,
         )
-        .with_connection_name(format!("{connection_name} set-up")),
+        .with_connection_name(format!("{connection_name} set-up"))
+        .with_max_length(args.max_length)
+        .quorum(args.quorum),
     );
     if let Err(error) = queue.declare().await {
         publisher.close().await;
@@ -150,6 +183,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // Confirmed ids go to a writer task (memory stays bounded by the concurrency).
+    let (ids_tx, ids_writer) = match &args.confirmed_ids {
+        Some(path) => {
+            let file = std::fs::File::create(path)?;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<uuid::Uuid>();
+            let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut out = std::io::BufWriter::new(file);
+                while let Some(id) = rx.blocking_recv() {
+                    writeln!(out, "{id}")?;
+                }
+                out.flush()
+            });
+            (Some(tx), Some(writer))
+        }
+        None => (None, None),
+    };
     let next = Arc::new(AtomicU64::new(0));
     let confirmed = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -172,6 +222,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             stop.clone(),
         );
         let (events, batch, detached) = (args.events, args.batch, args.detached);
+        let ids = ids_tx.clone();
+        let record = move |id: uuid::Uuid| {
+            if let Some(ids) = &ids {
+                let _ = ids.send(id);
+            }
+        };
         workers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             loop {
@@ -190,6 +246,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                         .publish_batch((0..n).map(|_| event(&payload)))
                         .await;
                     let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+                    results.iter().flatten().for_each(|r| record(r.event_id));
                     confirmed.fetch_add(ok, Ordering::Relaxed);
                     failed.fetch_add(n - ok, Ordering::Relaxed);
                 } else if detached {
@@ -199,7 +256,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     };
                 } else {
                     match publisher.publish(event(&payload)).await {
-                        Ok(_) => confirmed.fetch_add(1, Ordering::Relaxed),
+                        Ok(receipt) => {
+                            record(receipt.event_id);
+                            confirmed.fetch_add(1, Ordering::Relaxed)
+                        }
                         Err(_) => failed.fetch_add(1, Ordering::Relaxed),
                     };
                 }
@@ -215,6 +275,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             Ok(worker_hist) => hist.add(worker_hist)?,
             Err(error) => eprintln!("loadgen: a worker failed: {error}"),
         }
+    }
+    drop(ids_tx);
+    if let Some(writer) = ids_writer {
+        writer.await??;
     }
     let report = publisher.close().await;
     let secs = started.elapsed().as_secs_f64();
@@ -233,7 +297,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
 
     renew.abort();
-    if let Err(error) = queue.delete().await {
+    if args.keep_queue {
+        // Left for a consumer: renewed now, it expires a minute after its last use.
+        let _ = queue.declare().await;
+    } else if let Err(error) = queue.delete().await {
         eprintln!(
             "loadgen: could not delete queue {}: {error}; the broker removes it within a minute (x-expires)",
             queue.name()
@@ -251,6 +318,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             "p50_us": hist.value_at_quantile(0.50),
             "p99_us": hist.value_at_quantile(0.99),
             "max_us": hist.max(),
+            "queue": args.keep_queue.then(|| queue.name().to_owned()),
         })
     );
     Ok(())

@@ -5,7 +5,10 @@
 #  2. the TLS tests, serially, against a mutual-TLS node of their own on 127.0.0.1:5691
 #     that the test starts and stops (scripts/rabbitmq-cluster.sh tls-start / tls-stop);
 #  3. the cluster tests, serially, against a three-node cluster on 127.0.0.1:5681-5683
-#     that the harness starts first and always stops afterwards (scripts/rabbitmq-cluster.sh run).
+#     that the harness starts first and always stops afterwards (scripts/rabbitmq-cluster.sh run):
+#     failover (node stopped, node killed), connections closed under load, the whole
+#     cluster down for 30 s, a memory alarm; then loadgen over two nodes with the one it
+#     uses stopped mid-run, and an independent consumer checking every confirmed id.
 # Steps 2 and 3 start RabbitMQ nodes beside the machine's own broker (never touching it):
 # they need `rabbitmq-server` installed and root (the nodes run as the `rabbitmq` user).
 set -euo pipefail
@@ -13,5 +16,7 @@ cd "$(dirname "$0")/.."
 
 cargo test --all-features
 cargo test --all-features --test tls -- --ignored --test-threads=1
-bash scripts/rabbitmq-cluster.sh run \
-  cargo test --all-features --test cluster -- --ignored --test-threads=1 --nocapture
+bash scripts/rabbitmq-cluster.sh run bash -c '
+  cargo test --all-features --test cluster -- --ignored --test-threads=1 --nocapture &&
+  bash scripts/cluster-loadgen-check.sh'
+

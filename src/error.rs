@@ -17,10 +17,12 @@ pub enum ErrorKind {
     MissingOrganization,
     /// An explicit organization id differs from the request's and overrides are not allowed.
     OrganizationMismatch,
-    /// The broker answered with a negative acknowledgement (`basic.nack`), e.g. because
-    /// the queue is full (`x-overflow: reject-publish`). The event was not stored. Not
-    /// retried (a full queue does not drain within a backoff) and not counted by the
-    /// circuit breaker: it is this event's answer, not the broker's health.
+    /// The broker answered with a negative acknowledgement (`basic.nack`): the queue is
+    /// full (`x-overflow: reject-publish`), or a quorum queue lost its leader (its node
+    /// stopped or died: RabbitMQ 3.10 then nacks every publish on the channels that
+    /// used it). The event was not stored. Retried within the publish deadline (the
+    /// transport replaces a channel that nacked) and not counted by the circuit
+    /// breaker: it is an answer about this event, not the broker's health.
     Nacked,
     /// The broker returned the event: no queue is bound for its routing key.
     Unroutable,
@@ -74,7 +76,8 @@ impl ErrorKind {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorKind::Connection
+            ErrorKind::Nacked
+                | ErrorKind::Connection
                 | ErrorKind::Timeout
                 | ErrorKind::PoolTimeout
                 | ErrorKind::Blocked
@@ -472,7 +475,7 @@ mod tests {
     fn retryable_kinds() {
         assert!(PublishError::new(ErrorKind::Timeout, "x").is_retryable());
         assert!(PublishError::new(ErrorKind::Connection, "x").is_retryable());
-        assert!(!PublishError::new(ErrorKind::Nacked, "x").is_retryable());
+        assert!(PublishError::new(ErrorKind::Nacked, "x").is_retryable());
         assert!(!PublishError::new(ErrorKind::Nacked, "x").is_broker_failure());
         assert!(!PublishError::new(ErrorKind::Unroutable, "x").is_retryable());
         assert!(!PublishError::new(ErrorKind::Validation, "x").is_retryable());

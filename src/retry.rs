@@ -2,14 +2,15 @@
 //!
 //! [`RetryLayer`] is [`tower::retry::Retry`] with a [`RetryPolicy`] made for events:
 //! - only errors that [may succeed on another try](PublishError::is_retryable) are
-//!   retried (connection, timeout, pool exhausted); validation, missing
-//!   organization, unroutable, nack, an open circuit and shutdown come back at once;
+//!   retried (connection, timeout, pool exhausted, blocked, nack); validation, missing
+//!   organization, unroutable, an open circuit and shutdown come back at once;
 //! - at most `max_retries` retries follow the first call, then the last error is
 //!   returned;
-//! - a nack is not retried: a queue that refuses with `x-overflow: reject-publish` is
-//!   full, and stays full for longer than a backoff; the caller gets
-//!   [`Nacked`](crate::ErrorKind::Nacked) at once and decides (it is the event's
-//!   outcome, not the bus's);
+//! - a nack is retried: in a cluster it is what a channel answers once its quorum
+//!   queue's leader is gone (the transport then replaces the channel), and the retry
+//!   succeeds on the new leader; a queue full with `x-overflow: reject-publish` is
+//!   tried again within the deadline, then [`Nacked`](crate::ErrorKind::Nacked) comes
+//!   back;
 //! - **outcome unknown:** once an attempt [may have reached the
 //!   broker](PublishError::maybe_delivered) (it timed out, or its connection was lost
 //!   after the event was written), the final error — whatever ends the retries: an
@@ -386,7 +387,6 @@ mod tests {
         for kind in [
             ErrorKind::Validation,
             ErrorKind::Unroutable,
-            ErrorKind::Nacked,
             ErrorKind::CircuitOpen,
             ErrorKind::MissingOrganization,
             ErrorKind::OrganizationMismatch,
@@ -446,7 +446,7 @@ mod tests {
         assert!(text.contains("same event_id"), "{text}");
         assert!(!text.contains("event not sent"), "{text}");
 
-        // The same when the retries run out, or a nack ends them.
+        // The same when the retries run out on a connection error or a nack.
         for last in [ErrorKind::Connection, ErrorKind::Nacked] {
             let inner = failing(move |n| match n {
                 1 => PublishError::new(ErrorKind::Timeout, "x").mark_maybe_delivered(),

@@ -23,9 +23,12 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 pub struct DemoQueue {
     name: String,
     binding: String,
-    url: String,
+    /// The broker's URLs (a cluster's nodes): each operation uses the first that answers.
+    urls: Vec<String>,
     exchange: String,
     connection_name: String,
+    max_length: i32,
+    quorum: bool,
 }
 
 impl DemoQueue {
@@ -43,9 +46,24 @@ impl DemoQueue {
             connection_name: format!("fitviz-events example {name} (demo queue)"),
             name,
             binding: binding.to_owned(),
-            url: config.url.expose_secret().to_owned(),
+            urls: config.amqp_uris(),
             exchange: config.exchange.clone(),
+            max_length: 1_000,
+            quorum: false,
         }
+    }
+
+    /// Holds at most `max_length` events (1,000 unless set).
+    pub fn with_max_length(mut self, max_length: i32) -> Self {
+        self.max_length = max_length;
+        self
+    }
+
+    /// A quorum queue (`x-queue-type=quorum`: replicated on every node of a cluster)
+    /// instead of a classic one.
+    pub fn quorum(mut self, quorum: bool) -> Self {
+        self.quorum = quorum;
+        self
     }
 
     /// Names the connections its operations open.
@@ -73,7 +91,13 @@ impl DemoQueue {
     /// Declares the queue and binds it; run again, renews its lease.
     pub async fn declare(&self) -> Result<(), Error> {
         let mut args = FieldTable::default();
-        args.insert("x-max-length".into(), AMQPValue::LongInt(1_000));
+        args.insert("x-max-length".into(), AMQPValue::LongInt(self.max_length));
+        if self.quorum {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
         args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
         let options = QueueDeclareOptions {
             durable: true,
@@ -134,7 +158,17 @@ impl DemoQueue {
         let run = async {
             let properties = ConnectionProperties::default()
                 .with_connection_name(self.connection_name.as_str().into());
-            let connection = Connection::connect(&self.url, properties).await?;
+            let mut connected = None;
+            for url in &self.urls {
+                match Connection::connect(url, properties.clone()).await {
+                    Ok(connection) => {
+                        connected = Some(Ok(connection));
+                        break;
+                    }
+                    Err(e) => connected = Some(Err(e)),
+                }
+            }
+            let connection = connected.expect("at least one broker URL")?;
             let result = match connection.create_channel().await {
                 Ok(channel) => {
                     let result = op(&channel).await;

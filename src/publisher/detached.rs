@@ -360,8 +360,8 @@ async fn deliver(
                 counters.published.fetch_add(1, Ordering::Relaxed);
                 break;
             }
-            // A nack (a full queue) is not retried at once by the delivery stack, but a
-            // detached event is tried again later, when the queue may have drained.
+            // A nack the delivery stack gave up on (a full queue) is tried again later,
+            // when the queue may have drained.
             Err(error)
                 if error.is_retryable()
                     || matches!(error.kind(), ErrorKind::CircuitOpen | ErrorKind::Nacked) =>

@@ -57,6 +57,8 @@ struct Inner {
     max_in_flight: usize,
     /// The connection's negotiated maximum frame size, in bytes.
     frame_max: usize,
+    /// Set when the broker nacked a publish on this channel: the pool replaces it.
+    retired: AtomicBool,
 }
 
 impl fmt::Debug for ConfirmChannel {
@@ -106,6 +108,7 @@ impl ConfirmChannel {
                 permits: Arc::new(Semaphore::new(max_in_flight)),
                 max_in_flight,
                 frame_max,
+                retired: AtomicBool::new(false),
             }),
         })
     }
@@ -126,9 +129,21 @@ impl ConfirmChannel {
         self.inner.blocked.load(Ordering::Relaxed)
     }
 
-    /// Open, and no confirm failed on it.
+    /// Open, no confirm failed on it, and not [retired](Self::retire).
     pub(crate) fn is_healthy(&self) -> bool {
-        self.inner.channel.status().connected() && !self.inner.tracker.has_failed()
+        self.inner.channel.status().connected()
+            && !self.inner.tracker.has_failed()
+            && !self.inner.retired.load(Ordering::Acquire)
+    }
+
+    /// Makes the pool replace this channel (publishes in flight on it still settle).
+    ///
+    /// For a nack: RabbitMQ 3.10 keeps nacking every publish of a channel whose
+    /// quorum queue lost its leader (the leader's node stopped or died) for as long as
+    /// the channel lives, while a new channel on the same connection publishes to the
+    /// new leader at once (measured with `tests/cluster.rs`).
+    pub(crate) fn retire(&self) {
+        self.inner.retired.store(true, Ordering::Release);
     }
 
     /// How many publishes hold a permit (being written or awaiting their confirm).

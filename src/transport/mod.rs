@@ -219,6 +219,11 @@ impl AmqpPublish {
             ));
         }
         let outcome = channel.publish(message).await?;
+        if matches!(outcome, Outcome::Nacked) {
+            // The channel may nack whatever it carries (a quorum queue whose leader is
+            // gone): the next publishes take a new one.
+            channel.retire();
+        }
         drop(channel);
         outcome_to_result(
             outcome,

@@ -1,0 +1,85 @@
+//! The consumer side of `scripts/cluster-loadgen-check.sh`: reads loadgen's kept quorum
+//! queue through a node that stayed up and checks that every id loadgen reported
+//! confirmed (`--confirmed-ids`) is in it; then deletes the queue and the exchange.
+//! Run only by that script, which sets `FITVIZ_CHECK_URL`, `FITVIZ_CHECK_QUEUE`,
+//! `FITVIZ_CHECK_EXCHANGE` and `FITVIZ_CHECK_IDS`.
+
+use std::{collections::HashSet, time::Duration};
+
+use futures_util::StreamExt;
+use lapin::{
+    Connection, ConnectionProperties,
+    options::{BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueDeleteOptions},
+    types::FieldTable,
+};
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: this test is run by scripts/cluster-loadgen-check.sh")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by scripts/cluster-loadgen-check.sh (under the cluster harness)"]
+async fn loadgen_confirmed_ids_are_in_the_queue() {
+    let (url, queue, exchange) = (
+        var("FITVIZ_CHECK_URL"),
+        var("FITVIZ_CHECK_QUEUE"),
+        var("FITVIZ_CHECK_EXCHANGE"),
+    );
+    let confirmed: HashSet<String> = std::fs::read_to_string(var("FITVIZ_CHECK_IDS"))
+        .expect("read the confirmed ids")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(!confirmed.is_empty(), "loadgen confirmed nothing");
+    let connection = Connection::connect(
+        &url,
+        ConnectionProperties::default().with_connection_name("fitviz loadgen check".into()),
+    )
+    .await
+    .expect("connect to a node that stayed up");
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_qos(1000, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "loadgen-check".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume loadgen's queue");
+    let (mut seen, mut messages) = (HashSet::new(), 0usize);
+    while !confirmed.is_subset(&seen) {
+        match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                messages += 1;
+                if let Some(id) = delivery.properties.message_id() {
+                    seen.insert(id.to_string());
+                }
+            }
+            Ok(Some(Err(e))) => panic!("consumer: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let missing = confirmed.difference(&seen).count();
+    eprintln!(
+        "MEASURED loadgen check: {} confirmed ids, {messages} messages read, {missing} missing",
+        confirmed.len()
+    );
+    let _ = channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = channel
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+    assert_eq!(missing, 0, "confirmed events missing from the queue");
+}
