@@ -20,9 +20,11 @@ pub enum ErrorKind {
     /// The broker answered with a negative acknowledgement (`basic.nack`): the queue is
     /// full (`x-overflow: reject-publish`), or a quorum queue lost its leader (its node
     /// stopped or died: RabbitMQ 3.10 then nacks every publish on the channels that
-    /// used it). The event was not stored. Retried within the publish deadline (the
-    /// transport replaces a channel that nacked) and not counted by the circuit
-    /// breaker: it is an answer about this event, not the broker's health.
+    /// used it). The event was not stored. Not counted by the circuit breaker: it is an
+    /// answer about this event, not the broker's health. Retried only when it came from
+    /// a channel open for a second or more, which the transport then replaces (the
+    /// quorum case: the retry goes to the new leader); a nack from a younger channel
+    /// ends the publish at once (a full queue stays full for longer than a backoff).
     Nacked,
     /// The broker returned the event: no queue is bound for its routing key.
     Unroutable,
@@ -72,12 +74,11 @@ impl ErrorKind {
     ];
 
     /// Whether an error of this kind may succeed if the same event is tried again (see
-    /// [`PublishError::is_retryable`]).
+    /// [`PublishError::is_retryable`], which also retries some nacks).
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorKind::Nacked
-                | ErrorKind::Connection
+            ErrorKind::Connection
                 | ErrorKind::Timeout
                 | ErrorKind::PoolTimeout
                 | ErrorKind::Blocked
@@ -161,6 +162,8 @@ struct Inner {
     connection_generation: Option<u64>,
     /// An attempt may have reached the broker: the outcome is unknown.
     maybe_delivered: bool,
+    /// Retryable whatever the kind says (a nack from a channel that was replaced).
+    retry_anyway: bool,
 }
 
 impl PublishError {
@@ -174,6 +177,7 @@ impl PublishError {
                 source: None,
                 connection_generation: None,
                 maybe_delivered: false,
+                retry_anyway: false,
             }),
         }
     }
@@ -310,11 +314,19 @@ impl PublishError {
     }
 
     /// Whether trying the same event again at once may succeed: connection and channel
-    /// failures, timeouts and an exhausted pool are; validation, missing organization,
-    /// an event too large, unroutable, a nack (a full queue stays full for longer than a backoff), an open
-    /// circuit and shutdown are not.
+    /// failures, timeouts, an exhausted pool and a blocked connection are, and a nack
+    /// from a channel the transport replaced because of it (see
+    /// [`ErrorKind::Nacked`]); validation, missing organization, an event too large,
+    /// unroutable, other nacks (a full queue stays full for longer than a backoff), an
+    /// open circuit and shutdown are not.
     pub fn is_retryable(&self) -> bool {
-        self.inner.kind.is_retryable()
+        self.inner.retry_anyway || self.inner.kind.is_retryable()
+    }
+
+    /// Makes this error retryable whatever its kind.
+    pub(crate) fn retryable(mut self) -> Self {
+        self.inner.retry_anyway = true;
+        self
     }
 
     /// What this failure says about the event at the broker: [`Delivery::Unknown`]
@@ -475,7 +487,12 @@ mod tests {
     fn retryable_kinds() {
         assert!(PublishError::new(ErrorKind::Timeout, "x").is_retryable());
         assert!(PublishError::new(ErrorKind::Connection, "x").is_retryable());
-        assert!(PublishError::new(ErrorKind::Nacked, "x").is_retryable());
+        assert!(!PublishError::new(ErrorKind::Nacked, "x").is_retryable());
+        assert!(
+            PublishError::new(ErrorKind::Nacked, "x")
+                .retryable()
+                .is_retryable()
+        );
         assert!(!PublishError::new(ErrorKind::Nacked, "x").is_broker_failure());
         assert!(!PublishError::new(ErrorKind::Unroutable, "x").is_retryable());
         assert!(!PublishError::new(ErrorKind::Validation, "x").is_retryable());

@@ -300,10 +300,15 @@ async fn a_nack_surfaces_as_a_nack_error() {
     publisher.publish(event()).await.unwrap();
     let err = publisher.publish(event()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Nacked, "{err}");
-    // Retried within the deadline since the cluster work (a channel whose quorum queue
-    // lost its leader nacks everything; the transport replaces it and the retry
-    // succeeds: tests/cluster.rs); a full queue is still full after the retries.
-    assert!(err.is_retryable());
+    // A young channel's nack ends the publish: a full queue stays full.
+    assert!(!err.is_retryable());
+    assert!(!err.maybe_delivered());
+    // A channel open for a second or more is replaced on a nack (a quorum queue that
+    // lost its leader nacks everything on it: tests/cluster.rs) and the event tried
+    // again on another, which a full queue nacks too: the publish ends `Nacked`.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let err = publisher.publish(event()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Nacked, "{err}");
     assert!(!err.maybe_delivered());
     assert_eq!(fx.queue_len().await, 1);
     publisher.close().await;

@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lapin::{
@@ -30,6 +30,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Below it, publishes are written at once: a lone publish (or the start of a burst)
 /// pays no scheduling delay, and the broker has work while the rest of a burst gathers.
 const GATHER_ABOVE_IN_FLIGHT: usize = 32;
+
+/// How long a channel must have been open before a nack replaces it.
+const RETIRE_AFTER: Duration = Duration::from_secs(1);
 
 /// One message, encoded and addressed.
 pub(crate) struct Message {
@@ -59,6 +62,8 @@ struct Inner {
     frame_max: usize,
     /// Set when the broker nacked a publish on this channel: the pool replaces it.
     retired: AtomicBool,
+    /// When the channel was opened.
+    opened: Instant,
 }
 
 impl fmt::Debug for ConfirmChannel {
@@ -109,6 +114,7 @@ impl ConfirmChannel {
                 max_in_flight,
                 frame_max,
                 retired: AtomicBool::new(false),
+                opened: Instant::now(),
             }),
         })
     }
@@ -136,14 +142,23 @@ impl ConfirmChannel {
             && !self.inner.retired.load(Ordering::Acquire)
     }
 
-    /// Makes the pool replace this channel (publishes in flight on it still settle).
+    /// After a nack on this channel: makes the pool replace it (publishes in flight on
+    /// it still settle) when it has been open for [`RETIRE_AFTER`] or more, and says
+    /// whether it did.
     ///
-    /// For a nack: RabbitMQ 3.10 keeps nacking every publish of a channel whose
-    /// quorum queue lost its leader (the leader's node stopped or died) for as long as
-    /// the channel lives, while a new channel on the same connection publishes to the
-    /// new leader at once (measured with `tests/cluster.rs`).
-    pub(crate) fn retire(&self) {
-        self.inner.retired.store(true, Ordering::Release);
+    /// RabbitMQ 3.10 keeps nacking every publish of a channel whose quorum queue lost
+    /// its leader (the leader's node stopped or died) for as long as the channel lives,
+    /// while a new channel on the same connection publishes to the new leader at once
+    /// (measured with `tests/cluster.rs`): such a nack is worth a retry on a new channel.
+    /// A queue full with `reject-publish` nacks on any channel: replacing a young channel
+    /// again and again would only cost round trips for the publishes of every other
+    /// routing key, so a channel is replaced at most once per `RETIRE_AFTER`.
+    pub(crate) fn retire_after_nack(&self) -> bool {
+        let old = self.inner.opened.elapsed() >= RETIRE_AFTER;
+        if old {
+            self.inner.retired.store(true, Ordering::Release);
+        }
+        old
     }
 
     /// How many publishes hold a permit (being written or awaiting their confirm).

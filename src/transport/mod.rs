@@ -219,19 +219,21 @@ impl AmqpPublish {
             ));
         }
         let outcome = channel.publish(message).await?;
-        if matches!(outcome, Outcome::Nacked) {
-            // The channel may nack whatever it carries (a quorum queue whose leader is
-            // gone): the next publishes take a new one.
-            channel.retire();
-        }
+        // A channel may nack whatever it carries (a quorum queue whose leader is gone):
+        // the next publishes take a new one, and this one is worth a retry there.
+        let retry_nack = matches!(outcome, Outcome::Nacked) && channel.retire_after_nack();
         drop(channel);
-        outcome_to_result(
+        let result = outcome_to_result(
             outcome,
             generation,
             &event,
             self.inner.exchange.name().as_str(),
             started,
-        )
+        );
+        match result {
+            Err(error) if retry_nack => Err(error.retryable()),
+            other => other,
+        }
     }
 }
 
