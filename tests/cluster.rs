@@ -1067,3 +1067,57 @@ fn harness_urls_are_set() {
     let urls = cluster_urls();
     assert!(urls.iter().all(|url| url.starts_with("amqp://")));
 }
+
+/// New connections skip a stopped node and go to it again once it is back: the order
+/// of the addresses is shuffled per connection. Each publisher reports the node of its
+/// newest connection; with node 2 back, the chance that none of 24 publishers reports it
+/// is (2/3)^24 ≈ 6 × 10⁻⁵.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the cluster harness: scripts/rabbitmq-cluster.sh run cargo test --test cluster -- --ignored --test-threads=1"]
+async fn a_stopped_node_is_skipped_and_used_again_once_back() {
+    let name = format!("fvtest.revived.{}", Uuid::now_v7().simple());
+    let restore = Restore::nodes();
+    Harness::stop_node(2).await;
+    let config = PublisherConfig {
+        connection_timeout: Duration::from_secs(2),
+        ..config(&name)
+    };
+    let nodes_of = |publishers: &[EventPublisher]| -> Vec<usize> {
+        publishers
+            .iter()
+            .map(|p| node_of(&p.connection_state().unwrap()))
+            .collect()
+    };
+    let mut down = Vec::new();
+    for _ in 0..8 {
+        down.push(EventPublisher::connect(config.clone()).await.unwrap());
+    }
+    let seen = nodes_of(&down);
+    assert!(
+        !seen.contains(&2),
+        "a connection went to the stopped node: {seen:?}"
+    );
+    Harness::revive(2).await;
+    let mut up = Vec::new();
+    for _ in 0..24 {
+        up.push(EventPublisher::connect(config.clone()).await.unwrap());
+    }
+    let seen = nodes_of(&up);
+    eprintln!("MEASURED nodes chosen after the revive: {seen:?}");
+    assert!(
+        seen.contains(&2),
+        "the revived node is never used: {seen:?}"
+    );
+    for publisher in down.iter().chain(&up) {
+        publisher.close().await;
+    }
+    // The exchange the publishers declared.
+    let connection = connect(&url_of(1), format!("{name}.cleanup")).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .exchange_delete(format!("{name}.x").into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+    drop(restore);
+}
