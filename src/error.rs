@@ -21,10 +21,11 @@ pub enum ErrorKind {
     /// full (`x-overflow: reject-publish`), or a quorum queue lost its leader (its node
     /// stopped or died: RabbitMQ 3.10 then nacks every publish on the channels that
     /// used it). The event was not stored. Not counted by the circuit breaker: it is an
-    /// answer about this event, not the broker's health. Retried only when it came from
-    /// a channel open for a second or more, which the transport then replaces (the
-    /// quorum case: the retry goes to the new leader); a nack from a younger channel
-    /// ends the publish at once (a full queue stays full for longer than a backoff).
+    /// answer about this event, not the broker's health. Retried within the publish
+    /// deadline: in a cluster, a quorum queue answers again once its new leader is
+    /// elected (the transport replaces a channel open for a second or more that nacks,
+    /// since RabbitMQ keeps nacking on the channels that used the old leader); a full
+    /// queue answers `Nacked` again, and the last one is returned.
     Nacked,
     /// The broker returned the event: no queue is bound for its routing key.
     Unroutable,
@@ -74,11 +75,12 @@ impl ErrorKind {
     ];
 
     /// Whether an error of this kind may succeed if the same event is tried again (see
-    /// [`PublishError::is_retryable`], which also retries some nacks).
+    /// [`PublishError::is_retryable`]).
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorKind::Connection
+            ErrorKind::Nacked
+                | ErrorKind::Connection
                 | ErrorKind::Timeout
                 | ErrorKind::PoolTimeout
                 | ErrorKind::Blocked
@@ -162,8 +164,6 @@ struct Inner {
     connection_generation: Option<u64>,
     /// An attempt may have reached the broker: the outcome is unknown.
     maybe_delivered: bool,
-    /// Retryable whatever the kind says (a nack from a channel that was replaced).
-    retry_anyway: bool,
 }
 
 impl PublishError {
@@ -177,7 +177,6 @@ impl PublishError {
                 source: None,
                 connection_generation: None,
                 maybe_delivered: false,
-                retry_anyway: false,
             }),
         }
     }
@@ -313,20 +312,12 @@ impl PublishError {
         self.inner.validation.as_ref()
     }
 
-    /// Whether trying the same event again at once may succeed: connection and channel
-    /// failures, timeouts, an exhausted pool and a blocked connection are, and a nack
-    /// from a channel the transport replaced because of it (see
-    /// [`ErrorKind::Nacked`]); validation, missing organization, an event too large,
-    /// unroutable, other nacks (a full queue stays full for longer than a backoff), an
-    /// open circuit and shutdown are not.
+    /// Whether trying the same event again after a backoff may succeed: connection
+    /// and channel failures, timeouts, an exhausted pool, a blocked connection and a
+    /// nack (see [`ErrorKind::Nacked`]) are; validation, missing organization, an event
+    /// too large, unroutable, an open circuit and shutdown are not.
     pub fn is_retryable(&self) -> bool {
-        self.inner.retry_anyway || self.inner.kind.is_retryable()
-    }
-
-    /// Makes this error retryable whatever its kind.
-    pub(crate) fn retryable(mut self) -> Self {
-        self.inner.retry_anyway = true;
-        self
+        self.inner.kind.is_retryable()
     }
 
     /// What this failure says about the event at the broker: [`Delivery::Unknown`]
@@ -487,12 +478,7 @@ mod tests {
     fn retryable_kinds() {
         assert!(PublishError::new(ErrorKind::Timeout, "x").is_retryable());
         assert!(PublishError::new(ErrorKind::Connection, "x").is_retryable());
-        assert!(!PublishError::new(ErrorKind::Nacked, "x").is_retryable());
-        assert!(
-            PublishError::new(ErrorKind::Nacked, "x")
-                .retryable()
-                .is_retryable()
-        );
+        assert!(PublishError::new(ErrorKind::Nacked, "x").is_retryable());
         assert!(!PublishError::new(ErrorKind::Nacked, "x").is_broker_failure());
         assert!(!PublishError::new(ErrorKind::Unroutable, "x").is_retryable());
         assert!(!PublishError::new(ErrorKind::Validation, "x").is_retryable());

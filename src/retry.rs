@@ -2,16 +2,15 @@
 //!
 //! [`RetryLayer`] is [`tower::retry::Retry`] with a [`RetryPolicy`] made for events:
 //! - only errors that [may succeed on another try](PublishError::is_retryable) are
-//!   retried (connection, timeout, pool exhausted, blocked, and a nack from a channel
-//!   the transport replaced because of it); validation, missing organization,
-//!   unroutable, other nacks, an open circuit and shutdown come back at once;
+//!   retried (connection, timeout, pool exhausted, blocked, nack); validation, missing
+//!   organization, unroutable, an open circuit and shutdown come back at once;
 //! - at most `max_retries` retries follow the first call, then the last error is
 //!   returned;
-//! - a nack is retried only when the transport replaced the channel that nacked (one
-//!   open for a second or more): in a cluster that is what a channel answers once its
-//!   quorum queue's leader is gone, and the retry succeeds on the new leader; a queue
-//!   full with `x-overflow: reject-publish` answers [`Nacked`](crate::ErrorKind::Nacked)
-//!   on the new channel too, and that ends the publish;
+//! - a nack is retried: in a cluster it is what a quorum queue answers while it elects
+//!   a new leader (and what channels that used the old leader keep answering: the
+//!   transport replaces them), and the retry succeeds on the new leader; a queue full
+//!   with `x-overflow: reject-publish` answers [`Nacked`](crate::ErrorKind::Nacked)
+//!   again, and the last one ends the publish;
 //! - **outcome unknown:** once an attempt [may have reached the
 //!   broker](PublishError::maybe_delivered) (it timed out, or its connection was lost
 //!   after the event was written), the final error — whatever ends the retries: an
@@ -388,7 +387,6 @@ mod tests {
         for kind in [
             ErrorKind::Validation,
             ErrorKind::Unroutable,
-            ErrorKind::Nacked,
             ErrorKind::CircuitOpen,
             ErrorKind::MissingOrganization,
             ErrorKind::OrganizationMismatch,
@@ -462,27 +460,6 @@ mod tests {
             assert_eq!(err.kind(), last);
             assert!(err.maybe_delivered(), "{last:?}");
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_nack_from_a_replaced_channel_is_retried_and_a_plain_one_ends_it() {
-        let calls = Arc::new(Mutex::new(0));
-        let counted = calls.clone();
-        let inner = failing(move |n| {
-            *counted.lock().unwrap() = n;
-            match n {
-                1 => PublishError::new(ErrorKind::Nacked, "replaced channel").retryable(),
-                _ => PublishError::new(ErrorKind::Nacked, "full queue"),
-            }
-        });
-        let err = RetryLayer::new(5, BASE, MAX)
-            .layer(inner)
-            .oneshot(event())
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Nacked);
-        assert_eq!(*calls.lock().unwrap(), 2);
-        assert!(!err.maybe_delivered());
     }
 
     #[tokio::test(start_paused = true)]

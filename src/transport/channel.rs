@@ -143,22 +143,19 @@ impl ConfirmChannel {
     }
 
     /// After a nack on this channel: makes the pool replace it (publishes in flight on
-    /// it still settle) when it has been open for [`RETIRE_AFTER`] or more, and says
-    /// whether it did.
+    /// it still settle) when it has been open for [`RETIRE_AFTER`] or more.
     ///
-    /// RabbitMQ 3.10 keeps nacking every publish of a channel whose quorum queue lost
-    /// its leader (the leader's node stopped or died) for as long as the channel lives,
-    /// while a new channel on the same connection publishes to the new leader at once
-    /// (measured with `tests/cluster.rs`): such a nack is worth a retry on a new channel.
-    /// A queue full with `reject-publish` nacks on any channel: replacing a young channel
-    /// again and again would only cost round trips for the publishes of every other
-    /// routing key, so a channel is replaced at most once per `RETIRE_AFTER`.
-    pub(crate) fn retire_after_nack(&self) -> bool {
-        let old = self.inner.opened.elapsed() >= RETIRE_AFTER;
-        if old {
+    /// RabbitMQ 3.10 keeps nacking every publish of a channel that used a quorum queue
+    /// whose leader was lost (its node stopped or died) for as long as the channel
+    /// lives, while channels opened since publish to the new leader once it is elected
+    /// (measured with `tests/cluster.rs`). A queue full with `reject-publish` nacks on
+    /// any channel: replacing young channels again and again would only cost round
+    /// trips for the publishes of every other routing key, so a channel is replaced at
+    /// most once per `RETIRE_AFTER`.
+    pub(crate) fn retire_after_nack(&self) {
+        if self.inner.opened.elapsed() >= RETIRE_AFTER {
             self.inner.retired.store(true, Ordering::Release);
         }
-        old
     }
 
     /// How many publishes hold a permit (being written or awaiting their confirm).

@@ -219,21 +219,19 @@ impl AmqpPublish {
             ));
         }
         let outcome = channel.publish(message).await?;
-        // A channel may nack whatever it carries (a quorum queue whose leader is gone):
-        // the next publishes take a new one, and this one is worth a retry there.
-        let retry_nack = matches!(outcome, Outcome::Nacked) && channel.retire_after_nack();
+        if matches!(outcome, Outcome::Nacked) {
+            // A channel may nack whatever it carries (a quorum queue whose leader is
+            // gone): the next publishes may need a new one.
+            channel.retire_after_nack();
+        }
         drop(channel);
-        let result = outcome_to_result(
+        outcome_to_result(
             outcome,
             generation,
             &event,
             self.inner.exchange.name().as_str(),
             started,
-        );
-        match result {
-            Err(error) if retry_nack => Err(error.retryable()),
-            other => other,
-        }
+        )
     }
 }
 
