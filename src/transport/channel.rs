@@ -64,6 +64,8 @@ struct Inner {
     retired: AtomicBool,
     /// When the channel was opened.
     opened: Instant,
+    /// Whether the broker has acked a publish on it.
+    acked: AtomicBool,
 }
 
 impl fmt::Debug for ConfirmChannel {
@@ -115,6 +117,7 @@ impl ConfirmChannel {
                 frame_max,
                 retired: AtomicBool::new(false),
                 opened: Instant::now(),
+                acked: AtomicBool::new(false),
             }),
         })
     }
@@ -142,18 +145,28 @@ impl ConfirmChannel {
             && !self.inner.retired.load(Ordering::Acquire)
     }
 
+    /// Records that the broker acked a publish on this channel.
+    pub(crate) fn acked(&self) {
+        if !self.inner.acked.load(Ordering::Relaxed) {
+            self.inner.acked.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// After a nack on this channel: makes the pool replace it (publishes in flight on
-    /// it still settle) when it has been open for [`RETIRE_AFTER`] or more.
+    /// it still settle) when nothing was acked on it yet, or when it has been open for
+    /// [`RETIRE_AFTER`] or more.
     ///
     /// RabbitMQ 3.10 keeps nacking every publish of a channel that used a quorum queue
-    /// whose leader was lost (its node stopped or died) for as long as the channel
-    /// lives, while channels opened since publish to the new leader once it is elected
-    /// (measured with `tests/cluster.rs`). A queue full with `reject-publish` nacks on
-    /// any channel: replacing young channels again and again would only cost round
-    /// trips for the publishes of every other routing key, so a channel is replaced at
-    /// most once per `RETIRE_AFTER`.
+    /// whose leader was lost (its node stopped or died) — also one opened just after the
+    /// loss, before the new leader was elected — for as long as the channel lives, while
+    /// a channel opened later publishes to the new leader (measured with
+    /// `tests/cluster.rs`). A queue full with `reject-publish` nacks on any channel:
+    /// replacing channels that also carry acks (other routing keys) again and again
+    /// would only cost round trips for those, so such a channel is replaced at most once
+    /// per `RETIRE_AFTER`.
     pub(crate) fn retire_after_nack(&self) {
-        if self.inner.opened.elapsed() >= RETIRE_AFTER {
+        let never_acked = !self.inner.acked.load(Ordering::Relaxed);
+        if never_acked || self.inner.opened.elapsed() >= RETIRE_AFTER {
             self.inner.retired.store(true, Ordering::Release);
         }
     }

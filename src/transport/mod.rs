@@ -219,10 +219,12 @@ impl AmqpPublish {
             ));
         }
         let outcome = channel.publish(message).await?;
-        if matches!(outcome, Outcome::Nacked) {
+        match outcome {
             // A channel may nack whatever it carries (a quorum queue whose leader is
             // gone): the next publishes may need a new one.
-            channel.retire_after_nack();
+            Outcome::Nacked => channel.retire_after_nack(),
+            Outcome::Routed | Outcome::Unroutable { .. } => channel.acked(),
+            _ => {}
         }
         drop(channel);
         outcome_to_result(
