@@ -14,9 +14,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test --all-features
-cargo test --all-features --test tls -- --ignored --test-threads=1
+# Each step is bounded, so that a hang fails the run instead of eating CI's time.
+timeout 2400 cargo test --all-features
+timeout 900 cargo test --all-features --test tls -- --ignored --test-threads=1
 bash scripts/rabbitmq-cluster.sh run bash -c '
-  cargo test --all-features --test cluster -- --ignored --test-threads=1 --nocapture &&
-  bash scripts/cluster-loadgen-check.sh'
+  timeout 1200 cargo test --all-features --test cluster -- --ignored --test-threads=1 --nocapture &&
+  timeout 900 bash scripts/cluster-loadgen-check.sh'
 

@@ -147,6 +147,30 @@ impl Wake for TrackingWaker {
     }
 }
 
+impl Drop for ConfirmTracker {
+    /// Drops the pending lapin confirms on a thread of their own. The last reference
+    /// to a tracker can go in [`TrackingWaker::wake_by_ref`], called by lapin while it
+    /// notifies a confirm (for example when the connection fails): dropping a
+    /// `PublisherConfirm` there re-enters lapin's listener, whose lock the notification
+    /// holds, and the thread deadlocks (seen in `tests/cluster.rs`, at the end of a
+    /// whole-cluster outage).
+    fn drop(&mut self) {
+        let locked = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let handoffs = std::mem::take(&mut locked.handoffs);
+        if locked.state.is_empty() && handoffs.is_empty() {
+            return;
+        }
+        let state = std::mem::replace(&mut locked.state, State::new());
+        let spawned = std::thread::Builder::new()
+            .name("fitviz-confirm-drop".into())
+            .spawn(move || drop((state, handoffs)));
+        if let Err(error) = spawned {
+            // The closure, and the confirms with it, were dropped here: rare enough.
+            tracing::debug!(%error, "could not start a thread to drop pending confirms");
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
