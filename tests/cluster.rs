@@ -31,13 +31,9 @@ use fitviz_events::{
     ErrorKind, Event, EventPublisher, PublisherConfig, circuit_breaker::BreakerState,
     events::WorkoutCreated, testing::Example, transport::ConnectionState,
 };
-use futures_util::StreamExt;
 use lapin::{
-    Connection, ConnectionProperties, ExchangeKind,
-    options::{
-        BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-        QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-    },
+    Connection, ConnectionProperties,
+    options::{ExchangeDeleteOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable},
 };
 use support::{Captured, harness::Harness};
@@ -209,19 +205,6 @@ impl Topology {
         let connection = connect(&url_of(node), format!("{name}.set-up")).await;
         let channel = connection.create_channel().await.unwrap();
         let (exchange, queue) = (format!("{name}.x"), format!("{name}.q"));
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Topic,
-                // As the publisher declares it.
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
         let mut args = FieldTable::default();
         args.insert(
             "x-queue-type".into(),
@@ -229,27 +212,7 @@ impl Topology {
         );
         // Safety net: a crashed test's queue goes away after 10 minutes unused.
         args.insert("x-expires".into(), AMQPValue::LongInt(600_000));
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await
-            .expect("declare the quorum queue");
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        support::declare_bound_queue(&channel, &exchange, &queue, "#", true, args).await;
         let _ = channel.close(200, "done".into()).await;
         let _ = connection.close(200, "done".into()).await;
         Self { exchange, queue }
@@ -261,39 +224,11 @@ impl Topology {
     async fn consume(&self, node: usize, expected: &HashSet<Uuid>) -> (HashSet<Uuid>, usize) {
         let connection = connect(&url_of(node), format!("{}.consumer", self.queue)).await;
         let channel = connection.create_channel().await.unwrap();
-        channel
-            .basic_qos(1000, BasicQosOptions::default())
-            .await
-            .unwrap();
-        let mut consumer = channel
-            .basic_consume(
-                self.queue.as_str().into(),
-                "cluster-test".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume the quorum queue");
-        let (mut seen, mut messages) = (HashSet::new(), 0);
-        while !expected.is_subset(&seen) {
-            match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
-                Ok(Some(Ok(delivery))) => {
-                    messages += 1;
-                    let id = delivery
-                        .properties
-                        .message_id()
-                        .as_ref()
-                        .expect("message_id")
-                        .to_string();
-                    seen.insert(Uuid::parse_str(&id).expect("message_id is the event id"));
-                }
-                Ok(Some(Err(e))) => panic!("consumer: {e}"),
-                Ok(None) | Err(_) => break,
-            }
-        }
+        let expected = expected.iter().map(Uuid::to_string).collect();
+        let (seen, messages) = support::consume_ids(&channel, &self.queue, &expected).await;
+        let seen = (seen.iter())
+            .map(|id| Uuid::parse_str(id).expect("message_id is the event id"))
+            .collect();
         let _ = channel.close(200, "done".into()).await;
         let _ = connection.close(200, "done".into()).await;
         (seen, messages)

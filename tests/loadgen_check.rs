@@ -4,13 +4,13 @@
 //! Run only by that script, which sets `FITVIZ_CHECK_URL`, `FITVIZ_CHECK_QUEUE`,
 //! `FITVIZ_CHECK_EXCHANGE` and `FITVIZ_CHECK_IDS`.
 
-use std::{collections::HashSet, time::Duration};
+mod support;
 
-use futures_util::StreamExt;
+use std::collections::HashSet;
+
 use lapin::{
     Connection, ConnectionProperties,
-    options::{BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueDeleteOptions},
-    types::FieldTable,
+    options::{ExchangeDeleteOptions, QueueDeleteOptions},
 };
 
 fn var(name: &str) -> String {
@@ -40,35 +40,7 @@ async fn loadgen_confirmed_ids_are_in_the_queue() {
     .await
     .expect("connect to a node that stayed up");
     let channel = connection.create_channel().await.unwrap();
-    channel
-        .basic_qos(1000, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "loadgen-check".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume loadgen's queue");
-    let (mut seen, mut messages) = (HashSet::new(), 0usize);
-    while !confirmed.is_subset(&seen) {
-        match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
-            Ok(Some(Ok(delivery))) => {
-                messages += 1;
-                if let Some(id) = delivery.properties.message_id() {
-                    seen.insert(id.to_string());
-                }
-            }
-            Ok(Some(Err(e))) => panic!("consumer: {e}"),
-            Ok(None) | Err(_) => break,
-        }
-    }
+    let (seen, messages) = support::consume_ids(&channel, &queue, &confirmed).await;
     let missing = confirmed.difference(&seen).count();
     eprintln!(
         "MEASURED loadgen check: {} confirmed ids, {messages} messages read, {missing} missing",

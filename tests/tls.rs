@@ -22,11 +22,8 @@ use fitviz_events::{
     testing::Example, transport::AmqpPublish,
 };
 use lapin::{
-    Connection, ConnectionProperties, ExchangeKind,
-    options::{
-        BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
-    },
+    Connection, ConnectionProperties,
+    options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions},
     tcp::{OwnedIdentity, OwnedTLSConfig},
     types::{AMQPValue, FieldTable},
 };
@@ -178,35 +175,9 @@ impl Topology {
         let channel = connection.create_channel().await.unwrap();
         let name = support::unique("tls");
         let (exchange, queue) = (format!("{name}.x"), format!("{name}.q"));
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Topic,
-                // As the publisher declares it.
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
         let mut args = FieldTable::default();
         args.insert("x-expires".into(), AMQPValue::LongInt(300_000));
-        channel
-            .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), args)
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        support::declare_bound_queue(&channel, &exchange, &queue, "#", false, args).await;
         Self {
             connection,
             channel,

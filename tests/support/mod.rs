@@ -5,14 +5,15 @@
 pub mod harness;
 pub mod proxy;
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use fitviz_events::PublisherConfig;
+use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
     options::{
-        BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
+        BasicConsumeOptions, BasicGetOptions, BasicQosOptions, ExchangeDeclareOptions,
+        ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -111,6 +112,90 @@ pub async fn close_connections_named(name: &str) -> usize {
     closed
 }
 
+/// Declares `exchange` as the publisher does (a durable topic exchange) and `queue`
+/// (with `args`) bound to it with `binding`.
+pub async fn declare_bound_queue(
+    channel: &Channel,
+    exchange: &str,
+    queue: &str,
+    binding: &str,
+    durable_queue: bool,
+    args: FieldTable,
+) {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exchange");
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: durable_queue,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .expect("declare queue");
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            binding.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind queue");
+}
+
+/// Consumes `queue` until every message id of `expected` was seen or nothing arrived
+/// for 5 s; returns the message ids seen (duplicates folded) and the messages read.
+pub async fn consume_ids(
+    channel: &Channel,
+    queue: &str,
+    expected: &HashSet<String>,
+) -> (HashSet<String>, usize) {
+    channel
+        .basic_qos(1000, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "fitviz-test-consumer".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume the queue");
+    let (mut seen, mut messages) = (HashSet::new(), 0);
+    while !expected.is_subset(&seen) {
+        match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                messages += 1;
+                if let Some(id) = delivery.properties.message_id() {
+                    seen.insert(id.to_string());
+                }
+            }
+            Ok(Some(Err(e))) => panic!("consumer: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    (seen, messages)
+}
+
 /// A name unique to this test run.
 pub fn unique(test: &str) -> String {
     format!("fvtest.{test}.{}", uuid::Uuid::now_v7().simple())
@@ -143,41 +228,10 @@ impl Fixture {
         let channel = connection.create_channel().await.expect("channel");
         let exchange = format!("{name}.x");
         let queue = format!("{name}.q");
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare exchange");
         // Safety net: the queue disappears 5 minutes after a crashed test.
         args.insert("x-expires".into(), AMQPValue::LongInt(300_000));
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: std::env::var_os("FV_TRANSIENT").is_none(),
-                    ..Default::default()
-                },
-                args,
-            )
-            .await
-            .expect("declare queue");
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                binding.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind queue");
+        let durable = std::env::var_os("FV_TRANSIENT").is_none();
+        declare_bound_queue(&channel, &exchange, &queue, binding, durable, args).await;
         Self {
             cleaned: false,
             name,
