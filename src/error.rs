@@ -74,6 +74,28 @@ impl ErrorKind {
         ErrorKind::Shutdown,
     ];
 
+    /// The kind's name in snake case (`"validation"`, `"circuit_open"`, `"too_large"`, …):
+    /// the `outcome` and `error.type` label of the [metrics](crate::telemetry) and the
+    /// `error.type` attribute of the producer span.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Validation => "validation",
+            ErrorKind::MissingOrganization => "missing_organization",
+            ErrorKind::OrganizationMismatch => "organization_mismatch",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Config => "config",
+            ErrorKind::Nacked => "nacked",
+            ErrorKind::Unroutable => "unroutable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connection => "connection",
+            ErrorKind::PoolTimeout => "pool_timeout",
+            ErrorKind::Blocked => "blocked",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::QueueFull => "queue_full",
+            ErrorKind::Shutdown => "shutdown",
+        }
+    }
+
     /// Whether an error of this kind may succeed if the same event is tried again (see
     /// [`PublishError::is_retryable`]).
     pub fn is_retryable(self) -> bool {

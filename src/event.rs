@@ -242,6 +242,14 @@ pub struct Event {
     pub(crate) data: EventData,
     /// The request this event is published in, until the envelope is stamped.
     pub(crate) scope: Option<Arc<RequestScope>>,
+    /// The `event_type` label of the metrics: the registered type, or
+    /// [`OTHER_EVENT_TYPE`](crate::telemetry::OTHER_EVENT_TYPE) (set by the envelope).
+    pub(crate) metric_type: &'static str,
+    /// For a detached event, the span current when it was spawned: the parent of its
+    /// producer span.
+    pub(crate) parent_span: Option<tracing::Span>,
+    /// The producer span, once the telemetry layer has opened it.
+    pub(crate) producer_span: tracing::Span,
 }
 
 impl Event {
@@ -276,6 +284,9 @@ impl Event {
             rejected_correlation: None,
             data,
             scope: None,
+            metric_type: crate::telemetry::OTHER_EVENT_TYPE,
+            parent_span: None,
+            producer_span: tracing::Span::none(),
         }
     }
 

@@ -12,11 +12,15 @@
 //! | [`transport`] | [`AmqpPublish`](transport::AmqpPublish): the confirmed publish on a pool of channels |
 //! | [`http`] | [`http::EventPublishLayer`] and the request-scoped [`http::Publisher`] |
 //! | `axum` | the `Publisher` extractor and `IntoResponse` for [`PublishError`] (feature `axum`) |
+//! | [`telemetry`] | metrics, the producer span, trace context in the headers |
 //! | [`testing`] | an in-memory transport and example events for your own tests |
 //!
 //! # Feature flags
 //!
 //! - `axum` (default): the axum extractor and error responses, through `axum-core`.
+//! - `opentelemetry`: the W3C trace context (`traceparent`, `tracestate`) of the
+//!   producer span in every message, through `opentelemetry` 0.33 and
+//!   `tracing-opentelemetry` 0.34 (see [`telemetry`]).
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -42,6 +46,7 @@ pub mod organization;
 mod publisher;
 pub mod retry;
 mod schema;
+pub mod telemetry;
 pub mod testing;
 pub mod timeout;
 pub mod transport;

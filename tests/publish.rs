@@ -265,12 +265,6 @@ async fn concurrent_publishes_get_their_own_exact_outcome() {
         }
     }
     assert_eq!((ok, unroutable), (2000, 1000));
-    // How often lapin attached a return to the wrong confirm in this process (the
-    // case this test is about); printed, not asserted, as it depends on timing.
-    eprintln!(
-        "returns lapin attached to another event, re-attributed: {}",
-        fitviz_events::transport::reattributed_returns()
-    );
     let in_queue: HashSet<String> = fx
         .drain()
         .await

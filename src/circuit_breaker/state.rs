@@ -21,6 +21,8 @@ use failsafe::{
 };
 use tokio::time::Instant;
 
+use crate::telemetry::BreakerGauge;
+
 /// The state of a circuit breaker, as [`BreakerHandle::state`] reports it.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,6 +92,7 @@ impl BreakerHandle {
                 probe_in_flight: false,
             };
             drop(machine);
+            crate::telemetry::breaker_entered(BreakerGauge::HalfOpen);
             tracing::info!("circuit breaker half-open: the broker is reachable again");
         }
     }
@@ -319,6 +322,11 @@ enum Transition {
 
 impl Transition {
     fn log(self, breaker: &Breaker) {
+        crate::telemetry::breaker_entered(match self {
+            Transition::Opened { .. } | Transition::Reopened { .. } => BreakerGauge::Open,
+            Transition::HalfOpened => BreakerGauge::HalfOpen,
+            Transition::Closed => BreakerGauge::Closed,
+        });
         match self {
             Transition::Opened { open_for } => tracing::warn!(
                 failure_threshold = breaker.failure_threshold,

@@ -16,6 +16,7 @@ use crate::{
     organization::{GetOrganization, NoOrganizationSource, OrganizationLayer},
     retry::RetryLayer,
     schema::SchemaRegistry,
+    telemetry::TelemetryLayer,
     timeout::TimeoutLayer,
     transport::AmqpPublish,
     validate::ValidationLayer,
@@ -108,7 +109,8 @@ impl EventPublisherBuilder {
         let handle = breaker.handle();
         transport.on_restored(move || handle.probe_now());
         let fair = self.fair_share_layer();
-        let delivery = self.delivery(&breaker, &fair, transport.clone());
+        let telemetry = TelemetryLayer::with_instruments(transport.instruments());
+        let delivery = self.delivery(&telemetry, &breaker, &fair, transport.clone());
         Ok(self.finish(delivery, Some(transport), Some(breaker), Some(fair)))
     }
 
@@ -127,7 +129,8 @@ impl EventPublisherBuilder {
     {
         let breaker = self.breaker_layer();
         let fair = self.fair_share_layer();
-        let delivery = self.delivery(&breaker, &fair, transport);
+        let telemetry = TelemetryLayer::new(&self.config.exchange);
+        let delivery = self.delivery(&telemetry, &breaker, &fair, transport);
         self.finish(delivery, None, Some(breaker), Some(fair))
     }
 
@@ -164,12 +167,14 @@ impl EventPublisherBuilder {
         }
     }
 
-    /// The default delivery stack, outermost first: overall deadline → fair share per
-    /// organization → retry → circuit breaker → per-attempt deadline → transport.
+    /// The default delivery stack, outermost first: telemetry (the producer span, the
+    /// duration) → overall deadline → fair share per organization → retry → circuit
+    /// breaker → per-attempt deadline → transport.
     ///
     /// Returned unboxed: `publish` boxes it once together with the front.
     fn delivery<T>(
         &self,
+        telemetry: &TelemetryLayer,
         breaker: &CircuitBreakerLayer,
         fair: &FairShareLayer,
         transport: T,
@@ -184,6 +189,7 @@ impl EventPublisherBuilder {
     {
         let config = &self.config;
         ServiceBuilder::new()
+            .layer(telemetry.clone())
             .layer(TimeoutLayer::overall(config.publish_timeout))
             .layer(fair.clone())
             .layer(RetryLayer::new(

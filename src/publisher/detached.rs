@@ -40,6 +40,7 @@ use crate::{
     event::{Event, Receipt},
     fairness::{ShareGuard, Shares, tenant},
     log_limit::LogLimiter,
+    telemetry,
     transport::check_body_size,
 };
 
@@ -217,7 +218,9 @@ impl DetachedQueue {
                     }
                 })
         };
-        if result.is_err() {
+        if result.is_ok() {
+            telemetry::detached_queued(self.queued());
+        } else {
             // Refused without waiting: spend cooperative budget so a caller looping on
             // `QueueFull` yields to the scheduler now and then (the worker, timers).
             tokio::task::coop::consume_budget().await;
@@ -259,6 +262,7 @@ impl DetachedQueue {
             }
         }
         if !unsent.is_empty() {
+            telemetry::detached_dropped("shutdown", unsent.len());
             tracing::error!(
                 unsent = unsent.len(),
                 "detached events not sent before shutdown"
@@ -337,6 +341,7 @@ async fn next_event(
 ) -> Option<(OwnedSemaphorePermit, Queued)> {
     let permit = permits.clone().acquire_owned().await.ok()?;
     let event = rx.recv().await?;
+    telemetry::detached_queued(rx.len());
     Some((permit, event))
 }
 
@@ -374,6 +379,7 @@ async fn deliver(
             }
             Err(error) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
+                telemetry::detached_dropped("refused", 1);
                 if let Some(suppressed) = log.admit(("refused", error.kind(), event.event_type())) {
                     tracing::error!(event_id = %id, event_type = event.event_type(), kind = ?error.kind(), %error, suppressed, "detached event refused for good");
                 }

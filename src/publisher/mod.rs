@@ -3,8 +3,8 @@
 //! Data flows one way. Every event passes the *front* once — validation →
 //! organization → envelope — and then:
 //!
-//! - [`publish`](EventPublisher::publish): the *delivery* stack — overall deadline →
-//!   retry → circuit breaker → per-attempt deadline → transport;
+//! - [`publish`](EventPublisher::publish): the *delivery* stack — telemetry → overall
+//!   deadline → fair share → retry → circuit breaker → per-attempt deadline → transport;
 //! - [`spawn`](EventPublisher::spawn): a bounded queue, drained in the background
 //!   through the same delivery stack.
 
@@ -267,7 +267,12 @@ impl EventPublisher {
     /// after `close`. Each of these returns without waiting but spends a unit of tokio's
     /// cooperative budget, so a caller looping on them still lets other tasks run.
     pub async fn spawn(&self, event: impl Into<Event>) -> Result<(), PublishError> {
-        let event = event.into();
+        let mut event = event.into();
+        // Its producer span opens later, in the worker: under the caller's span.
+        let current = tracing::Span::current();
+        if !current.is_disabled() {
+            event.parent_span = Some(current);
+        }
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(shut_down(&event).await);
         }

@@ -240,6 +240,15 @@ impl SchemaRegistry {
         self.schemas.get(event_type).map(|s| s.version)
     }
 
+    /// The registered name and schema version of `event_type`, when it is registered:
+    /// the name is `'static`, fit for a metric label.
+    pub(crate) fn registered(&self, event_type: &str) -> Option<(&'static str, u32)> {
+        match self.schemas.get_key_value(event_type)? {
+            (Cow::Borrowed(name), schema) => Some((name, schema.version)),
+            (Cow::Owned(_), _) => None,
+        }
+    }
+
     /// The registered event types, sorted.
     pub fn event_types(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.schemas.keys().map(|k| &**k).collect();

@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, TryAcquireError};
 use uuid::Uuid;
 
 use super::confirm::{ConfirmTracker, Outcome, PublishFuture};
-use crate::error::PublishError;
+use crate::{error::PublishError, telemetry::SentGuard};
 
 /// How long closing a channel may take (a silent broker never answers close-ok).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -54,6 +54,8 @@ struct Inner {
     generation: u64,
     /// Whether the broker blocks that connection.
     blocked: Arc<AtomicBool>,
+    /// The `host:port` of that connection's node.
+    node: Arc<str>,
     tracker: Arc<ConfirmTracker>,
     permits: Arc<Semaphore>,
     /// The number of permits `permits` started with.
@@ -85,6 +87,7 @@ impl ConfirmChannel {
         connection: &Connection,
         generation: u64,
         blocked: Arc<AtomicBool>,
+        node: Arc<str>,
         max_in_flight: usize,
     ) -> Result<Self, PublishError> {
         let channel = connection.create_channel().await.map_err(|e| {
@@ -111,6 +114,7 @@ impl ConfirmChannel {
                 channel,
                 generation,
                 blocked,
+                node,
                 tracker: ConfirmTracker::spawn(),
                 permits: Arc::new(Semaphore::new(max_in_flight)),
                 max_in_flight,
@@ -131,6 +135,11 @@ impl ConfirmChannel {
     /// The generation of the connection the channel is on.
     pub(crate) fn generation(&self) -> u64 {
         self.inner.generation
+    }
+
+    /// The `host:port` of the node the channel's connection is to.
+    pub(crate) fn node(&self) -> &str {
+        &self.inner.node
     }
 
     /// Whether the broker blocks the channel's connection (`connection.blocked`).
@@ -185,7 +194,11 @@ impl ConfirmChannel {
     ///
     /// # Errors
     /// [`ErrorKind::Shutdown`](crate::error::ErrorKind::Shutdown) when the channel is closed for publishing.
-    pub(crate) async fn publish(&self, message: Message) -> Result<Outcome, PublishError> {
+    pub(crate) async fn publish(
+        &self,
+        message: Message,
+        sent: &SentGuard<'_>,
+    ) -> Result<Outcome, PublishError> {
         let inner = &self.inner;
         // Without awaiting while a permit is free: an uncontended semaphore await still
         // spends the task's cooperative budget.
@@ -230,6 +243,7 @@ impl ConfirmChannel {
         // Waits, within the caller's deadline, if this event is still in flight on the
         // channel (an earlier attempt whose confirm is due).
         let tracked = inner.tracker.track_when_free(event_id, publish).await;
+        sent.written();
         let outcome = tracked.await;
         drop(permit);
         Ok(outcome)

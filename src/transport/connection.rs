@@ -65,9 +65,16 @@ pub(crate) struct Generation {
     connection: Connection,
     generation: u64,
     blocked: Arc<AtomicBool>,
+    /// The node's `host:port`.
+    node: Arc<str>,
 }
 
 impl Generation {
+    /// The `host:port` of the node the connection is to.
+    pub(crate) fn node(&self) -> Arc<str> {
+        self.node.clone()
+    }
+
     pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
@@ -196,6 +203,7 @@ impl managed::Manager for ConnectionManager {
                     connection,
                     generation,
                     blocked,
+                    node: Arc::from(node.address.as_str()),
                 })
             }
             Err(error) => {

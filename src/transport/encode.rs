@@ -190,6 +190,8 @@ pub(crate) fn encode(
         HEADER_SCHEMA_VERSION.into(),
         AMQPValue::LongLongInt(i64::from(event.version())),
     );
+    #[cfg(feature = "opentelemetry")]
+    crate::telemetry::inject(&event.producer_span, &mut headers);
     let timestamp = u64::try_from(event.timestamp().timestamp()).unwrap_or(0);
     let mut properties = BasicProperties::default()
         .with_content_type("application/json".into())

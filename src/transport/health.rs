@@ -15,6 +15,8 @@ use futures_util::StreamExt;
 use lapin::{Connection, ConnectionStatus};
 use tokio::sync::{Notify, futures::Notified};
 
+use crate::telemetry;
+
 /// How often a connection's watcher looks at its status, in case a loss came without
 /// an event.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -158,6 +160,7 @@ impl Health {
             blocked_flag: blocked_flag.clone(),
         });
         drop(inner);
+        telemetry::connection_event(telemetry::CONNECTIONS_OPENED, node);
         self.restored();
         let events = connection.events_listener();
         let health = self.clone();
@@ -170,6 +173,7 @@ impl Health {
                     event = events.next() => match event {
                         Some(lapin::Event::ConnectionBlocked(reason)) => {
                             tracing::warn!(%node, generation, %reason, "the broker blocked the connection: publishes on it are refused until it unblocks");
+                            telemetry::connection_event(telemetry::CONNECTIONS_BLOCKED, &node);
                             health.set_blocked(generation, Some(reason));
                         }
                         Some(lapin::Event::ConnectionUnblocked) => {
@@ -224,6 +228,7 @@ impl Health {
         inner.last_error = Some(format!("connection to {} lost: {reason}", live.node));
         drop(inner);
         tracing::warn!(node = %live.node, generation, %reason, "connection to the broker lost");
+        telemetry::connection_event(telemetry::CONNECTIONS_LOST, &live.node);
         self.lost.notify_waiters();
     }
 }

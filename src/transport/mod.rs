@@ -34,7 +34,6 @@ mod pool;
 mod reconnect;
 mod tls;
 
-pub use confirm::reattributed_returns;
 pub use encode::{HEADER_ORGANIZATION_ID, HEADER_SCHEMA_VERSION};
 pub(crate) use encode::{check_body_size, encode, header_frame_bytes};
 pub use health::ConnectionState;
@@ -65,6 +64,7 @@ use crate::{
     config::PublisherConfig,
     error::{ErrorKind, PublishError},
     event::{Event, Receipt},
+    telemetry::Instruments,
 };
 
 /// Publishes events with `mandatory = true` on a pool of confirm-mode channels and
@@ -90,6 +90,8 @@ struct Inner {
     exchange: Arc<Exchange>,
     health: Health,
     max_body_bytes: usize,
+    /// The per-event metrics, shared with the publisher's telemetry layer.
+    instruments: Arc<Instruments>,
     /// The reconnect task, aborted by `close`.
     reconnect: OnceLock<AbortHandle>,
 }
@@ -149,6 +151,7 @@ impl AmqpPublish {
             exchange,
             health,
             max_body_bytes: config.max_body_bytes,
+            instruments: Arc::new(Instruments::new(&config.exchange)),
             reconnect: OnceLock::new(),
         });
         let _ = inner.reconnect.set(reconnect::spawn(&inner));
@@ -159,6 +162,11 @@ impl AmqpPublish {
     /// node, blocked by the broker, the last connection error. For readiness checks.
     pub fn state(&self) -> ConnectionState {
         self.inner.health.state()
+    }
+
+    /// The transport's per-event metrics, for the publisher's telemetry layer.
+    pub(crate) fn instruments(&self) -> Arc<Instruments> {
+        self.inner.instruments.clone()
     }
 
     /// Calls `f` whenever a connection opens or the broker unblocks one.
@@ -190,6 +198,7 @@ impl AmqpPublish {
     async fn publish(&self, event: Event) -> Result<Receipt, PublishError> {
         let (body, properties) = encode(&event, self.inner.max_body_bytes)?;
         let header_bytes = header_frame_bytes(&properties);
+        let body_size = body.len();
         let message = Message {
             event_id: event.id(),
             exchange: self.inner.exchange.name().clone(),
@@ -218,7 +227,24 @@ impl AmqpPublish {
                 format!("the broker has blocked the connection ({reason}): the event was not sent"),
             ));
         }
-        let outcome = channel.publish(message).await?;
+        let span = &event.producer_span;
+        if !span.is_disabled() {
+            span.record("messaging.message.body.size", body_size);
+            let (host, port) = split_address(channel.node());
+            span.record("server.address", host);
+            if let Some(port) = port {
+                span.record("server.port", port);
+            }
+        }
+        let sent = self.inner.instruments.attempt(event.metric_type);
+        let outcome = channel.publish(message, &sent).await?;
+        match &outcome {
+            Outcome::NotSent(_) => sent.not_sent(),
+            Outcome::Routed => sent.finish(None),
+            Outcome::Unroutable { .. } => sent.finish(Some(ErrorKind::Unroutable)),
+            Outcome::Nacked => sent.finish(Some(ErrorKind::Nacked)),
+            Outcome::Failed(_) | Outcome::Unknown => sent.finish(Some(ErrorKind::Connection)),
+        }
         match outcome {
             // A channel may nack whatever it carries (a quorum queue whose leader is
             // gone): the next publishes may need a new one.
@@ -247,6 +273,14 @@ impl reconnect::Transport for Inner {
     }
 }
 
+/// `host:port` as the `server.address` and `server.port` span attributes.
+fn split_address(address: &str) -> (&str, Option<u16>) {
+    match address.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().ok()),
+        None => (address, None),
+    }
+}
+
 /// The smallest `frame_max` AMQP 0-9-1 allows a broker to negotiate.
 const MIN_FRAME_MAX: usize = 4096;
 
@@ -263,9 +297,11 @@ impl Service<Event> for AmqpPublish {
     fn call(&mut self, event: Event) -> Self::Future {
         let this = self.clone();
         let span = tracing::debug_span!(
+            target: "fitviz_events::publish",
             "publish_attempt",
             event_id = %event.id(),
             event_type = event.event_type(),
+            error.type = tracing::field::Empty,
         );
         ResponseFuture(Box::pin(tracing::Instrument::instrument(
             async move {
@@ -276,7 +312,10 @@ impl Service<Event> for AmqpPublish {
                         elapsed_us = receipt.elapsed.as_micros() as u64,
                         "confirmed"
                     ),
-                    Err(error) => tracing::debug!(kind = ?error.kind(), %error, "attempt failed"),
+                    Err(error) => {
+                        tracing::Span::current().record("error.type", error.kind().as_str());
+                        tracing::debug!(kind = ?error.kind(), %error, "attempt failed")
+                    }
                 }
                 result
             },

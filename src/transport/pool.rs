@@ -69,6 +69,7 @@ impl managed::Manager for ChannelManager {
             &connection,
             connection.generation(),
             connection.blocked_flag(),
+            connection.node(),
             self.max_in_flight,
         )
         .await
@@ -229,6 +230,7 @@ impl ChannelPool {
         }
         if lane.replace(None).is_some() {
             tracing::info!(lane = index, "replacing a dead channel");
+            crate::telemetry::channel_replaced();
         }
         // Rare path, boxed: deadpool's `get` future is several kilobytes, and it would
         // otherwise be part of every publish's future.

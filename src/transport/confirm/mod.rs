@@ -57,7 +57,6 @@ use uuid::Uuid;
 mod state;
 
 pub(crate) use state::Outcome;
-pub use state::reattributed_returns;
 use state::{Completion, Rank, Reply, Returned, State};
 
 pub(crate) type PublishFuture =

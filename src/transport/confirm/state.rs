@@ -8,20 +8,9 @@
 //! ranks its completion and hands it over as a [`Completion`]; everything else is
 //! decided here.
 
-use std::{
-    collections::{BTreeSet, HashMap, HashSet, VecDeque},
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use uuid::Uuid;
-
-static REATTRIBUTED_RETURNS: AtomicU64 = AtomicU64::new(0);
-
-/// How many returned messages lapin attached to another event's confirm, and the
-/// tracker gave back to their own event (process-wide, for tests and metrics).
-pub fn reattributed_returns() -> u64 {
-    REATTRIBUTED_RETURNS.load(Ordering::Relaxed)
-}
 
 /// What the broker said about one event.
 #[derive(Debug)]
@@ -321,7 +310,7 @@ impl<P, R: Reply> State<P, R> {
                 if let Some(returned) = returned {
                     if returned.event_id != Some(carrier) {
                         self.reattributed += 1;
-                        REATTRIBUTED_RETURNS.fetch_add(1, Ordering::Relaxed);
+                        crate::telemetry::return_reattributed();
                     }
                     self.record_return(returned);
                 }
