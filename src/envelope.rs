@@ -42,10 +42,7 @@ use std::{
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{
-    error::PublishError, event::Event, future::ResponseFuture, schema::SchemaRegistry,
-    telemetry::OTHER_EVENT_TYPE,
-};
+use crate::{error::PublishError, event::Event, future::ResponseFuture, schema::SchemaRegistry};
 
 /// Fills in the envelope; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -66,10 +63,9 @@ impl EnvelopeLayer {
     /// Fills in what `event` does not carry yet.
     pub fn stamp(&self, event: &mut Event) {
         event.set_source_if_absent(&self.source);
-        let registered = self.registry.registered(event.event_type());
-        event.metric_type = registered.map_or(OTHER_EVENT_TYPE, |(name, _)| name);
         if !event.has_version() {
-            event.set_version(registered.map(|(_, version)| version));
+            let version = self.registry.version(event.event_type());
+            event.set_version(version);
         }
         if let Some(scope) = event.scope.take() {
             event.set_correlation_id_if_absent(scope.correlation_id.as_ref());

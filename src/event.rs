@@ -243,7 +243,8 @@ pub struct Event {
     /// The request this event is published in, until the envelope is stamped.
     pub(crate) scope: Option<Arc<RequestScope>>,
     /// The `event_type` label of the metrics: the registered type, or
-    /// [`OTHER_EVENT_TYPE`](crate::telemetry::OTHER_EVENT_TYPE) (set by the envelope).
+    /// [`OTHER_EVENT_TYPE`](crate::telemetry::OTHER_EVENT_TYPE) (set by the telemetry
+    /// layer).
     pub(crate) metric_type: &'static str,
     /// For a detached event, the span current when it was spawned: the parent of its
     /// producer span.

@@ -1,8 +1,9 @@
 //! [`EventPublisherBuilder`]: composes the front and the delivery stacks.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
+use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{EventPublisher, PublishService, detached::DetachedSettings};
@@ -16,7 +17,7 @@ use crate::{
     organization::{GetOrganization, NoOrganizationSource, OrganizationLayer},
     retry::RetryLayer,
     schema::SchemaRegistry,
-    telemetry::TelemetryLayer,
+    telemetry::{Instruments, TelemetryLayer},
     timeout::TimeoutLayer,
     transport::AmqpPublish,
     validate::ValidationLayer,
@@ -57,13 +58,37 @@ impl Front {
         S::Response: 'static,
         S::Future: Send + 'static,
     {
-        BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .option_layer(self.validation.clone())
-                .layer(self.organization.clone())
-                .layer(self.envelope.clone())
-                .service(inner),
-        )
+        BoxCloneSyncService::new(self.layer(inner))
+    }
+
+    /// `inner` behind the front and, outermost, `telemetry` (so that the producer span
+    /// and the duration cover validation too), boxed.
+    pub(super) fn wrap_observed<S>(&self, telemetry: &TelemetryLayer, inner: S) -> PublishService
+    where
+        S: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        BoxCloneSyncService::new(telemetry.layer(self.layer(inner)))
+    }
+
+    fn layer<S>(
+        &self,
+        inner: S,
+    ) -> impl Service<Event, Response = S::Response, Error = PublishError, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+    where
+        S: Service<Event, Error = PublishError> + Clone + Send + Sync + 'static,
+        S::Response: 'static,
+        S::Future: Send + 'static,
+    {
+        ServiceBuilder::new()
+            .option_layer(self.validation.clone())
+            .layer(self.organization.clone())
+            .layer(self.envelope.clone())
+            .service(inner)
     }
 }
 
@@ -109,9 +134,15 @@ impl EventPublisherBuilder {
         let handle = breaker.handle();
         transport.on_restored(move || handle.probe_now());
         let fair = self.fair_share_layer();
-        let telemetry = TelemetryLayer::with_instruments(transport.instruments());
-        let delivery = self.delivery(&telemetry, &breaker, &fair, transport.clone());
-        Ok(self.finish(delivery, Some(transport), Some(breaker), Some(fair)))
+        let telemetry = self.telemetry_layer(transport.instruments());
+        let delivery = self.delivery(&breaker, &fair, transport.clone());
+        Ok(self.finish(
+            delivery,
+            telemetry,
+            Some(transport),
+            Some(breaker),
+            Some(fair),
+        ))
     }
 
     /// Builds the publisher over any transport (for example
@@ -129,9 +160,9 @@ impl EventPublisherBuilder {
     {
         let breaker = self.breaker_layer();
         let fair = self.fair_share_layer();
-        let telemetry = TelemetryLayer::new(&self.config.exchange);
-        let delivery = self.delivery(&telemetry, &breaker, &fair, transport);
-        self.finish(delivery, None, Some(breaker), Some(fair))
+        let telemetry = self.telemetry_layer(Arc::new(Instruments::new(&self.config.exchange)));
+        let delivery = self.delivery(&breaker, &fair, transport);
+        self.finish(delivery, telemetry, None, Some(breaker), Some(fair))
     }
 
     /// Builds the publisher over a delivery stack of your own (see
@@ -142,7 +173,12 @@ impl EventPublisherBuilder {
     /// # Panics
     /// When the configuration is invalid (see [`PublisherConfig::validate`]).
     pub fn build_with_delivery(self, delivery: PublishService) -> EventPublisher {
-        self.finish(delivery, None, None, None)
+        let telemetry = self.telemetry_layer(Arc::new(Instruments::new(&self.config.exchange)));
+        self.finish(delivery, telemetry, None, None, None)
+    }
+
+    fn telemetry_layer(&self, instruments: Arc<Instruments>) -> TelemetryLayer {
+        TelemetryLayer::with_instruments(instruments).registry(self.registry.clone())
     }
 
     fn fair_share_layer(&self) -> FairShareLayer {
@@ -167,14 +203,12 @@ impl EventPublisherBuilder {
         }
     }
 
-    /// The default delivery stack, outermost first: telemetry (the producer span, the
-    /// duration) → overall deadline → fair share per organization → retry → circuit
-    /// breaker → per-attempt deadline → transport.
+    /// The default delivery stack, outermost first: overall deadline → fair share per
+    /// organization → retry → circuit breaker → per-attempt deadline → transport.
     ///
     /// Returned unboxed: `publish` boxes it once together with the front.
     fn delivery<T>(
         &self,
-        telemetry: &TelemetryLayer,
         breaker: &CircuitBreakerLayer,
         fair: &FairShareLayer,
         transport: T,
@@ -189,7 +223,6 @@ impl EventPublisherBuilder {
     {
         let config = &self.config;
         ServiceBuilder::new()
-            .layer(telemetry.clone())
             .layer(TimeoutLayer::overall(config.publish_timeout))
             .layer(fair.clone())
             .layer(RetryLayer::new(
@@ -205,6 +238,7 @@ impl EventPublisherBuilder {
     fn finish<D>(
         self,
         delivery: D,
+        telemetry: TelemetryLayer,
         transport: Option<AmqpPublish>,
         breaker: Option<CircuitBreakerLayer>,
         fair: Option<FairShareLayer>,
@@ -219,9 +253,11 @@ impl EventPublisherBuilder {
         let detached = DetachedSettings::from_config(&self.config);
         let front = self.front();
         EventPublisher::new(
-            front.wrap(delivery.clone()),
+            front.wrap_observed(&telemetry, delivery.clone()),
             front,
-            BoxCloneSyncService::new(delivery),
+            // Detached events: the worker publishes them through the delivery stack,
+            // each in its producer span.
+            BoxCloneSyncService::new(telemetry.layer(delivery)),
             detached,
             self.config.publish_timeout,
             transport,

@@ -15,10 +15,11 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::{Span, field::Empty};
 
-use super::Instruments;
+use super::{Instruments, OTHER_EVENT_TYPE};
 use crate::{
     error::PublishError,
     event::{Event, Receipt},
+    schema::SchemaRegistry,
 };
 
 /// Runs each publish in an OpenTelemetry-style producer span and records its
@@ -39,6 +40,7 @@ use crate::{
 #[derive(Clone)]
 pub struct TelemetryLayer {
     instruments: Arc<Instruments>,
+    registry: SchemaRegistry,
 }
 
 impl fmt::Debug for TelemetryLayer {
@@ -50,13 +52,25 @@ impl fmt::Debug for TelemetryLayer {
 }
 
 impl TelemetryLayer {
-    /// Telemetry for publishes to `exchange` (the `messaging.destination.name`).
+    /// Telemetry for publishes to `exchange` (the `messaging.destination.name`), with
+    /// the built-in event types as the `event_type` labels.
     pub fn new(exchange: &str) -> Self {
         Self::with_instruments(Arc::new(Instruments::new(exchange)))
     }
 
     pub(crate) fn with_instruments(instruments: Arc<Instruments>) -> Self {
-        Self { instruments }
+        Self {
+            instruments,
+            registry: SchemaRegistry::builtin(),
+        }
+    }
+
+    /// Takes the `event_type` labels from `registry`: a registered type is its own
+    /// label, every other one is [`OTHER_EVENT_TYPE`].
+    #[must_use]
+    pub fn registry(mut self, registry: SchemaRegistry) -> Self {
+        self.registry = registry;
+        self
     }
 }
 
@@ -67,6 +81,7 @@ impl<S> Layer<S> for TelemetryLayer {
         Telemetry {
             inner,
             instruments: self.instruments.clone(),
+            registry: self.registry.clone(),
         }
     }
 }
@@ -76,6 +91,7 @@ impl<S> Layer<S> for TelemetryLayer {
 pub struct Telemetry<S> {
     inner: S,
     instruments: Arc<Instruments>,
+    registry: SchemaRegistry,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Telemetry<S> {
@@ -132,7 +148,9 @@ where
     }
 
     fn call(&mut self, mut event: Event) -> Self::Future {
-        let event_type = event.metric_type;
+        let event_type = (self.registry.registered(event.event_type()))
+            .map_or(OTHER_EVENT_TYPE, |(name, _)| name);
+        event.metric_type = event_type;
         let parent = event.parent_span.take();
         let span = producer_span(self.instruments.exchange(), &event, parent.as_ref());
         event.producer_span = span.clone();

@@ -12,7 +12,7 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | [`messaging.client.operation.duration`](PUBLISH_DURATION) | histogram, seconds | common, `outcome` | one per [`publish`](crate::EventPublisher::publish) (and per detached event), from the delivery stack's start to the end of its last attempt |
+//! | [`messaging.client.operation.duration`](PUBLISH_DURATION) | histogram, seconds | common, `outcome` | one per [`publish`](crate::EventPublisher::publish) — validation, every attempt and the waits between them — and one per detached event the worker publishes |
 //! | [`messaging.client.sent.messages`](SENT_MESSAGES) | counter | common, `outcome` | messages actually written to the broker: one per attempt that reached the wire |
 //! | [`fitviz.events.publish.retries`](RETRIES) | counter | `event_type`, `error.type` | attempts that failed and were tried again |
 //! | [`fitviz.events.confirms.in_flight`](CONFIRMS_IN_FLIGHT) | gauge | `messaging.destination.name` | messages written whose confirm has not arrived |
