@@ -35,9 +35,12 @@ struct Sum {
     samples: Vec<f64>,
 }
 
+/// A metric's labels, sorted.
+type Labels = Vec<(String, String)>;
+
 struct Recorded {
     snapshotter: Snapshotter,
-    sums: Mutex<HashMap<(MetricKind, String, Vec<(String, String)>), Sum>>,
+    sums: Mutex<HashMap<(MetricKind, String, Labels), Sum>>,
 }
 
 fn recorded() -> &'static Recorded {
