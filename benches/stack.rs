@@ -1,6 +1,7 @@
 //! What a publish costs on top of the broker: the full middleware stack over an
-//! in-memory sink versus the bare sink, with validation on and off, and the JSON
-//! encoding of each built-in event. No broker needed.
+//! in-memory sink versus the bare sink, with validation on and off, the JSON
+//! encoding of each built-in event, and last the validated stack with a Prometheus
+//! metrics recorder installed. No broker needed.
 //!
 //! ```sh
 //! cargo bench --bench stack
@@ -10,6 +11,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use fitviz_events::{
     Event, EventPublisher, OrganizationId, PublisherConfig,
     events::*,
+    telemetry,
     testing::{Example, MemorySink, examples},
 };
 use tower::Service;
@@ -62,7 +64,47 @@ fn stack(c: &mut Criterion) {
         });
     }
     group.finish();
+    encode(c, &org);
+    // Last: the recorder is process-wide and cannot be removed.
+    with_prometheus_recorder(c, &rt, &org);
+}
 
+/// The validated stack again, with a Prometheus recorder installed (the cost of the
+/// metrics when they are exported); the publisher is built after the install, as an
+/// application does.
+fn with_prometheus_recorder(c: &mut Criterion, rt: &tokio::runtime::Runtime, org: &OrganizationId) {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(telemetry::PUBLISH_DURATION.to_owned()),
+            telemetry::DURATION_BUCKETS,
+        )
+        .expect("valid buckets")
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).expect("the only recorder");
+    let publisher = rt.block_on(async {
+        EventPublisher::builder(PublisherConfig::default())
+            .build_with_transport(MemorySink::counting())
+    });
+    let mut group = c.benchmark_group("stack_overhead");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("full_stack_validated_prometheus", |b| {
+        b.to_async(rt).iter(|| {
+            let publisher = publisher.clone();
+            let event = Event::new(WorkoutCreated::example()).with_organization(org.clone());
+            async move { publisher.publish(event).await.unwrap() }
+        })
+    });
+    group.finish();
+    assert!(
+        handle
+            .render()
+            .contains("messaging_client_operation_duration_bucket"),
+        "the recorder saw the publishes"
+    );
+}
+
+fn encode(c: &mut Criterion, org: &OrganizationId) {
     let mut group = c.benchmark_group("encode_json");
     for event in examples() {
         let event = event.with_organization(org.clone()).with_source("bench");
