@@ -7,6 +7,7 @@ use serde::{Serialize, Serializer, ser::SerializeStruct};
 use uuid::Uuid;
 
 use crate::{
+    header::{CustomHeaders, HeaderValue},
     ident::check_identifier,
     schema::{DomainEvent, DynDomainEvent},
 };
@@ -239,6 +240,9 @@ pub struct Event {
     /// was refused; the front of the stack rejects the event with it.
     rejected_organization: Option<InvalidId>,
     rejected_correlation: Option<InvalidId>,
+    /// The caller's own AMQP headers and the ones refused; `None` (no allocation) for
+    /// an event without any. Shared between clones until one is changed.
+    headers: Option<Arc<CustomHeaders>>,
     pub(crate) data: EventData,
     /// The request this event is published in, until the envelope is stamped.
     pub(crate) scope: Option<Arc<RequestScope>>,
@@ -283,6 +287,7 @@ impl Event {
             correlation_id: None,
             rejected_organization: None,
             rejected_correlation: None,
+            headers: None,
             data,
             scope: None,
             metric_type: crate::telemetry::OTHER_EVENT_TYPE,
@@ -347,6 +352,71 @@ impl Event {
         self.rejected_organization
             .into_iter()
             .chain(self.rejected_correlation)
+    }
+
+    /// Adds an AMQP header of your own to the message: a string, an integer, a boolean
+    /// or a float (see [`HeaderValue`]). Setting a name again replaces its value; names
+    /// are case-sensitive, as in AMQP. The headers travel next to the library's own, in
+    /// the message properties, not in the JSON body.
+    ///
+    /// A name must be 1 to [`MAX_HEADER_NAME_BYTES`](crate::MAX_HEADER_NAME_BYTES) (128)
+    /// bytes of ASCII letters, digits, `-`, `_` and `.`, and is refused, whatever its
+    /// case, when it is one of the [`RESERVED_HEADERS`](crate::RESERVED_HEADERS) (the
+    /// library's own `organization_id` and `schema_version`; `traceparent`, `tracestate`
+    /// and `baggage`, which tracing will add; RabbitMQ's `CC` and `BCC`, which add
+    /// routing keys) or starts with one of the
+    /// [`RESERVED_HEADER_PREFIXES`](crate::RESERVED_HEADER_PREFIXES) (`fitviz`, kept for
+    /// the library; `x-`, RabbitMQ's: `x-death`, `x-delay`, `x-match`, …). An event
+    /// carries at most [`MAX_CUSTOM_HEADERS`](crate::MAX_CUSTOM_HEADERS) (64) of them.
+    /// [`check_header_name`](crate::check_header_name) checks a name alone.
+    ///
+    /// Like [`with_organization`](Self::with_organization) this stays infallible: a
+    /// refused header is not stored but remembered, and publishing (or spawning) the
+    /// event fails with [`ErrorKind::Validation`](crate::ErrorKind::Validation) naming
+    /// `headers.<name>` (a name that breaks the character or length rule is shown
+    /// quoted, escaped and cut short), before any I/O.
+    ///
+    /// Values have no limit of their own: all the properties and headers together must
+    /// fit the connection's negotiated AMQP frame size (RabbitMQ's default `frame_max`
+    /// is 131072 bytes), which the transport checks before sending — a larger event
+    /// fails with [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge) and the connection
+    /// stays open.
+    ///
+    /// # Example
+    /// ```
+    /// use fitviz_events::{Event, HeaderValue, events::WorkoutCreated, testing::Example};
+    ///
+    /// let event = Event::new(WorkoutCreated::example())
+    ///     .with_organization("org-42")
+    ///     .with_header("tenant-tier", "gold")
+    ///     .with_header("priority", 3)
+    ///     .with_header("replay", false);
+    /// assert_eq!(event.header("priority"), Some(&HeaderValue::Int(3)));
+    /// assert_eq!(event.headers().count(), 3);
+    /// ```
+    #[must_use]
+    pub fn with_header(mut self, name: impl AsRef<str>, value: impl Into<HeaderValue>) -> Self {
+        Arc::make_mut(self.headers.get_or_insert_with(Arc::default))
+            .set(name.as_ref(), value.into());
+        self
+    }
+
+    /// The custom headers set with [`with_header`](Self::with_header) and accepted,
+    /// as `(name, value)`, in the order first set (refused ones are not here).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &HeaderValue)> {
+        self.headers.iter().flat_map(|headers| headers.iter())
+    }
+
+    /// The value of the custom header `name` (case-sensitive), if set and accepted.
+    pub fn header(&self, name: &str) -> Option<&HeaderValue> {
+        self.headers()
+            .find_map(|(n, value)| (n == name).then_some(value))
+    }
+
+    /// `(headers.<name>, reason)` for each custom header refused by
+    /// [`with_header`](Self::with_header).
+    pub(crate) fn rejected_headers(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        self.headers.iter().flat_map(|headers| headers.rejected())
     }
 
     /// Sets the source application name (by default the publisher's configured source).

@@ -39,6 +39,7 @@ mod event;
 pub mod events;
 pub mod fairness;
 pub mod future;
+mod header;
 pub mod http;
 mod ident;
 mod log_limit;
@@ -57,6 +58,10 @@ pub use error::{Delivery, ErrorKind, PublishError};
 pub use event::{
     Event, InvalidId, MAX_CORRELATION_ID_BYTES, MAX_ORGANIZATION_ID_BYTES, OrganizationId, Receipt,
     check_correlation_id, check_event_type,
+};
+pub use header::{
+    HeaderValue, MAX_CUSTOM_HEADERS, MAX_HEADER_NAME_BYTES, RESERVED_HEADER_PREFIXES,
+    RESERVED_HEADERS, check_header_name,
 };
 pub use publisher::{CloseReport, EventPublisher, EventPublisherBuilder, PublishService};
 pub use schema::{DomainEvent, SchemaRegistry, ValidationError, Violation};

@@ -3,9 +3,11 @@
 //! This is the one place an event's organization is decided:
 //!
 //! 0. an event given an invalid organization or correlation id (see
-//!    [`OrganizationId`]) is rejected with [`ErrorKind::Validation`] naming
-//!    `organization_id` or `correlation_id` — before anything else, and whether the
-//!    validation layer is on or not, so an invalid id never reaches the transport;
+//!    [`OrganizationId`]) or a refused custom header (see
+//!    [`Event::with_header`]) is rejected with [`ErrorKind::Validation`] naming
+//!    `organization_id`, `correlation_id` or `headers.<name>` — before anything else,
+//!    and whether the validation layer is on or not, so an invalid id never reaches the
+//!    transport;
 //! 1. published through a request's [`Publisher`](crate::http::Publisher), the
 //!    request's organization is authoritative: an event naming another one is
 //!    rejected with [`ErrorKind::OrganizationMismatch`] unless overrides are allowed,
@@ -128,13 +130,13 @@ impl OrganizationLayer {
     ///
     /// # Errors
     /// [`ErrorKind::Validation`] when the event was given an invalid organization or
-    /// correlation id; [`ErrorKind::OrganizationMismatch`] when the event names another
+    /// correlation id or a refused custom header; [`ErrorKind::OrganizationMismatch`] when the event names another
     /// organization than its request; [`ErrorKind::MissingOrganization`] when none can
     /// be found.
     pub fn stamp(&self, event: &mut Event) -> Result<(), PublishError> {
-        let rejected: Vec<Violation> = event
-            .rejected_ids()
+        let rejected: Vec<Violation> = (event.rejected_ids())
             .map(|invalid| Violation::new(invalid.field(), invalid.reason()))
+            .chain((event.rejected_headers()).map(|(field, reason)| Violation::new(field, reason)))
             .collect();
         if !rejected.is_empty() {
             return Err(PublishError::validation(ValidationError::new(
@@ -277,5 +279,42 @@ mod tests {
             assert_eq!(err.validation_error().unwrap().violations()[0].field, field);
             assert!(event.organization_id().is_none());
         }
+    }
+
+    #[test]
+    fn refused_headers_are_validation_errors_naming_each_header() {
+        let layer = OrganizationLayer::default();
+        let mut event = Event::from_json("a.b", serde_json::json!({}))
+            .with_organization("org-1")
+            .with_header("tier", "gold")
+            .with_header("X-Death", 1)
+            .with_header("traceparent", "00-abc")
+            .with_header("CC", "other.key");
+        let err = layer.stamp(&mut event).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Validation);
+        assert_eq!(err.event_id(), Some(event.id()));
+        let fields: Vec<_> = (err.validation_error().unwrap().violations())
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(
+            fields,
+            ["headers.X-Death", "headers.traceparent", "headers.CC"]
+        );
+        assert!(
+            err.to_string()
+                .contains("headers.X-Death: is reserved by RabbitMQ (x- headers)"),
+            "{err}"
+        );
+        // Ids first, then headers.
+        let mut event = Event::from_json("a.b", serde_json::json!({}))
+            .with_header("fitviz-x", 1)
+            .with_organization("");
+        let err = layer.stamp(&mut event).unwrap_err();
+        let fields: Vec<_> = (err.validation_error().unwrap().violations())
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["organization_id", "headers.fitviz-x"]);
     }
 }

@@ -11,6 +11,7 @@ use lapin::{
 use crate::{
     error::PublishError,
     event::{Event, check_event_type},
+    header::HeaderValue,
     schema::ValidationError,
 };
 
@@ -111,8 +112,9 @@ const HEADER_FRAME_OVERHEAD: usize = 7 + 2 + 2 + 8 + 2 + 1;
 /// The size of the content header frame that carries `properties` (all of them,
 /// headers included): it must fit the connection's negotiated `frame_max`, or the
 /// broker closes the whole connection (`FRAME_ERROR`), failing every publish on it.
-/// Exact for the properties [`encode`] sets; other header values count as a long
-/// string of their `Debug` text (an over-estimate).
+/// Exact for the properties [`encode`] sets, custom headers included (long strings,
+/// long-long ints, booleans, doubles); other header values count as a long string of
+/// their `Debug` text (an over-estimate).
 pub(crate) fn header_frame_bytes(properties: &BasicProperties) -> usize {
     fn short(s: Option<&ShortString>) -> usize {
         s.map_or(0, |s| 1 + s.as_str().len())
@@ -148,6 +150,16 @@ pub(crate) fn header_frame_bytes(properties: &BasicProperties) -> usize {
     size
 }
 
+/// A custom header's value as it goes on the wire.
+fn amqp_value(value: &HeaderValue) -> AMQPValue {
+    match value {
+        HeaderValue::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes())),
+        HeaderValue::Int(i) => AMQPValue::LongLongInt(*i),
+        HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
+        HeaderValue::Float(f) => AMQPValue::Double(*f),
+    }
+}
+
 /// Encodes the body and AMQP properties of `event`, refusing a body longer than
 /// `max_body_bytes`.
 ///
@@ -180,6 +192,11 @@ pub(crate) fn encode(
     }
     let body = body.buf;
     let mut headers = FieldTable::default();
+    // The caller's own first: the library's, inserted after, would win a clash (the
+    // reserved names make one impossible).
+    for (name, value) in event.headers() {
+        headers.insert(name.into(), amqp_value(value));
+    }
     if let Some(org) = event.organization_id() {
         headers.insert(
             HEADER_ORGANIZATION_ID.into(),
@@ -267,12 +284,93 @@ mod tests {
             .with_organization(long_org.as_str());
         let (_, props) = encode(&long, 1 << 20).unwrap();
         assert_eq!(header_frame_bytes(&props), base + 255 - "org-1".len());
-        // With checked ids the content header always fits the smallest frame_max.
+        // With checked ids and no custom headers the content header always fits the
+        // smallest frame_max (custom headers can make it larger: the transport checks).
         let widest = event_of(1)
             .with_correlation_id("c".repeat(255))
             .with_organization(long_org.as_str())
             .with_source("s".repeat(255));
         let (_, props) = encode(&widest, 1 << 20).unwrap();
         assert!(header_frame_bytes(&props) < 4096);
+    }
+
+    /// The properties as lapin writes them (property flags included).
+    fn lapin_bytes(properties: &BasicProperties) -> Vec<u8> {
+        let write = lapin::protocol::basic::gen_properties::<Vec<u8>>(properties);
+        write(Vec::new().into()).unwrap().into_inner().0
+    }
+
+    #[test]
+    fn the_header_frame_size_is_exact_for_custom_headers_of_every_type() {
+        let plain = event_of(1).with_correlation_id("r").with_source("svc");
+        let headers = [
+            ("s", HeaderValue::from("gold")),
+            ("empty", HeaderValue::from("")),
+            ("utf8", HeaderValue::from("żółw 🐢")),
+            ("long", HeaderValue::from("v".repeat(70_000))),
+            ("i", HeaderValue::from(i64::MIN)),
+            ("b", HeaderValue::from(true)),
+            ("f", HeaderValue::from(-0.5)),
+        ];
+        let mut events = vec![plain.clone()];
+        let mut all = plain.clone();
+        for (name, value) in headers.clone() {
+            events.push(plain.clone().with_header(name, value.clone()));
+            all = all.with_header(name, value);
+        }
+        events.push(all);
+        for event in &events {
+            let (_, props) = encode(event, 1 << 20).unwrap();
+            // The frame's own bytes besides the properties: all of the overhead but the
+            // two bytes of property flags, which lapin writes with the properties.
+            assert_eq!(
+                header_frame_bytes(&props),
+                HEADER_FRAME_OVERHEAD - 2 + lapin_bytes(&props).len(),
+                "{:?}",
+                event.headers().map(|(name, _)| name).collect::<Vec<_>>()
+            );
+        }
+        // Each type adds its name (short string), a type byte and its value.
+        let base = header_frame_bytes(&encode(&plain, 1 << 20).unwrap().1);
+        let grew =
+            |i: usize| header_frame_bytes(&encode(&events[i + 1], 1 << 20).unwrap().1) - base;
+        assert_eq!(grew(0), (1 + 1) + 1 + (4 + 4));
+        assert_eq!(grew(3), (1 + 4) + 1 + (4 + 70_000));
+        assert_eq!(grew(4), (1 + 1) + 1 + 8);
+        assert_eq!(grew(5), (1 + 1) + 1 + 1);
+        assert_eq!(grew(6), (1 + 1) + 1 + 8);
+    }
+
+    #[test]
+    fn custom_headers_travel_with_their_types_next_to_the_library_headers() {
+        let event = event_of(1)
+            .with_header("tier", "gold")
+            .with_header("count", 42)
+            .with_header("replay", false)
+            .with_header("ratio", 0.25);
+        let (_, props) = encode(&event, 1 << 20).unwrap();
+        let headers = props.headers().as_ref().unwrap().inner();
+        assert_eq!(
+            headers.get("tier"),
+            Some(&AMQPValue::LongString("gold".into()))
+        );
+        assert_eq!(headers.get("count"), Some(&AMQPValue::LongLongInt(42)));
+        assert_eq!(headers.get("replay"), Some(&AMQPValue::Boolean(false)));
+        assert_eq!(headers.get("ratio"), Some(&AMQPValue::Double(0.25)));
+        assert_eq!(
+            headers.get(HEADER_ORGANIZATION_ID),
+            Some(&AMQPValue::LongString("org-1".into()))
+        );
+        assert_eq!(
+            headers.get(HEADER_SCHEMA_VERSION),
+            Some(&AMQPValue::LongLongInt(1))
+        );
+        assert_eq!(headers.len(), 6);
+        // Refused headers are not encoded (the organization layer reports them).
+        let refused = event_of(1)
+            .with_header("x-death", 1)
+            .with_header("CC", "a.b");
+        let (_, props) = encode(&refused, 1 << 20).unwrap();
+        assert_eq!(props.headers().as_ref().unwrap().inner().len(), 2);
     }
 }

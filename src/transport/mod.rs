@@ -208,8 +208,9 @@ impl AmqpPublish {
         };
         let started = Instant::now();
         // Properties that fit the smallest frame any broker may negotiate (4096 bytes:
-        // always, with checked ids) need no look at the connection; larger ones are
-        // checked against the connection's negotiated frame_max before anything is sent.
+        // always, with checked ids and no large custom headers) need no look at the
+        // connection; larger ones are checked against the connection's negotiated
+        // frame_max before anything is sent.
         let channel = self.inner.pool.channel().await?;
         if header_bytes > MIN_FRAME_MAX && header_bytes > channel.frame_max() {
             return Err(PublishError::too_large(
