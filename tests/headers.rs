@@ -192,11 +192,12 @@ async fn a_header_over_the_negotiated_frame_max_is_too_large_and_the_connection_
         Some(&AMQPValue::LongString("z".repeat(100_000).into()))
     );
 
-    // A detached event: the frame size is only known to the transport, so `spawn`
-    // queues it and the worker refuses it for good (logged, counted as failed).
-    publisher.spawn(huge).await.expect("queued");
+    // A detached event: `spawn` checks it against the frame size the connection
+    // negotiated, and refuses it before queueing.
+    let err = publisher.spawn(huge).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
     let report = publisher.close().await;
-    assert_eq!((report.published, report.failed), (0, 1));
+    assert_eq!((report.published, report.failed), (0, 0));
     assert_eq!(fx.queue_len().await, 0);
     fx.cleanup().await;
 }

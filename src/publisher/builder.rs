@@ -250,7 +250,8 @@ impl EventPublisherBuilder {
         if let Err(error) = self.config.validate() {
             panic!("invalid publisher configuration: {error}");
         }
-        let detached = DetachedSettings::from_config(&self.config);
+        let mut detached = DetachedSettings::from_config(&self.config);
+        detached.header_check = transport.as_ref().map(AmqpPublish::header_check);
         let front = self.front();
         EventPublisher::new(
             front.wrap_observed(&telemetry, delivery.clone()),

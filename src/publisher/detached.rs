@@ -41,7 +41,7 @@ use crate::{
     fairness::{ShareGuard, Shares, tenant},
     log_limit::LogLimiter,
     telemetry,
-    transport::check_body_size,
+    transport::{HeaderCheck, check_body_size},
 };
 
 /// The delivery stack the worker publishes through.
@@ -61,6 +61,9 @@ pub(crate) struct DetachedSettings {
     /// [`PublisherConfig::max_body_bytes`]: an event over it is refused before it is
     /// queued, so that `spawn`'s caller hears of it.
     max_body_bytes: usize,
+    /// The transport's check of the content header against the negotiated frame size,
+    /// when the publisher owns an AMQP transport.
+    pub(super) header_check: Option<HeaderCheck>,
 }
 
 impl DetachedSettings {
@@ -73,6 +76,7 @@ impl DetachedSettings {
             redelivery_base: config.detached_redelivery_base_delay,
             redelivery_max: config.detached_redelivery_max_delay,
             max_body_bytes: config.max_body_bytes,
+            header_check: None,
         }
     }
 }
@@ -103,6 +107,7 @@ pub(crate) struct DetachedQueue {
     shares: Arc<Shares>,
     overflow_wait: Duration,
     max_body_bytes: usize,
+    header_check: Option<HeaderCheck>,
     counters: Arc<Counters>,
     close: Arc<Notify>,
     abort: Arc<Notify>,
@@ -171,6 +176,7 @@ impl DetachedQueue {
             shares,
             overflow_wait: settings.overflow_wait,
             max_body_bytes: settings.max_body_bytes,
+            header_check: settings.header_check.clone(),
             counters,
             close,
             abort,
@@ -182,6 +188,9 @@ impl DetachedQueue {
     pub(crate) async fn enqueue(&self, event: Event) -> Result<(), PublishError> {
         let id = event.id();
         check_body_size(&event, self.max_body_bytes)?;
+        if let Some(check) = &self.header_check {
+            check.check(&event)?;
+        }
         let full = || {
             PublishError::new(
                 ErrorKind::QueueFull,

@@ -42,7 +42,10 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Instant,
 };
@@ -92,6 +95,7 @@ struct Inner {
     max_body_bytes: usize,
     /// The per-event metrics, shared with the publisher's telemetry layer.
     instruments: Arc<Instruments>,
+    header_check: HeaderCheck,
     /// The reconnect task, aborted by `close`.
     reconnect: OnceLock<AbortHandle>,
 }
@@ -137,6 +141,7 @@ impl AmqpPublish {
             exchange.clone(),
             health.clone(),
         );
+        let frame_max = Arc::new(AtomicUsize::new(0));
         let pool = ChannelPool::new(
             connections,
             &PoolSettings {
@@ -144,6 +149,7 @@ impl AmqpPublish {
                 max_in_flight: config.max_in_flight,
                 connection_timeout: config.connection_timeout,
                 wait_timeout: config.pool_wait_timeout,
+                frame_max: frame_max.clone(),
             },
         )?;
         let inner = Arc::new(Inner {
@@ -152,6 +158,7 @@ impl AmqpPublish {
             health,
             max_body_bytes: config.max_body_bytes,
             instruments: Arc::new(Instruments::new(&config.exchange)),
+            header_check: HeaderCheck { frame_max },
             reconnect: OnceLock::new(),
         });
         let _ = inner.reconnect.set(reconnect::spawn(&inner));
@@ -162,6 +169,12 @@ impl AmqpPublish {
     /// node, blocked by the broker, the last connection error. For readiness checks.
     pub fn state(&self) -> ConnectionState {
         self.inner.health.state()
+    }
+
+    /// Checks the content header of events against the negotiated `frame_max`, for the
+    /// detached queue (which must refuse an event before queueing it).
+    pub(crate) fn header_check(&self) -> HeaderCheck {
+        self.inner.header_check.clone()
     }
 
     /// The transport's per-event metrics, for the publisher's telemetry layer.
@@ -271,6 +284,41 @@ impl reconnect::Transport for Inner {
 
     fn health(&self) -> &Health {
         &self.health
+    }
+}
+
+/// Checks an event's content header (properties and headers) against the last
+/// `frame_max` a connection negotiated: what `publish` checks on its channel, for an
+/// event that is queued now and published later.
+#[derive(Clone, Debug)]
+pub(crate) struct HeaderCheck {
+    /// 0 until a channel has been opened.
+    frame_max: Arc<AtomicUsize>,
+}
+
+impl HeaderCheck {
+    /// # Errors
+    /// [`ErrorKind::TooLarge`] when the event has custom headers and its content header
+    /// does not fit the frame; events without custom headers always fit.
+    pub(crate) fn check(&self, event: &Event) -> Result<(), PublishError> {
+        if event.headers().next().is_none() {
+            return Ok(());
+        }
+        let frame_max = self.frame_max.load(Ordering::Relaxed);
+        if frame_max == 0 {
+            return Ok(()); // Not known yet: the worker's publish checks it.
+        }
+        let (_, properties) = encode(event, usize::MAX)?;
+        let header_bytes = header_frame_bytes(&properties);
+        if header_bytes > MIN_FRAME_MAX && header_bytes > frame_max {
+            return Err(PublishError::too_large(
+                "the event's properties and headers (the content header frame)",
+                Some(header_bytes),
+                frame_max,
+            )
+            .for_event(event.id()));
+        }
+        Ok(())
     }
 }
 

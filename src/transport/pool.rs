@@ -42,12 +42,15 @@ pub(crate) struct PoolSettings {
     pub(crate) max_in_flight: usize,
     pub(crate) connection_timeout: Duration,
     pub(crate) wait_timeout: Duration,
+    /// Set to the negotiated `frame_max` of each channel opened.
+    pub(crate) frame_max: Arc<AtomicUsize>,
 }
 
 /// Opens confirm-mode channels on pooled connections.
 pub(crate) struct ChannelManager {
     connections: managed::Pool<ConnectionManager>,
     max_in_flight: usize,
+    frame_max: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for ChannelManager {
@@ -65,14 +68,16 @@ impl managed::Manager for ChannelManager {
 
     async fn create(&self) -> Result<ConfirmChannel, PublishError> {
         let connection = self.connections.get().await.map_err(pool_error)?;
-        ConfirmChannel::open(
+        let channel = ConfirmChannel::open(
             &connection,
             connection.generation(),
             connection.blocked_flag(),
             connection.node(),
             self.max_in_flight,
         )
-        .await
+        .await?;
+        self.frame_max.store(channel.frame_max(), Ordering::Relaxed);
+        Ok(channel)
     }
 
     async fn recycle(
@@ -171,6 +176,7 @@ impl ChannelPool {
         let manager = ChannelManager {
             connections: connections.clone(),
             max_in_flight: settings.max_in_flight,
+            frame_max: settings.frame_max.clone(),
         };
         let channels = managed::Pool::builder(manager)
             // Room for replacements while publishes still hold a dead channel.
