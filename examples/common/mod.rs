@@ -309,9 +309,13 @@ pub type HttpTraceLayer = tower_http::trace::TraceLayer<
 >;
 
 /// [`HttpTraceLayer`]: put it outermost, so the request span covers every other layer.
+/// A 5xx answer is logged at WARN (tower-http's default is ERROR): a 503 from `/ready`
+/// or from a handler while the broker is away is an expected state, which the
+/// publisher already reports.
 pub fn http_trace_layer() -> HttpTraceLayer {
     tower_http::trace::TraceLayer::new_for_http()
         .make_span_with(make_request_span as fn(&axum::extract::Request) -> tracing::Span)
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN))
 }
 
 /// The request's span (`request`, INFO, an OpenTelemetry server span named after the
