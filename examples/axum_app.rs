@@ -5,14 +5,23 @@
 //!   and to the `x-request-id` (the events' correlation id);
 //! - `POST /workouts` publishes and waits for the broker's confirm (`?` maps errors to
 //!   422 / 503 / 500), `POST /bookings` publishes detached, `POST /payments` uses the
-//!   JSON path, `GET /health` reports the circuit breaker's and the connection's state;
+//!   JSON path;
+//! - observability (see the README's *Observability*): `GET /metrics` in the Prometheus
+//!   text format, `GET /ready` (200, or 503 with the reasons while the publisher cannot
+//!   publish: not connected, blocked by the broker, circuit open), `GET /live` (always
+//!   200: it never looks at the broker), `GET /health` (the circuit breaker's and the
+//!   connection's state, always 200); a tower-http `TraceLayer` opens a span per request,
+//!   and with `--features opentelemetry` that span continues an incoming W3C
+//!   `traceparent`, so the events a request publishes carry its trace id;
 //! - SIGTERM (how containers and systemd stop a service) or Ctrl-C shuts down gracefully:
 //!   requests in progress finish, then `publisher.close()` flushes the detached queue.
 //!
 //! ```sh
 //! cargo run --example axum_app            # listens on 127.0.0.1:3000, or $PORT
+//! cargo run --example axum_app --features opentelemetry   # ... and continues traceparent
 //! curl -X POST -H 'X-Organization-Id: org-1' -H 'content-type: application/json' \
 //!      localhost:3000/workouts -d '{"workout_id":"w-1","member_id":"m-1","workout_type":"run","duration_minutes":30}'
+//! curl localhost:3000/metrics
 //! ```
 //!
 //! Events are published with `mandatory`: an event no queue is bound for comes back as
@@ -28,12 +37,13 @@ mod common;
 use axum::{
     Json, Router,
     extract::Request,
-    http::StatusCode,
+    http::{StatusCode, header::CONTENT_TYPE},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use common::{DemoQueue, shutdown_signal};
+use fitviz_events::circuit_breaker::BreakerState;
 use fitviz_events::testing::Example;
 use fitviz_events::{
     Event, EventPublisher, OrganizationId, PublishError, PublisherConfig,
@@ -43,9 +53,13 @@ use fitviz_events::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+/// The routes a probe or a scraper calls, without an organization.
+const UNAUTHENTICATED: &[&str] = &["/health", "/live", "/ready", "/metrics"];
+
 /// Stand-in for real authentication: trusts the `X-Organization-Id` header, but only
 /// a valid one ([`OrganizationId::parse`]): an invalid value is answered 400 naming the
-/// header before any handler runs, a missing one 401.
+/// header before any handler runs, a missing one 401 (except on the probe and metrics
+/// routes).
 async fn toy_auth(mut request: Request, next: Next) -> Response {
     let header = request.headers().get("x-organization-id");
     match header.map(|v| std::str::from_utf8(v.as_bytes()).map(OrganizationId::parse)) {
@@ -63,7 +77,7 @@ async fn toy_auth(mut request: Request, next: Next) -> Response {
             "invalid X-Organization-Id header: is not UTF-8",
         )
             .into_response(),
-        None if request.uri().path() == "/health" => next.run(request).await,
+        None if UNAUTHENTICATED.contains(&request.uri().path()) => next.run(request).await,
         None => (StatusCode::UNAUTHORIZED, "missing X-Organization-Id header").into_response(),
     }
 }
@@ -136,13 +150,49 @@ async fn health(
     }))
 }
 
+/// Readiness: can this instance publish now? 503 with the reasons when it cannot, so
+/// that the load balancer sends the requests to another instance meanwhile.
+async fn ready(axum::extract::State(publisher): axum::extract::State<EventPublisher>) -> Response {
+    let mut reasons = Vec::new();
+    if let Some(connection) = publisher.connection_state() {
+        if !connection.connected {
+            reasons.push(match connection.last_error {
+                Some(error) => format!("not connected to the broker: {error}"),
+                None => "not connected to the broker".to_owned(),
+            });
+        }
+        if let Some(reason) = connection.blocked {
+            reasons.push(format!("blocked by the broker: {reason}"));
+        }
+    }
+    // Half-open lets a probe through: publishing may work again, so that is ready.
+    if publisher.breaker_state() == Some(BreakerState::Open) {
+        reasons.push(
+            "circuit breaker open: publishes are refused until it probes the broker".to_owned(),
+        );
+    }
+    if reasons.is_empty() {
+        (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "reasons": reasons })),
+        )
+            .into_response()
+    }
+}
+
+/// Liveness: the process answers. Never looks at the broker: a broker outage must not
+/// get every instance restarted.
+async fn live() -> &'static str {
+    "ok"
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    common::init_tracing();
+    // Before the publisher is built: it registers its instruments on first use.
+    let metrics = common::install_prometheus()?;
     let config = PublisherConfig::from_env()?;
     let publisher = EventPublisher::connect(config.clone()).await?;
     let demo_queue =
@@ -154,9 +204,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .route("/bookings", post(confirm_booking))
         .route("/payments/failed", post(payment_failed))
         .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/live", get(live))
+        .route(
+            "/metrics",
+            get(move || {
+                std::future::ready(
+                    (
+                        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        metrics.render(),
+                    )
+                        .into_response(),
+                )
+            }),
+        )
         .with_state(publisher.clone())
         .layer(EventPublishLayer::new(publisher.clone()))
-        .layer(middleware::from_fn(toy_auth));
+        .layer(middleware::from_fn(toy_auth))
+        // Outermost: the request span covers the auth and the publish.
+        .layer(common::http_trace_layer());
 
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
