@@ -10,6 +10,7 @@ use crate::{
     header::{CustomHeaders, HeaderValue},
     ident::check_identifier,
     schema::{DomainEvent, DynDomainEvent},
+    telemetry::MetricType,
 };
 
 /// The tenant an event belongs to: a checked organization id.
@@ -249,12 +250,11 @@ pub struct Event {
     /// The `event_type` label of the metrics: the registered type, or
     /// [`OTHER_EVENT_TYPE`](crate::telemetry::OTHER_EVENT_TYPE) (set by the telemetry
     /// layer).
-    pub(crate) metric_type: &'static str,
-    /// For a detached event, the span current when it was spawned: the parent of its
-    /// producer span.
-    pub(crate) parent_span: Option<tracing::Span>,
-    /// The producer span, once the telemetry layer has opened it.
-    pub(crate) producer_span: tracing::Span,
+    pub(crate) metric_type: MetricType,
+    /// Before the telemetry layer: for a detached event, the span current when it was
+    /// spawned (the parent of its producer span). After it: the producer span, unless
+    /// it is disabled.
+    pub(crate) span: Option<tracing::Span>,
 }
 
 impl Event {
@@ -290,9 +290,8 @@ impl Event {
             headers: None,
             data,
             scope: None,
-            metric_type: crate::telemetry::OTHER_EVENT_TYPE,
-            parent_span: None,
-            producer_span: tracing::Span::none(),
+            metric_type: MetricType::default(),
+            span: None,
         }
     }
 

@@ -271,7 +271,7 @@ impl EventPublisher {
         // Its producer span opens later, in the worker: under the caller's span.
         let current = tracing::Span::current();
         if !current.is_disabled() {
-            event.parent_span = Some(current);
+            event.span = Some(current);
         }
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(shut_down(&event).await);

@@ -240,13 +240,17 @@ impl SchemaRegistry {
         self.schemas.get(event_type).map(|s| s.version)
     }
 
-    /// The registered name and schema version of `event_type`, when it is registered:
-    /// the name is `'static`, fit for a metric label.
-    pub(crate) fn registered(&self, event_type: &str) -> Option<(&'static str, u32)> {
-        match self.schemas.get_key_value(event_type)? {
-            (Cow::Borrowed(name), schema) => Some((name, schema.version)),
-            (Cow::Owned(_), _) => None,
-        }
+    /// The registered event types whose names are `'static` (all of them: types are
+    /// registered by their `DomainEvent::EVENT_TYPE`), sorted: the metric labels.
+    pub(crate) fn static_event_types(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = (self.schemas.keys())
+            .filter_map(|name| match name {
+                Cow::Borrowed(name) => Some(*name),
+                Cow::Owned(_) => None,
+            })
+            .collect();
+        names.sort_unstable();
+        names
     }
 
     /// The registered event types, sorted.

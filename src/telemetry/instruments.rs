@@ -1,12 +1,12 @@
 //! The per-event instruments: the duration histogram and the sent-messages counter
-//! of each (event type, outcome), registered with the recorder once and kept, so
-//! that a publish costs a lookup, not a registration (which builds and hashes the
-//! whole key); and the in-flight confirms gauge.
+//! of each (event type, outcome), registered with the recorder on first use and kept
+//! in a table indexed by the event type's label and the outcome — a publish costs two
+//! array lookups, not a registration (which builds and hashes the whole key) — and
+//! the in-flight confirms gauge.
 
 use std::{
-    collections::HashMap,
     sync::{
-        OnceLock, PoisonError, RwLock,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -14,19 +14,83 @@ use std::{
 
 use metrics::{Counter, Gauge, Histogram, Label, SharedString};
 
-use super::{CONFIRMS_IN_FLIGHT, PUBLISH_DURATION, SENT_MESSAGES, outcome_label};
-use crate::error::ErrorKind;
+use super::{CONFIRMS_IN_FLIGHT, OTHER_EVENT_TYPE, PUBLISH_DURATION, SENT_MESSAGES};
+use crate::{error::ErrorKind, schema::SchemaRegistry};
 
-/// Instruments keyed by (event type label, outcome label); both are `'static`.
-type Cache<H> = RwLock<HashMap<(&'static str, &'static str), H>>;
+/// `ok` and the error kinds.
+const OUTCOMES: usize = ErrorKind::ALL.len() + 1;
+
+/// The index of an outcome in a [`Cell`], and its label.
+fn outcome(kind: Option<ErrorKind>) -> (usize, &'static str) {
+    match kind {
+        None => (0, "ok"),
+        Some(kind) => (
+            1 + ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0),
+            kind.as_str(),
+        ),
+    }
+}
+
+/// The `event_type` label of an event: a registered type or [`OTHER_EVENT_TYPE`],
+/// and its place in the [`TypeLabels`] that resolved it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MetricType {
+    pub(crate) name: &'static str,
+    index: usize,
+}
+
+impl Default for MetricType {
+    fn default() -> Self {
+        Self {
+            name: OTHER_EVENT_TYPE,
+            index: usize::MAX,
+        }
+    }
+}
+
+/// The bounded set of `event_type` labels: the registry's types (sorted), then
+/// `other`.
+#[derive(Clone, Debug)]
+pub(crate) struct TypeLabels(Arc<[&'static str]>);
+
+impl TypeLabels {
+    pub(crate) fn new(registry: &SchemaRegistry) -> Self {
+        let mut names = registry.static_event_types();
+        names.push(OTHER_EVENT_TYPE);
+        Self(names.into())
+    }
+
+    /// The label of `event_type` (a binary search: no hashing on the publish path).
+    pub(crate) fn resolve(&self, event_type: &str) -> MetricType {
+        let names = &self.0;
+        let registered = &names[..names.len() - 1];
+        let index = (registered.binary_search(&event_type)).unwrap_or(names.len() - 1);
+        MetricType {
+            name: names[index],
+            index,
+        }
+    }
+}
+
+/// The instruments of one event type, by outcome.
+#[derive(Debug, Default)]
+struct Cell {
+    durations: [OnceLock<Histogram>; OUTCOMES],
+    sent: [OnceLock<Counter>; OUTCOMES],
+}
+
+#[derive(Debug)]
+struct Table {
+    labels: TypeLabels,
+    cells: Box<[Cell]>,
+}
 
 /// The instruments of one publisher (one exchange). Shared by its telemetry layer
 /// and its transport.
 #[derive(Debug)]
 pub(crate) struct Instruments {
     exchange: SharedString,
-    durations: Cache<Histogram>,
-    sent: Cache<Counter>,
+    table: OnceLock<Table>,
     in_flight: OnceLock<Gauge>,
 }
 
@@ -34,10 +98,18 @@ impl Instruments {
     pub(crate) fn new(exchange: &str) -> Self {
         Self {
             exchange: SharedString::from(exchange.to_owned()),
-            durations: RwLock::default(),
-            sent: RwLock::default(),
+            table: OnceLock::new(),
             in_flight: OnceLock::new(),
         }
+    }
+
+    /// Sizes the table for `labels` (the first call wins: a transport serves one
+    /// publisher).
+    pub(crate) fn use_labels(&self, labels: &TypeLabels) {
+        self.table.get_or_init(|| Table {
+            cells: labels.0.iter().map(|_| Cell::default()).collect(),
+            labels: labels.clone(),
+        });
     }
 
     /// The exchange, as the `messaging.destination.name` label.
@@ -59,58 +131,38 @@ impl Instruments {
         labels
     }
 
-    /// Calls `f` with the instrument of (`event_type`, `outcome`), registering it first
-    /// if this is its first use.
-    fn with<H>(
-        &self,
-        cache: &Cache<H>,
-        event_type: &'static str,
-        outcome: &'static str,
-        register: impl FnOnce(Vec<Label>) -> H,
-        f: impl FnOnce(&H),
-    ) {
-        let key = (event_type, outcome);
-        if let Some(handle) = cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            return f(handle);
-        }
-        let handle = register(self.labels(event_type, outcome));
-        f(&handle);
-        cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(key)
-            .or_insert(handle);
+    /// The cell of `event_type`, when it was resolved by this table's labels.
+    fn cell(&self, event_type: MetricType) -> Option<&Cell> {
+        let table = self.table.get()?;
+        let name = table.labels.0.get(event_type.index)?;
+        std::ptr::eq(*name, event_type.name).then(|| &table.cells[event_type.index])
     }
 
     /// Records a finished publish (all its attempts).
     pub(crate) fn publish_ended(
         &self,
-        event_type: &'static str,
-        outcome: Option<ErrorKind>,
+        event_type: MetricType,
+        kind: Option<ErrorKind>,
         elapsed: Duration,
     ) {
-        self.with(
-            &self.durations,
-            event_type,
-            outcome_label(outcome),
-            |labels| metrics::histogram!(PUBLISH_DURATION, labels),
-            |h| h.record(elapsed.as_secs_f64()),
-        );
+        let (index, label) = outcome(kind);
+        let register =
+            || metrics::histogram!(PUBLISH_DURATION, self.labels(event_type.name, label));
+        let seconds = elapsed.as_secs_f64();
+        match self.cell(event_type) {
+            Some(cell) => cell.durations[index].get_or_init(register).record(seconds),
+            None => register().record(seconds),
+        }
     }
 
     /// Counts a message written to the broker, with its attempt's outcome.
-    fn sent(&self, event_type: &'static str, outcome: &'static str) {
-        self.with(
-            &self.sent,
-            event_type,
-            outcome,
-            |labels| metrics::counter!(SENT_MESSAGES, labels),
-            |c| c.increment(1),
-        );
+    fn sent(&self, event_type: MetricType, kind: Option<ErrorKind>) {
+        let (index, label) = outcome(kind);
+        let register = || metrics::counter!(SENT_MESSAGES, self.labels(event_type.name, label));
+        match self.cell(event_type) {
+            Some(cell) => cell.sent[index].get_or_init(register).increment(1),
+            None => register().increment(1),
+        }
     }
 
     fn in_flight(&self) -> &Gauge {
@@ -120,7 +172,7 @@ impl Instruments {
     }
 
     /// A guard for one attempt of an event of `event_type`: see [`SentGuard`].
-    pub(crate) fn attempt(&self, event_type: &'static str) -> SentGuard<'_> {
+    pub(crate) fn attempt(&self, event_type: MetricType) -> SentGuard<'_> {
         SentGuard {
             instruments: self,
             event_type,
@@ -137,7 +189,7 @@ impl Instruments {
 #[derive(Debug)]
 pub(crate) struct SentGuard<'a> {
     instruments: &'a Instruments,
-    event_type: &'static str,
+    event_type: MetricType,
     written: AtomicBool,
     finished: bool,
 }
@@ -154,7 +206,7 @@ impl SentGuard<'_> {
     /// written, with `outcome`.
     pub(crate) fn finish(mut self, outcome: Option<ErrorKind>) {
         self.finished = true;
-        self.end(outcome_label(outcome));
+        self.end(outcome);
     }
 
     /// The channel could not write the message after all (it was closed): not a sent
@@ -166,7 +218,7 @@ impl SentGuard<'_> {
         }
     }
 
-    fn end(&self, outcome: &'static str) {
+    fn end(&self, outcome: Option<ErrorKind>) {
         if self.written.load(Ordering::Relaxed) {
             self.instruments.in_flight().decrement(1.0);
             self.instruments.sent(self.event_type, outcome);
@@ -177,7 +229,43 @@ impl SentGuard<'_> {
 impl Drop for SentGuard<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            self.end(ErrorKind::Timeout.as_str());
+            self.end(Some(ErrorKind::Timeout));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_the_registered_types_and_other() {
+        let labels = TypeLabels::new(&SchemaRegistry::builtin());
+        let owned = String::from("workout.created");
+        let resolved = labels.resolve(&owned);
+        assert_eq!(resolved.name, "workout.created");
+        assert_eq!(labels.resolve("nobody.knows").name, OTHER_EVENT_TYPE);
+        assert_eq!(labels.resolve("other").name, OTHER_EVENT_TYPE);
+        assert_eq!(labels.0.len(), 12);
+        // Every outcome has its own cell.
+        let indexes: std::collections::HashSet<usize> = std::iter::once(None)
+            .chain(ErrorKind::ALL.map(Some))
+            .map(|k| outcome(k).0)
+            .collect();
+        assert_eq!(indexes.len(), OUTCOMES);
+        assert!(indexes.iter().all(|i| *i < OUTCOMES));
+    }
+
+    #[test]
+    fn a_label_from_another_table_falls_back_to_registering() {
+        let instruments = Instruments::new("x");
+        let labels = TypeLabels::new(&SchemaRegistry::builtin());
+        instruments.use_labels(&labels);
+        let mine = labels.resolve("payment.failed");
+        assert!(instruments.cell(mine).is_some());
+        let other_table = TypeLabels::new(&SchemaRegistry::empty()).resolve("payment.failed");
+        assert_eq!(other_table.name, OTHER_EVENT_TYPE);
+        assert!(instruments.cell(other_table).is_none());
+        assert!(instruments.cell(MetricType::default()).is_none());
     }
 }

@@ -15,7 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::{Span, field::Empty};
 
-use super::{Instruments, OTHER_EVENT_TYPE};
+use super::{Instruments, MetricType, TypeLabels};
 use crate::{
     error::PublishError,
     event::{Event, Receipt},
@@ -40,7 +40,7 @@ use crate::{
 #[derive(Clone)]
 pub struct TelemetryLayer {
     instruments: Arc<Instruments>,
-    registry: SchemaRegistry,
+    labels: TypeLabels,
 }
 
 impl fmt::Debug for TelemetryLayer {
@@ -61,15 +61,15 @@ impl TelemetryLayer {
     pub(crate) fn with_instruments(instruments: Arc<Instruments>) -> Self {
         Self {
             instruments,
-            registry: SchemaRegistry::builtin(),
+            labels: TypeLabels::new(&SchemaRegistry::builtin()),
         }
     }
 
     /// Takes the `event_type` labels from `registry`: a registered type is its own
-    /// label, every other one is [`OTHER_EVENT_TYPE`].
+    /// label, every other one is [`OTHER_EVENT_TYPE`](super::OTHER_EVENT_TYPE).
     #[must_use]
     pub fn registry(mut self, registry: SchemaRegistry) -> Self {
-        self.registry = registry;
+        self.labels = TypeLabels::new(&registry);
         self
     }
 }
@@ -78,10 +78,11 @@ impl<S> Layer<S> for TelemetryLayer {
     type Service = Telemetry<S>;
 
     fn layer(&self, inner: S) -> Telemetry<S> {
+        self.instruments.use_labels(&self.labels);
         Telemetry {
             inner,
             instruments: self.instruments.clone(),
-            registry: self.registry.clone(),
+            labels: self.labels.clone(),
         }
     }
 }
@@ -91,7 +92,7 @@ impl<S> Layer<S> for TelemetryLayer {
 pub struct Telemetry<S> {
     inner: S,
     instruments: Arc<Instruments>,
-    registry: SchemaRegistry,
+    labels: TypeLabels,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Telemetry<S> {
@@ -148,15 +149,20 @@ where
     }
 
     fn call(&mut self, mut event: Event) -> Self::Future {
-        let event_type = (self.registry.registered(event.event_type()))
-            .map_or(OTHER_EVENT_TYPE, |(name, _)| name);
+        let event_type = self.labels.resolve(event.event_type());
         event.metric_type = event_type;
-        let parent = event.parent_span.take();
+        let parent = event.span.take();
         let span = producer_span(self.instruments.exchange(), &event, parent.as_ref());
-        event.producer_span = span.clone();
+        if !span.is_disabled() {
+            event.span = Some(span.clone());
+        }
         let started = Instant::now();
         // The layers below create their futures (and the first attempt's span) now.
-        let inner = span.in_scope(|| self.inner.call(event));
+        let inner = if span.is_disabled() {
+            self.inner.call(event)
+        } else {
+            span.in_scope(|| self.inner.call(event))
+        };
         ResponseFuture {
             inner,
             span,
@@ -174,7 +180,7 @@ pin_project! {
         inner: F,
         span: Span,
         started: Instant,
-        event_type: &'static str,
+        event_type: MetricType,
         instruments: Arc<Instruments>,
     }
 }
@@ -203,7 +209,7 @@ where
             this.span.record("otel.status_code", "ERROR");
         }
         this.instruments
-            .publish_ended(this.event_type, kind, this.started.elapsed());
+            .publish_ended(*this.event_type, kind, this.started.elapsed());
         Poll::Ready(result)
     }
 }

@@ -88,7 +88,7 @@ mod layer;
 #[cfg(feature = "opentelemetry")]
 mod propagation;
 
-pub(crate) use instruments::{Instruments, SentGuard};
+pub(crate) use instruments::{Instruments, MetricType, SentGuard, TypeLabels};
 pub use layer::{Telemetry, TelemetryLayer};
 #[cfg(feature = "opentelemetry")]
 pub(crate) use propagation::inject;
@@ -178,16 +178,11 @@ pub fn describe_metrics() {
     );
 }
 
-/// The `outcome` label of a result: `ok` or the error kind's name.
-pub(crate) fn outcome_label(kind: Option<ErrorKind>) -> &'static str {
-    kind.map_or("ok", ErrorKind::as_str)
-}
-
 /// Counts a failed attempt that the retry layer tries again.
-pub(crate) fn retried(event_type: &'static str, kind: ErrorKind) {
+pub(crate) fn retried(event_type: MetricType, kind: ErrorKind) {
     metrics::counter!(
         RETRIES,
-        "event_type" => event_type,
+        "event_type" => event_type.name,
         "error.type" => kind.as_str(),
     )
     .increment(1);

@@ -97,16 +97,17 @@ static WARNED: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)
 /// producer span is filtered out) into `headers`. Without a subscriber nothing is
 /// traced and nothing is written, silently; with one that cannot give a context, a
 /// warning is logged once.
-pub(crate) fn inject(span: &Span, headers: &mut FieldTable) {
+pub(crate) fn inject(span: Option<&Span>, headers: &mut FieldTable) {
     let current;
-    let span = if span.is_disabled() {
-        current = Span::current();
-        if current.is_disabled() {
-            return;
+    let span = match span {
+        Some(span) => span,
+        None => {
+            current = Span::current();
+            if current.is_disabled() {
+                return;
+            }
+            &current
         }
-        &current
-    } else {
-        span
     };
     if let Err(error) = try_inject(span, headers) {
         let index = match error {

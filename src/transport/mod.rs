@@ -241,8 +241,7 @@ impl AmqpPublish {
                 format!("the broker has blocked the connection ({reason}): the event was not sent"),
             ));
         }
-        let span = &event.producer_span;
-        if !span.is_disabled() {
+        if let Some(span) = &event.span {
             span.record("messaging.message.body.size", body_size);
             let (host, port) = split_address(channel.node());
             span.record("server.address", host);
