@@ -24,8 +24,11 @@ struct Headers<'a>(&'a mut FieldTable);
 
 impl Injector for Headers<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0
-            .insert(key.into(), AMQPValue::LongString(LongString::from(value)));
+        // An empty `tracestate` (a trace without vendor state) is left out.
+        if !value.is_empty() {
+            self.0
+                .insert(key.into(), AMQPValue::LongString(LongString::from(value)));
+        }
     }
 }
 
