@@ -1,0 +1,79 @@
+//! Failures and their exit codes (see the crate docs of the binary).
+
+use std::process::ExitCode;
+
+use fitviz_events::{ConfigError, ErrorKind, PublishError};
+
+/// What went wrong, with the exit code that says so.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    code: u8,
+    /// A word for scripts (`"validation"`, `"config"`, …).
+    kind: &'static str,
+    message: String,
+}
+
+/// Another failure.
+pub(crate) const OTHER: u8 = 1;
+/// An invalid `FITVIZ_EVENTS_*` variable.
+pub(crate) const CONFIG: u8 = 3;
+/// An invalid event: nothing was sent.
+pub(crate) const INVALID: u8 = 4;
+/// Refused by the broker.
+pub(crate) const REFUSED: u8 = 5;
+/// The broker is unavailable.
+pub(crate) const UNAVAILABLE: u8 = 6;
+
+impl Failure {
+    pub(crate) fn new(code: u8, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Prints the failure (one line) and returns its exit code.
+    pub(crate) fn report(self, json: bool) -> ExitCode {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "error": self.kind, "message": self.message })
+            );
+        } else {
+            eprintln!("fitviz-events: {}: {}", self.kind, self.message);
+        }
+        ExitCode::from(self.code)
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(error: ConfigError) -> Self {
+        Self::new(CONFIG, "config", error.to_string())
+    }
+}
+
+impl From<PublishError> for Failure {
+    fn from(error: PublishError) -> Self {
+        let kind = error.kind();
+        let code = match kind {
+            ErrorKind::Config => CONFIG,
+            ErrorKind::Validation
+            | ErrorKind::MissingOrganization
+            | ErrorKind::OrganizationMismatch
+            | ErrorKind::TooLarge => INVALID,
+            ErrorKind::Unroutable | ErrorKind::Nacked => REFUSED,
+            ErrorKind::Timeout
+            | ErrorKind::CircuitOpen
+            | ErrorKind::Connection
+            | ErrorKind::PoolTimeout
+            | ErrorKind::Blocked
+            | ErrorKind::QueueFull
+            | ErrorKind::Shutdown => UNAVAILABLE,
+            _ => OTHER,
+        };
+        // One line: the message already names the cause.
+        let message = error.to_string().replace('\n', " ");
+        Self::new(code, kind.as_str(), message)
+    }
+}

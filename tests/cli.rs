@@ -1,0 +1,180 @@
+//! The `fitviz-events` binary, driven as a user would, against the real broker: what
+//! it prints and the exit code that says what happened.
+#![cfg(feature = "cli")]
+
+mod support;
+
+use std::process::{Command, Output};
+
+use fitviz_events::{events::WorkoutCreated, testing::Example};
+use support::Fixture;
+
+/// Runs the binary with `args` and only the given `FITVIZ_EVENTS_*` variables.
+fn run(vars: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fitviz-events"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FITVIZ_EVENTS_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(vars.iter().copied()).args(args);
+    command.output().expect("run fitviz-events")
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().expect("exited")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A valid `workout.created` payload, as JSON.
+fn workout() -> serde_json::Value {
+    serde_json::to_value(WorkoutCreated::example()).unwrap()
+}
+
+/// The variables that point the binary at `fx`'s exchange.
+fn vars_for<'a>(fx: &'a Fixture, url: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("FITVIZ_EVENTS_URL", url),
+        ("FITVIZ_EVENTS_EXCHANGE", fx.exchange.as_str()),
+        ("FITVIZ_EVENTS_CONNECTION_NAME", fx.name.as_str()),
+    ]
+}
+
+#[test]
+fn help_documents_every_command_and_the_exit_codes() {
+    let output = run(&[], &["--help"]);
+    assert_eq!(code(&output), 0);
+    let help = stdout(&output);
+    for command in ["publish", "schemas"] {
+        assert!(help.contains(command), "{command} missing from:\n{help}");
+    }
+    assert!(help.contains("Exit codes"), "{help}");
+    let output = run(&[], &["publish", "--help"]);
+    assert_eq!(code(&output), 0);
+    for option in ["--org", "--version", "--json"] {
+        assert!(stdout(&output).contains(option), "{}", stdout(&output));
+    }
+    let output = run(&[], &["schemas", "list", "--json"]);
+    assert_eq!(code(&output), 0);
+    let lines: Vec<serde_json::Value> = (stdout(&output).lines())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 11, "{lines:?}");
+    assert!(lines.iter().any(|l| l["event_type"] == "payment.failed"));
+}
+
+#[test]
+fn a_usage_error_exits_2_and_a_bad_setting_exits_3() {
+    let output = run(&[], &["publsh"]);
+    assert_eq!(code(&output), 2, "{}", stderr(&output));
+    let output = run(
+        &[("FITVIZ_EVENTS_POOL_SIZE", "many")],
+        &["publish", "workout.created", "{}", "--org", "org-1"],
+    );
+    assert_eq!(code(&output), 3, "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.starts_with("fitviz-events: config: "), "{message}");
+    assert!(message.contains("FITVIZ_EVENTS_POOL_SIZE"), "{message}");
+    assert_eq!(message.lines().count(), 1, "one line: {message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_prints_the_receipt_of_a_confirmed_event() {
+    require_broker!();
+    let fx = Fixture::new("cli_publish", "#").await;
+    let url = support::broker_url();
+    let vars = vars_for(&fx, &url);
+    let data = workout().to_string();
+    let args = ["publish", "workout.created", &data, "--org", "org-1"];
+    let output = run(&vars, &[&["--json"], &args[..]].concat());
+    assert_eq!(code(&output), 0, "{}{}", stdout(&output), stderr(&output));
+    let receipt: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    let messages = fx.drain().await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(
+        messages[0].1.message_id().as_ref().unwrap().as_str(),
+        receipt["event_id"].as_str().unwrap()
+    );
+    let body: serde_json::Value = serde_json::from_slice(&messages[0].0).unwrap();
+    assert_eq!(body["organization_id"], "org-1");
+    assert_eq!(body["data"], workout());
+
+    // Human output: one line naming the event.
+    let output = run(&vars, &args);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert!(
+        stdout(&output).starts_with("published "),
+        "{}",
+        stdout(&output)
+    );
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_refused_and_unavailable_have_their_own_exit_codes() {
+    require_broker!();
+    let fx = Fixture::new("cli_codes", "nothing.binds.this").await;
+    let url = support::broker_url();
+    let vars = vars_for(&fx, &url);
+    let data = workout().to_string();
+
+    // Invalid: 4, one line naming the field, nothing sent.
+    let mut invalid = workout();
+    invalid["workout_id"] = "".into();
+    let invalid = invalid.to_string();
+    let output = run(
+        &vars,
+        &["publish", "workout.created", &invalid, "--org", "org-1"],
+    );
+    assert_eq!(code(&output), 4, "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("workout_id"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
+    let output = run(
+        &vars,
+        &["publish", "workout.created", "not json", "--org", "o"],
+    );
+    assert_eq!(code(&output), 4, "{}", stderr(&output));
+
+    // Refused by the broker (no queue is bound): 5.
+    let args = [
+        "--json",
+        "publish",
+        "workout.created",
+        &data,
+        "--org",
+        "org-1",
+    ];
+    let output = run(&vars, &args);
+    assert_eq!(code(&output), 5, "{}", stdout(&output));
+    let error: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(error["error"], "unroutable");
+    assert_eq!(fx.queue_len().await, 0);
+
+    // Broker unavailable: 6, within the publish deadline, without the password.
+    let nobody = "amqp://guest:secret-pw@127.0.0.1:1/%2f";
+    let mut vars = vars_for(&fx, nobody);
+    vars.push(("FITVIZ_EVENTS_CONFIRM_TIMEOUT_MS", "1000"));
+    vars.push(("FITVIZ_EVENTS_PUBLISH_TIMEOUT_MS", "1500"));
+    let output = run(
+        &vars,
+        &["publish", "workout.created", &data, "--org", "org-1"],
+    );
+    assert_eq!(code(&output), 6, "{}", stderr(&output));
+    assert!(
+        !stderr(&output).contains("secret-pw"),
+        "{}",
+        stderr(&output)
+    );
+    fx.cleanup().await;
+}
