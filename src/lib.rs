@@ -18,6 +18,7 @@
 //! # Feature flags
 //!
 //! - `axum` (default): the axum extractor and error responses, through `axum-core`.
+//! - `cli`: the `fitviz-events` command-line tool (`publish`, `schemas`), with `clap`.
 //! - `opentelemetry`: the W3C trace context (`traceparent`, `tracestate`) of the
 //!   producer span in every message, through `opentelemetry` 0.33 and
 //!   `tracing-opentelemetry` 0.34 (see [`telemetry`]).
