@@ -43,7 +43,6 @@ use axum::{
     routing::{get, post},
 };
 use common::{DemoQueue, shutdown_signal};
-use fitviz_events::circuit_breaker::BreakerState;
 use fitviz_events::testing::Example;
 use fitviz_events::{
     Event, EventPublisher, OrganizationId, PublishError, PublisherConfig,
@@ -153,32 +152,13 @@ async fn health(
 /// Readiness: can this instance publish now? 503 with the reasons when it cannot, so
 /// that the load balancer sends the requests to another instance meanwhile.
 async fn ready(axum::extract::State(publisher): axum::extract::State<EventPublisher>) -> Response {
-    let mut reasons = Vec::new();
-    if let Some(connection) = publisher.connection_state() {
-        if !connection.connected {
-            reasons.push(match connection.last_error {
-                Some(error) => format!("not connected to the broker: {error}"),
-                None => "not connected to the broker".to_owned(),
-            });
-        }
-        if let Some(reason) = connection.blocked {
-            reasons.push(format!("blocked by the broker: {reason}"));
-        }
-    }
-    // Half-open lets a probe through: publishing may work again, so that is ready.
-    if publisher.breaker_state() == Some(BreakerState::Open) {
-        reasons.push(
-            "circuit breaker open: publishes are refused until it probes the broker".to_owned(),
-        );
-    }
-    if reasons.is_empty() {
-        (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
-    } else {
-        (
+    match publisher.readiness() {
+        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
+        Err(not_ready) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not ready", "reasons": reasons })),
+            Json(json!({ "status": "not ready", "reasons": not_ready.reasons })),
         )
-            .into_response()
+            .into_response(),
     }
 }
 

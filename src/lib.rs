@@ -64,5 +64,5 @@ pub use header::{
     HeaderValue, MAX_CUSTOM_HEADERS, MAX_HEADER_NAME_BYTES, RESERVED_HEADER_PREFIXES,
     RESERVED_HEADERS, check_header_name,
 };
-pub use publisher::{CloseReport, EventPublisher, EventPublisherBuilder, PublishService};
+pub use publisher::{CloseReport, EventPublisher, EventPublisherBuilder, NotReady, PublishService};
 pub use schema::{DomainEvent, SchemaRegistry, ValidationError, Violation};

@@ -279,6 +279,7 @@ async fn a_timeout_counts_as_sent_and_the_open_circuit_sends_nothing() {
     let publisher = connect(config).await;
     let event = || Event::new(MembershipExpired::example()).with_organization("org-1");
     publisher.publish(event()).await.unwrap();
+    assert_eq!(publisher.readiness(), Ok(()));
     // Silence: the next event is written into the proxy and never confirmed.
     proxy.black_hole();
     let err = publisher.publish(event()).await.unwrap_err();
@@ -286,6 +287,14 @@ async fn a_timeout_counts_as_sent_and_the_open_circuit_sends_nothing() {
     // One timeout opens the breaker: the next publish is refused before any I/O.
     let err = publisher.publish(event()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::CircuitOpen, "{err}");
+    let not_ready = publisher.readiness().unwrap_err();
+    assert!(
+        not_ready
+            .reasons
+            .iter()
+            .any(|r| r.starts_with("circuit breaker open")),
+        "{not_ready}"
+    );
     let ty = "membership.expired";
     assert_eq!(
         durations(&fx.exchange),

@@ -96,6 +96,21 @@ struct Shared {
     log: LogLimiter,
 }
 
+/// Why a publisher cannot publish now: see [`EventPublisher::readiness`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotReady {
+    /// One line per problem (no credentials: connection errors show passwords as `***`).
+    pub reasons: Vec<String>,
+}
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not ready: {}", self.reasons.join("; "))
+    }
+}
+
+impl std::error::Error for NotReady {}
+
 /// The top bit of [`Shared::in_flight`]: set by `close`.
 const CLOSED: usize = 1 << (usize::BITS - 1);
 
@@ -291,6 +306,38 @@ impl EventPublisher {
     /// [`EventPublisherBuilder::connect`], which own their transport).
     pub fn connection_state(&self) -> Option<ConnectionState> {
         self.shared.transport.as_ref().map(AmqpPublish::state)
+    }
+
+    /// Whether the publisher can publish now, for a readiness probe: not when it owns
+    /// its transport and no connection is open or the broker blocks one, nor while the
+    /// circuit breaker is open (half-open lets a probe through: ready). Never use it for
+    /// liveness — a broker outage must not get every instance restarted.
+    ///
+    /// # Errors
+    /// [`NotReady`] with a reason per problem.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        let mut reasons = Vec::new();
+        if let Some(connection) = self.connection_state() {
+            if !connection.connected {
+                reasons.push(match connection.last_error {
+                    Some(error) => format!("not connected to the broker: {error}"),
+                    None => "not connected to the broker".to_owned(),
+                });
+            }
+            if let Some(reason) = connection.blocked {
+                reasons.push(format!("blocked by the broker: {reason}"));
+            }
+        }
+        if self.breaker_state() == Some(BreakerState::Open) {
+            reasons.push(
+                "circuit breaker open: publishes are refused until it probes the broker".to_owned(),
+            );
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(NotReady { reasons })
+        }
     }
 
     /// The publishes of `organization` in flight now, as the per-organization fair share
