@@ -252,8 +252,8 @@ pub struct Event {
     /// layer).
     pub(crate) metric_type: MetricType,
     /// Before the telemetry layer: for a detached event, the span current when it was
-    /// spawned (the parent of its producer span). After it: the producer span, unless
-    /// it is disabled.
+    /// spawned (the parent of its producer span). After it: the producer span, or the
+    /// spawner's span when the producer span is filtered out.
     pub(crate) span: Option<tracing::Span>,
 }
 

@@ -1,6 +1,6 @@
 //! [`EventPublisherBuilder`]: composes the front and the delivery stacks.
 
-use std::{fmt, sync::Arc};
+use std::{any::Any, fmt, sync::Arc};
 
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 use tower_layer::Layer;
@@ -19,7 +19,7 @@ use crate::{
     schema::SchemaRegistry,
     telemetry::{Instruments, TelemetryLayer},
     timeout::TimeoutLayer,
-    transport::AmqpPublish,
+    transport::{AmqpPublish, HeaderCheck},
     validate::ValidationLayer,
 };
 
@@ -39,6 +39,17 @@ impl fmt::Debug for EventPublisherBuilder {
             .field("organization", &self.organization)
             .finish()
     }
+}
+
+/// What a publisher is built with besides its delivery stack.
+struct Parts {
+    telemetry: TelemetryLayer,
+    /// The transport the publisher owns (closes, reports the state of).
+    transport: Option<AmqpPublish>,
+    /// The frame-size check of an AMQP transport, for `spawn`.
+    header_check: Option<HeaderCheck>,
+    breaker: Option<CircuitBreakerLayer>,
+    fair: Option<FairShareLayer>,
 }
 
 /// The front of the stack: validation → organization → envelope. Every event passes
@@ -136,13 +147,14 @@ impl EventPublisherBuilder {
         let fair = self.fair_share_layer();
         let telemetry = self.telemetry_layer(transport.instruments());
         let delivery = self.delivery(&breaker, &fair, transport.clone());
-        Ok(self.finish(
-            delivery,
+        let parts = Parts {
             telemetry,
-            Some(transport),
-            Some(breaker),
-            Some(fair),
-        ))
+            header_check: Some(transport.header_check()),
+            transport: Some(transport),
+            breaker: Some(breaker),
+            fair: Some(fair),
+        };
+        Ok(self.finish(delivery, parts))
     }
 
     /// Builds the publisher over any transport (for example
@@ -160,9 +172,24 @@ impl EventPublisherBuilder {
     {
         let breaker = self.breaker_layer();
         let fair = self.fair_share_layer();
-        let telemetry = self.telemetry_layer(Arc::new(Instruments::new(&self.config.exchange)));
+        // An `AmqpPublish` (made with `AmqpPublish::new`) shares its per-event metrics and
+        // its frame-size check with the publisher, as one made by `connect` does.
+        let amqp = (&transport as &dyn Any).downcast_ref::<AmqpPublish>();
+        let instruments = amqp.map_or_else(
+            || Arc::new(Instruments::new(&self.config.exchange)),
+            AmqpPublish::instruments,
+        );
+        let header_check = amqp.map(AmqpPublish::header_check);
+        let telemetry = self.telemetry_layer(instruments);
         let delivery = self.delivery(&breaker, &fair, transport);
-        self.finish(delivery, telemetry, None, Some(breaker), Some(fair))
+        let parts = Parts {
+            telemetry,
+            transport: None,
+            header_check,
+            breaker: Some(breaker),
+            fair: Some(fair),
+        };
+        self.finish(delivery, parts)
     }
 
     /// Builds the publisher over a delivery stack of your own (see
@@ -174,7 +201,14 @@ impl EventPublisherBuilder {
     /// When the configuration is invalid (see [`PublisherConfig::validate`]).
     pub fn build_with_delivery(self, delivery: PublishService) -> EventPublisher {
         let telemetry = self.telemetry_layer(Arc::new(Instruments::new(&self.config.exchange)));
-        self.finish(delivery, telemetry, None, None, None)
+        let parts = Parts {
+            telemetry,
+            transport: None,
+            header_check: None,
+            breaker: None,
+            fair: None,
+        };
+        self.finish(delivery, parts)
     }
 
     fn telemetry_layer(&self, instruments: Arc<Instruments>) -> TelemetryLayer {
@@ -235,14 +269,7 @@ impl EventPublisherBuilder {
             .service(transport)
     }
 
-    fn finish<D>(
-        self,
-        delivery: D,
-        telemetry: TelemetryLayer,
-        transport: Option<AmqpPublish>,
-        breaker: Option<CircuitBreakerLayer>,
-        fair: Option<FairShareLayer>,
-    ) -> EventPublisher
+    fn finish<D>(self, delivery: D, parts: Parts) -> EventPublisher
     where
         D: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + Sync + 'static,
         D::Future: Send + 'static,
@@ -250,8 +277,15 @@ impl EventPublisherBuilder {
         if let Err(error) = self.config.validate() {
             panic!("invalid publisher configuration: {error}");
         }
+        let Parts {
+            telemetry,
+            transport,
+            header_check,
+            breaker,
+            fair,
+        } = parts;
         let mut detached = DetachedSettings::from_config(&self.config);
-        detached.header_check = transport.as_ref().map(AmqpPublish::header_check);
+        detached.header_check = header_check;
         let front = self.front();
         EventPublisher::new(
             front.wrap_observed(&telemetry, delivery.clone()),

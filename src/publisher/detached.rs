@@ -228,7 +228,7 @@ impl DetachedQueue {
                 })
         };
         if result.is_ok() {
-            telemetry::detached_queued(self.queued());
+            telemetry::detached_queued(1.0);
         } else {
             // Refused without waiting: spend cooperative budget so a caller looping on
             // `QueueFull` yields to the scheduler now and then (the worker, timers).
@@ -267,6 +267,7 @@ impl DetachedQueue {
             .collect();
         if let Some(mut rx) = rx {
             while let Ok((event, _share)) = rx.try_recv() {
+                telemetry::detached_queued(-1.0);
                 unsent.push(event);
             }
         }
@@ -350,7 +351,7 @@ async fn next_event(
 ) -> Option<(OwnedSemaphorePermit, Queued)> {
     let permit = permits.clone().acquire_owned().await.ok()?;
     let event = rx.recv().await?;
-    telemetry::detached_queued(rx.len());
+    telemetry::detached_queued(-1.0);
     Some((permit, event))
 }
 

@@ -153,9 +153,13 @@ where
         event.metric_type = event_type;
         let parent = event.span.take();
         let span = producer_span(self.instruments.exchange(), &event, parent.as_ref());
-        if !span.is_disabled() {
-            event.span = Some(span.clone());
-        }
+        // A filtered-out producer span leaves the spawner's span, if any, to carry the
+        // trace context (the worker runs under no span of its own).
+        event.span = if span.is_disabled() {
+            parent
+        } else {
+            Some(span.clone())
+        };
         let started = Instant::now();
         // The layers below create their futures (and the first attempt's span) now.
         let inner = if span.is_disabled() {

@@ -12,10 +12,10 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | [`messaging.client.operation.duration`](PUBLISH_DURATION) | histogram, seconds | common, `outcome` | one per [`publish`](crate::EventPublisher::publish) — validation, every attempt and the waits between them — and one per detached event the worker publishes |
+//! | [`messaging.client.operation.duration`](PUBLISH_DURATION) | histogram, seconds | common, `outcome` | one per [`publish`](crate::EventPublisher::publish) — validation, every attempt and the waits between them — and, for a detached event, one per delivery round of the worker (a round ends in success, a final error, or a wait before the next round) |
 //! | [`messaging.client.sent.messages`](SENT_MESSAGES) | counter | common, `outcome` | messages actually written to the broker: one per attempt that reached the wire |
 //! | [`fitviz.events.publish.retries`](RETRIES) | counter | `event_type`, `error.type` | attempts that failed and were tried again |
-//! | [`fitviz.events.confirms.in_flight`](CONFIRMS_IN_FLIGHT) | gauge | `messaging.destination.name` | messages written whose confirm has not arrived |
+//! | [`fitviz.events.confirms.in_flight`](CONFIRMS_IN_FLIGHT) | gauge | `messaging.destination.name` | attempts written and awaiting their confirm (an attempt whose deadline passed leaves it, though its confirm may still come) |
 //! | [`fitviz.events.breaker.transitions`](BREAKER_TRANSITIONS) | counter | `state` | the circuit breaker entering `open`, `half_open` or `closed` |
 //! | [`fitviz.events.breaker.state`](BREAKER_STATE) | gauge | | 0 closed, 1 half-open, 2 open |
 //! | [`fitviz.events.detached.queued`](DETACHED_QUEUED) | gauge | | detached events waiting in the queue |
@@ -25,6 +25,10 @@
 //! | [`fitviz.events.connections.lost`](CONNECTIONS_LOST) | counter | `server.address` | connections lost (not closed by the publisher) |
 //! | [`fitviz.events.connections.blocked`](CONNECTIONS_BLOCKED) | counter | `server.address` | `connection.blocked` received from the broker |
 //! | [`fitviz.events.returns.reattributed`](RETURNS_REATTRIBUTED) | counter | | returned messages lapin attached to another event's confirm, given back to their own |
+//!
+//! The breaker and detached-queue metrics carry no publisher label: with several
+//! publishers in one process they add up (the depth) or show the last change (the
+//! breaker state).
 //!
 //! The *common* labels, after the OpenTelemetry messaging conventions: `messaging.system`
 //! (`rabbitmq`), `messaging.operation.name` (`publish`), `messaging.destination.name`
@@ -222,9 +226,9 @@ pub(crate) fn return_reattributed() {
     metrics::counter!(RETURNS_REATTRIBUTED).increment(1);
 }
 
-/// Sets the detached queue's depth.
-pub(crate) fn detached_queued(depth: usize) {
-    metrics::gauge!(DETACHED_QUEUED).set(depth as f64);
+/// Moves the detached queue's depth by `change` (+1 queued, −1 taken out).
+pub(crate) fn detached_queued(change: f64) {
+    metrics::gauge!(DETACHED_QUEUED).increment(change);
 }
 
 /// Counts detached events given up, for `reason` (`refused` or `shutdown`).

@@ -73,7 +73,11 @@ impl std::error::Error for TracePropagationError {}
 /// assert!(fitviz_events::telemetry::check_trace_propagation().is_err());
 /// ```
 pub fn check_trace_propagation() -> Result<(), TracePropagationError> {
-    let span = tracing::info_span!(target: "fitviz_events::publish", "trace_propagation_check");
+    let mut span = tracing::info_span!(target: "fitviz_events::publish", "trace_propagation_check");
+    if span.is_disabled() {
+        // Producer spans filtered out: publishes inject the caller's span instead.
+        span = Span::current();
+    }
     let mut headers = FieldTable::default();
     try_inject(&span, &mut headers)
 }
