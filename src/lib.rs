@@ -64,4 +64,4 @@ pub use header::{
     RESERVED_HEADERS, check_header_name,
 };
 pub use publisher::{CloseReport, EventPublisher, EventPublisherBuilder, PublishService};
-pub use schema::{DomainEvent, SchemaRegistry, ValidationError, Violation};
+pub use schema::{DomainEvent, SchemaRegistry, UnknownFields, ValidationError, Violation};

@@ -8,7 +8,6 @@ use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// A member's spot in a class was confirmed (`booking.confirmed`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
 pub struct BookingConfirmed {
     /// The booking's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
@@ -49,7 +48,6 @@ pub enum CancelledBy {
 
 /// A booking was cancelled (`booking.cancelled`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
 pub struct BookingCancelled {
     /// The booking's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]

@@ -11,7 +11,6 @@ use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// A class was put on the schedule (`class.scheduled`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
 pub struct ClassScheduled {
     /// The class's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
@@ -46,7 +45,6 @@ impl DomainEvent for ClassScheduled {
 
 /// A scheduled class was called off (`class.cancelled`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
 pub struct ClassCancelled {
     /// The class's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]

@@ -11,7 +11,6 @@ use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// A member bought or was given a membership (`membership.created`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
 pub struct MembershipCreated {
     /// The membership's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
@@ -46,7 +45,6 @@ impl DomainEvent for MembershipCreated {
 
 /// A membership ran out (`membership.expired`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
 pub struct MembershipExpired {
     /// The membership's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]

@@ -1,7 +1,7 @@
 //! The eleven built-in FitViz domain events, with their validation rules.
 //!
 //! Every event is a plain struct with public fields that derives
-//! [`garde::Validate`], rejects unknown JSON fields, and implements
+//! [`garde::Validate`] and implements
 //! [`DomainEvent`]. [`SchemaRegistry::builtin`] registers all of them, so a JSON
 //! payload published under one of these types is checked by exactly the same rules
 //! as the typed struct. [`testing::Example`](crate::testing::Example) gives a valid
@@ -19,9 +19,9 @@
 //!
 //! | Event type | Struct | Rules besides the ids |
 //! | --- | --- | --- |
-//! | `workout.created` | [`WorkoutCreated`] | `workout_type` 1–64 chars; `duration_minutes` 1–1440; `calories` ≤ 20 000 |
-//! | `workout.updated` | [`WorkoutUpdated`] | `changed_fields` at least one, each 1–64 chars; `duration_minutes` 1–1440 |
-//! | `workout.deleted` | [`WorkoutDeleted`] | `reason` ≤ 500 chars |
+//! | `workout.created` | [`WorkoutCreated`] | only `workout_id` required; `title` 1–200 chars; `workout_type` 1–64 chars; `duration_minutes` 1–1440; `calories` ≤ 20 000 |
+//! | `workout.updated` | [`WorkoutUpdated`] | only `workout_id` required; `title` 1–200 chars; `changed_fields` each 1–64 chars; `duration_minutes` 1–1440 |
+//! | `workout.deleted` | [`WorkoutDeleted`] | only `workout_id` required; `reason` ≤ 500 chars |
 //! | `booking.confirmed` | [`BookingConfirmed`] | `spot_number` ≥ 1 |
 //! | `booking.cancelled` | [`BookingCancelled`] | `cancelled_by` one of `member`, `staff`, `system`; `reason` ≤ 500 chars |
 //! | `membership.created` | [`MembershipCreated`] | `plan_id` 1–64 chars; `expires_at` after `starts_at`; `price_minor` > 0; `currency` ISO-4217 |
@@ -33,6 +33,19 @@
 //!
 //! Optional fields (`Option<_>`) are checked only when present; in JSON they may be
 //! `null` or left out. Every other field is required.
+//!
+//! **What is required.** A field is required when a consumer cannot act on the event
+//! without it. A workout event needs only its `workout_id` (the tenant is the envelope's
+//! `organization_id`): the original Python library's documented call sends
+//! `{"workout_id": "123", "title": "Morning Yoga"}`, and a workout may be a plan or class
+//! template with no member, type or start time. A booking, membership or payment event
+//! keeps its ids, member and amounts required: the notification service cannot tell a
+//! member about a booking, a membership or a payment without them, and these events
+//! have no documented call of the original library sending less.
+//!
+//! **Unknown fields** in a JSON payload are forwarded unchanged by default, or rejected
+//! naming the field, as [`UnknownFields`](crate::UnknownFields) (the setting
+//! `FITVIZ_EVENTS_UNKNOWN_FIELDS`) says.
 //!
 //! A rule broken by a typed event is reported as a [`Violation`](crate::Violation)
 //! whose `field` is the field name (`expires_at`, `currency`, `changed_fields[0]`);
@@ -168,7 +181,7 @@ pub(crate) fn utc(year: i32, month: u32, day: u32, hour: u32, minute: u32) -> Da
 /// Shared assertions for the per-domain tests.
 #[cfg(test)]
 mod test_support {
-    use crate::{schema::DomainEvent, schema::SchemaRegistry, schema::ValidationError};
+    use crate::schema::{DomainEvent, SchemaRegistry, UnknownFields, ValidationError};
 
     /// `event` must fail validation with a violation on exactly `field`.
     pub(super) fn assert_rejected<T: DomainEvent>(event: T, field: &str) -> ValidationError {
@@ -223,13 +236,43 @@ mod test_support {
         );
     }
 
-    /// An unknown field added to the example's JSON is rejected, naming the field.
+    /// With the `reject` policy, an unknown field added to the example's JSON is
+    /// rejected, naming the field.
     pub(super) fn assert_unknown_field_rejected<T: DomainEvent>(example: T) {
         let mut json = serde_json::to_value(example).expect("serializes");
         json.as_object_mut()
             .expect("an object")
             .insert("surprise_field".to_owned(), serde_json::json!(1));
-        assert_json_rejected::<T>(&json, "unknown field `surprise_field`");
+        let err = SchemaRegistry::builtin()
+            .validate_json_with(T::EVENT_TYPE, None, &json, UnknownFields::Reject)
+            .expect("built-in type is registered")
+            .expect_err("payload should be rejected");
+        assert_eq!(err.violations().len(), 1, "{err}");
+        assert_eq!(err.violations()[0].field, "data");
+        assert!(
+            (err.violations()[0].message).starts_with("unknown field `surprise_field`"),
+            "{err}"
+        );
+    }
+
+    /// With the `forward` policy (the default), an unknown field added to the example's
+    /// JSON is accepted.
+    pub(super) fn assert_unknown_field_forwarded<T: DomainEvent>(example: T) {
+        let mut json = serde_json::to_value(example).expect("serializes");
+        json.as_object_mut()
+            .expect("an object")
+            .insert("surprise_field".to_owned(), serde_json::json!(1));
+        for registry_call in [
+            SchemaRegistry::builtin().validate_json(T::EVENT_TYPE, &json),
+            SchemaRegistry::builtin().validate_json_with(
+                T::EVENT_TYPE,
+                None,
+                &json,
+                UnknownFields::Forward,
+            ),
+        ] {
+            assert_eq!(registry_call, Some(Ok(())), "{}", T::EVENT_TYPE);
+        }
     }
 
     /// The example's JSON without `field` is rejected, naming the field.

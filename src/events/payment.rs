@@ -25,7 +25,6 @@ pub enum PaymentMethod {
 
 /// A payment went through (`payment.completed`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
 pub struct PaymentCompleted {
     /// The payment's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
@@ -58,7 +57,6 @@ impl DomainEvent for PaymentCompleted {
 
 /// A payment attempt failed (`payment.failed`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
 pub struct PaymentFailed {
     /// The payment's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]

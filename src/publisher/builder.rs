@@ -107,7 +107,21 @@ impl EventPublisherBuilder {
         self
     }
 
-    /// Where events without an organization id take theirs from.
+    /// Where events without an organization id take theirs from: a [`GetOrganization`],
+    /// for example a closure `Fn() -> Option<OrganizationId>` — the original library's
+    /// `organization_id_getter=lambda: get_current_org_id()`. It is asked for every event
+    /// that carries no organization of its own (`publish_json(type, data, None)`).
+    ///
+    /// ```
+    /// use fitviz_events::{EventPublisher, OrganizationId, PublisherConfig};
+    ///
+    /// fn current_org_id() -> Option<String> { Some("org-42".to_owned()) }
+    ///
+    /// let builder = EventPublisher::builder(PublisherConfig::default())
+    ///     .organization_source(|| current_org_id().and_then(|id| OrganizationId::parse(&id).ok()));
+    /// ```
+    ///
+    /// [`OrganizationId`]: crate::OrganizationId
     pub fn organization_source(mut self, source: impl GetOrganization) -> Self {
         self.organization = self.organization.with_source(source);
         self
@@ -197,6 +211,7 @@ impl EventPublisherBuilder {
             validation: self.config.validation.then(|| {
                 ValidationLayer::new(self.registry.clone())
                     .allow_unregistered(self.config.allow_unregistered)
+                    .unknown_fields(self.config.unknown_fields)
             }),
             organization: self.organization.clone(),
             envelope: EnvelopeLayer::new(self.config.source.as_str(), self.registry.clone()),

@@ -161,7 +161,86 @@ impl fmt::Display for ValidationError {
 
 impl std::error::Error for ValidationError {}
 
-type ValidateJson = fn(&str, &serde_json::Value) -> Result<(), ValidationError>;
+/// What validation does with the fields of a JSON payload that its type's schema does
+/// not name (`PublisherConfig::unknown_fields`, `FITVIZ_EVENTS_UNKNOWN_FIELDS`).
+///
+/// Only JSON payloads ([`Event::from_json`](crate::Event::from_json),
+/// [`publish_json`](crate::EventPublisher::publish_json)) can carry unknown fields: a typed
+/// event serializes exactly its own fields. Either way every field the schema names is
+/// checked by its rules, so a consumer can rely on those.
+///
+/// The default is [`Forward`](Self::Forward): code migrating from the original Python
+/// library sends fields the built-in schemas do not name (pydantic ignores extra fields by
+/// default, so they were accepted there), and a consumer loses nothing by seeing them —
+/// consumers must ignore fields they do not know anyway, since adding an optional field is
+/// not a breaking change (see the README's *Versioning*). Choose
+/// [`Reject`](Self::Reject) to catch a misspelt optional field (`calorie` for `calories`)
+/// at the publisher instead of losing it silently.
+///
+/// A type of your own whose `Deserialize` denies unknown fields itself
+/// (`#[serde(deny_unknown_fields)]`) rejects them whatever the policy; a type whose field
+/// list serde does not reveal (one with `#[serde(flatten)]`) is not checked for them.
+///
+/// # Example
+/// ```
+/// use fitviz_events::{SchemaRegistry, UnknownFields};
+/// use serde_json::json;
+///
+/// let registry = SchemaRegistry::builtin();
+/// let data = json!({"workout_id": "w-1", "title": "Morning Yoga", "mood": "calm"});
+/// let forward = registry.validate_json_with("workout.created", None, &data, UnknownFields::Forward);
+/// assert_eq!(forward, Some(Ok(())));
+/// let err = registry
+///     .validate_json_with("workout.created", None, &data, UnknownFields::Reject)
+///     .unwrap()
+///     .unwrap_err();
+/// assert!(err.to_string().contains("unknown field `mood`"), "{err}");
+/// assert_eq!("reject".parse(), Ok(UnknownFields::Reject));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UnknownFields {
+    /// The payload is refused with [`ErrorKind::Validation`](crate::ErrorKind::Validation),
+    /// the violation on `data` naming the first unknown field and the fields expected.
+    Reject,
+    /// The payload is published unchanged, unknown fields included.
+    #[default]
+    Forward,
+}
+
+impl UnknownFields {
+    /// `reject` or `forward`, as configured.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reject => "reject",
+            Self::Forward => "forward",
+        }
+    }
+}
+
+impl fmt::Display for UnknownFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Accepted values of [`UnknownFields`], for error messages.
+pub(crate) const UNKNOWN_FIELDS_VALUES: &str = "expected `reject` or `forward`";
+
+impl std::str::FromStr for UnknownFields {
+    type Err = String;
+
+    /// `reject` or `forward`, in any case.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "reject" => Ok(Self::Reject),
+            "forward" => Ok(Self::Forward),
+            _ => Err(UNKNOWN_FIELDS_VALUES.to_owned()),
+        }
+    }
+}
+
+type ValidateJson = fn(&str, &serde_json::Value, UnknownFields) -> Result<(), ValidationError>;
 
 #[derive(Clone, Copy)]
 struct Schema {
@@ -172,10 +251,75 @@ struct Schema {
 fn validate_json_as<T: DomainEvent>(
     event_type: &str,
     data: &serde_json::Value,
+    unknown_fields: UnknownFields,
 ) -> Result<(), ValidationError> {
+    if unknown_fields == UnknownFields::Reject {
+        reject_unknown_fields::<T>(event_type, data)?;
+    }
     let typed = T::deserialize(data)
         .map_err(|e| ValidationError::single(event_type, "data", e.to_string()))?;
     typed.validate()
+}
+
+/// Refuses a field of the object `data` that `T` does not name, with serde's own words
+/// (``unknown field `x`, expected one of `a`, `b` ``).
+fn reject_unknown_fields<T: DomainEvent>(
+    event_type: &str,
+    data: &serde_json::Value,
+) -> Result<(), ValidationError> {
+    let (Some(object), fields) = (data.as_object(), struct_fields::<T>()) else {
+        return Ok(());
+    };
+    if fields.is_empty() {
+        return Ok(()); // serde did not tell: nothing to compare with
+    }
+    match object.keys().find(|key| !fields.contains(&key.as_str())) {
+        None => Ok(()),
+        Some(unknown) => {
+            let error = <serde_json::Error as serde::de::Error>::unknown_field(unknown, fields);
+            Err(ValidationError::single(
+                event_type,
+                "data",
+                error.to_string(),
+            ))
+        }
+    }
+}
+
+/// The field names a derived `Deserialize` of a struct asks for (empty for anything else).
+pub(crate) fn struct_fields<T: DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    /// A deserializer that records the fields it is asked for and gives nothing.
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only a struct's fields are read"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("only a struct's fields are read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
 }
 
 /// The event types a publisher knows, with the schema each JSON payload is checked against.
@@ -191,10 +335,11 @@ fn validate_json_as<T: DomainEvent>(
 /// let registry = SchemaRegistry::builtin();
 /// assert!(registry.contains("payment.failed"));
 /// let err = registry
-///     .validate_json("workout.created", &json!({"workout_id": ""}))
+///     .validate_json("workout.created", &json!({"title": "Morning Yoga"}))
 ///     .expect("registered")
 ///     .unwrap_err();
 /// assert_eq!(err.violations()[0].field, "data");
+/// assert!(err.violations()[0].message.contains("missing field `workout_id`"));
 /// ```
 #[derive(Clone, Default)]
 pub struct SchemaRegistry {
@@ -260,7 +405,8 @@ impl SchemaRegistry {
         names
     }
 
-    /// Validates a JSON payload against the schema of `event_type`.
+    /// Validates a JSON payload against the schema of `event_type`, forwarding unknown
+    /// fields (the default [`UnknownFields`] policy).
     ///
     /// Returns `None` when the type is not registered.
     pub fn validate_json(
@@ -268,8 +414,30 @@ impl SchemaRegistry {
         event_type: &str,
         data: &serde_json::Value,
     ) -> Option<Result<(), ValidationError>> {
-        self.schemas
-            .get(event_type)
-            .map(|schema| (schema.validate_json)(event_type, data))
+        self.validate_json_with(event_type, None, data, UnknownFields::default())
+    }
+
+    /// Validates a JSON payload against the schema of `event_type`, treating the fields
+    /// its schema does not name as `unknown_fields` says.
+    ///
+    /// `version` must be the registered version, or `None` for it.
+    ///
+    /// Returns `None` when the type is not registered.
+    pub fn validate_json_with(
+        &self,
+        event_type: &str,
+        version: Option<u32>,
+        data: &serde_json::Value,
+        unknown_fields: UnknownFields,
+    ) -> Option<Result<(), ValidationError>> {
+        let schema = self.schemas.get(event_type)?;
+        if let Some(version) = version.filter(|v| *v != schema.version) {
+            let message = format!(
+                "version {version} of `{event_type}` is not registered (registered: {})",
+                schema.version
+            );
+            return Some(Err(ValidationError::single(event_type, "version", message)));
+        }
+        Some((schema.validate_json)(event_type, data, unknown_fields))
     }
 }

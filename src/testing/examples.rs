@@ -47,11 +47,12 @@ impl Example for WorkoutCreated {
     fn example() -> Self {
         Self {
             workout_id: "wo_7f3a9c2e".to_owned(),
-            member_id: "mem_1042".to_owned(),
-            workout_type: "strength".to_owned(),
-            duration_minutes: 45,
+            title: Some("Morning strength".to_owned()),
+            member_id: Some("mem_1042".to_owned()),
+            workout_type: Some("strength".to_owned()),
+            duration_minutes: Some(45),
             calories: Some(380),
-            started_at: utc(2026, 3, 2, 7, 30),
+            started_at: Some(utc(2026, 3, 2, 7, 30)),
         }
     }
 }
@@ -61,7 +62,8 @@ impl Example for WorkoutUpdated {
     fn example() -> Self {
         Self {
             workout_id: "wo_7f3a9c2e".to_owned(),
-            member_id: "mem_1042".to_owned(),
+            member_id: Some("mem_1042".to_owned()),
+            title: None,
             changed_fields: vec!["duration_minutes".to_owned(), "calories".to_owned()],
             duration_minutes: Some(50),
         }
@@ -73,7 +75,7 @@ impl Example for WorkoutDeleted {
     fn example() -> Self {
         Self {
             workout_id: "wo_7f3a9c2e".to_owned(),
-            member_id: "mem_1042".to_owned(),
+            member_id: Some("mem_1042".to_owned()),
             reason: Some("logged twice by mistake".to_owned()),
         }
     }
