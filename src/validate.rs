@@ -2,7 +2,8 @@
 //!
 //! It checks the event type (lowercase `noun.verb`, at most 255 bytes), then the
 //! payload: a typed [`DomainEvent`](crate::DomainEvent) by its own rules, a JSON
-//! payload against the schema registered for its type in the [`SchemaRegistry`].
+//! payload against the schema registered for its type in the [`SchemaRegistry`] — of
+//! the version it names ([`Event::with_version`]), else of the type's current version.
 //! Fields of a JSON payload that its schema does not name are forwarded or rejected as the
 //! [`UnknownFields`] policy says (forwarded by default). An unregistered type is rejected
 //! unless allowed. A rejected event never reaches
@@ -102,10 +103,12 @@ impl ValidationLayer {
         match &event.data {
             EventData::Typed(typed) => typed.validate_dyn(),
             EventData::Json(data) => {
-                match self
-                    .registry
-                    .validate_json_with(event_type, None, data, self.unknown_fields)
-                {
+                match self.registry.validate_json_with(
+                    event_type,
+                    event.explicit_version(),
+                    data,
+                    self.unknown_fields,
+                ) {
                     Some(result) => result,
                     None if self.allow_unregistered => Ok(()),
                     None => Err(ValidationError::single(

@@ -92,7 +92,7 @@ pub use booking::{BookingCancelled, BookingConfirmed, CancelledBy};
 pub use class::{ClassCancelled, ClassScheduled};
 pub use membership::{MembershipCreated, MembershipExpired};
 pub use payment::{PaymentCompleted, PaymentFailed, PaymentMethod};
-pub use workout::{WorkoutCreated, WorkoutDeleted, WorkoutUpdated};
+pub use workout::{WorkoutCreated, WorkoutCreatedV2, WorkoutDeleted, WorkoutUpdated};
 
 /// The event types of the eleven built-in events, in the order of the table above.
 pub const BUILTIN_EVENT_TYPES: [&str; 11] = [
@@ -109,12 +109,25 @@ pub const BUILTIN_EVENT_TYPES: [&str; 11] = [
     ClassCancelled::EVENT_TYPE,
 ];
 
+/// The versions of built-in types that break what consumers of the version before need
+/// (a field renamed, removed, retyped or newly required): `(event type, version, why)`.
+/// Every other newer version keeps each field of the one before, with its meaning (a
+/// test checks both ways). See the README's *Versioning*.
+pub const BREAKING_CHANGES: &[(&str, u32, &str)] = &[(
+    "workout.created",
+    2,
+    "`workout_type` renamed `activity`; `duration_minutes` replaced by `duration_seconds`",
+)];
+
 impl SchemaRegistry {
     /// The eleven built-in FitViz events (defined here, next to them, so that the
-    /// schema module does not depend on the events).
+    /// schema module does not depend on the events), with every version of each:
+    /// `workout.created` has versions 1 (current) and 2 ([`WorkoutCreatedV2`]), with an
+    /// upcast from 1 to 2.
     pub fn builtin() -> Self {
         Self::empty()
             .register::<WorkoutCreated>()
+            .register_upcast::<WorkoutCreated, WorkoutCreatedV2>()
             .register::<WorkoutUpdated>()
             .register::<WorkoutDeleted>()
             .register::<BookingConfirmed>()
@@ -307,7 +320,70 @@ mod tests {
         assert_eq!(registry.event_types(), expected);
         for event_type in BUILTIN_EVENT_TYPES {
             assert_eq!(check_event_type(event_type), Ok(()), "{event_type}");
+            // Pinned: a newer version never becomes what JSON events are sent as silently.
             assert_eq!(registry.version(event_type), Some(1), "{event_type}");
+        }
+        assert_eq!(registry.versions("workout.created"), [1, 2]);
+        assert_eq!(registry.newest_version("workout.created"), Some(2));
+        assert_eq!(registry.versions("booking.confirmed"), [1]);
+    }
+
+    /// Each newer version of a built-in type either keeps every field of the version
+    /// before, with the same value after the upcast (so consumers of the older version
+    /// find what they read), or is declared in [`BREAKING_CHANGES`] — and a declared one
+    /// really does break.
+    #[test]
+    fn newer_versions_keep_what_older_consumers_need_or_are_declared_breaking() {
+        let registry = SchemaRegistry::builtin();
+        let examples = crate::testing::versioned_examples();
+        let mut pairs = 0;
+        for event_type in BUILTIN_EVENT_TYPES {
+            let versions = registry.versions(event_type);
+            for pair in versions.windows(2) {
+                let (old, new) = (pair[0], pair[1]);
+                pairs += 1;
+                let old_example = examples
+                    .iter()
+                    .find(|e| e.event_type() == event_type && e.version() == old)
+                    .unwrap_or_else(|| panic!("an example of {event_type} v{old}"));
+                let old_data = old_example.data_json();
+                let (version, upcast) = registry
+                    .upcast(event_type, old, old_data.clone())
+                    .unwrap_or_else(|e| panic!("{event_type} v{old}: {e}"));
+                assert!(version >= new);
+                assert_eq!(
+                    registry.validate_json_with(
+                        event_type,
+                        Some(version),
+                        &upcast,
+                        crate::schema::UnknownFields::Reject
+                    ),
+                    Some(Ok(()))
+                );
+                let kept = old_data
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .all(|(field, value)| upcast.get(field) == Some(value));
+                let declared = BREAKING_CHANGES
+                    .iter()
+                    .any(|(t, v, _)| *t == event_type && *v == new);
+                assert!(
+                    kept || declared,
+                    "{event_type} v{new} drops or changes fields of v{old} without being declared breaking"
+                );
+                assert!(
+                    !(kept && declared),
+                    "{event_type} v{new} is declared breaking but keeps every field of v{old}"
+                );
+            }
+        }
+        assert_eq!(pairs, 1, "one built-in type has two versions");
+        for (event_type, version, why) in BUILTIN_EVENT_TYPES
+            .iter()
+            .flat_map(|t| BREAKING_CHANGES.iter().filter(move |(b, ..)| b == t))
+        {
+            assert!(registry.versions(event_type).contains(version), "{why}");
         }
     }
 

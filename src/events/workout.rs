@@ -46,6 +46,65 @@ impl DomainEvent for WorkoutCreated {
     }
 }
 
+/// Version 2 of `workout.created` — a **breaking** change from [`WorkoutCreated`]
+/// (version 1), declared in [`BREAKING_CHANGES`](super::BREAKING_CHANGES): `workout_type`
+/// is renamed `activity`, and `duration_minutes` became `duration_seconds`.
+///
+/// Publishers of `workout.created` keep sending version 1 (the typed [`WorkoutCreated`],
+/// and JSON events unless they pin version 2 or call
+/// [`Event::with_version(2)`](crate::Event::with_version)); consumers bring version 1 to
+/// this shape with [`SchemaRegistry::upcast`](crate::SchemaRegistry::upcast), which uses
+/// the `From<WorkoutCreated>` conversion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
+pub struct WorkoutCreatedV2 {
+    /// The workout's id; 1–64 characters.
+    #[garde(length(chars, min = 1, max = 64), custom(identifier))]
+    pub workout_id: String,
+    /// The workout's title, if it has one; 1–200 characters.
+    #[garde(inner(length(chars, min = 1, max = 200)))]
+    pub title: Option<String>,
+    /// The member who did the workout, if it is a member's; 1–64 characters.
+    #[garde(inner(length(chars, min = 1, max = 64), custom(identifier)))]
+    pub member_id: Option<String>,
+    /// The kind of activity, e.g. `strength`, `running` (version 1's `workout_type`);
+    /// 1–64 characters.
+    #[garde(inner(length(chars, min = 1, max = 64), custom(identifier)))]
+    pub activity: Option<String>,
+    /// How long it lasted, in seconds, if known; 1–86 400 (one day).
+    #[garde(range(min = 1, max = 86_400))]
+    pub duration_seconds: Option<u32>,
+    /// Calories burned, if known; at most 20 000.
+    #[garde(range(max = 20_000))]
+    pub calories: Option<u32>,
+    /// When the workout started (UTC), if known.
+    #[garde(inner(custom(timestamp)))]
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+impl DomainEvent for WorkoutCreatedV2 {
+    const EVENT_TYPE: &'static str = "workout.created";
+    const VERSION: u32 = 2;
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+    }
+}
+
+/// Upcasts version 1 to version 2.
+impl From<WorkoutCreated> for WorkoutCreatedV2 {
+    fn from(v1: WorkoutCreated) -> Self {
+        Self {
+            workout_id: v1.workout_id,
+            title: v1.title,
+            member_id: v1.member_id,
+            activity: v1.workout_type,
+            duration_seconds: v1.duration_minutes.map(|minutes| minutes * 60),
+            calories: v1.calories,
+            started_at: v1.started_at,
+        }
+    }
+}
+
 /// A workout was edited (`workout.updated`).
 ///
 /// Only `workout_id` is required (what a consumer needs to refetch or invalidate the
@@ -432,6 +491,87 @@ mod tests {
             err.to_string()
                 .contains("unknown field `titel`, expected one of `workout_id`, `title`"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn workout_created_v2_rules_and_upcast() {
+        let v2 = WorkoutCreatedV2::example();
+        assert_eq!(v2.validate(), Ok(()));
+        assert_rejected(
+            WorkoutCreatedV2 {
+                duration_seconds: Some(86_401),
+                ..v2.clone()
+            },
+            "duration_seconds",
+        );
+        assert_rejected(
+            WorkoutCreatedV2 {
+                activity: Some(String::new()),
+                ..v2.clone()
+            },
+            "activity",
+        );
+        // The conversion keeps everything, renamed; the registry's JSON upcast agrees.
+        let v1 = WorkoutCreated::example();
+        let converted = WorkoutCreatedV2::from(v1.clone());
+        assert_eq!(converted.activity, v1.workout_type);
+        assert_eq!(converted.duration_seconds, Some(45 * 60));
+        let registry = SchemaRegistry::builtin();
+        let (version, json) = registry
+            .upcast("workout.created", 1, serde_json::to_value(&v1).unwrap())
+            .unwrap();
+        assert_eq!(version, 2);
+        assert_eq!(json, serde_json::to_value(&converted).unwrap());
+        // Already the newest: validated and returned as is.
+        let v2_json = serde_json::to_value(&v2).unwrap();
+        assert_eq!(
+            registry.upcast("workout.created", 2, v2_json.clone()),
+            Ok((2, v2_json))
+        );
+        // An invalid version-1 payload is not converted.
+        let err = registry
+            .upcast("workout.created", 1, serde_json::json!({"workout_id": ""}))
+            .unwrap_err();
+        assert_eq!(err.violations()[0].field, "workout_id");
+        let err = registry
+            .upcast("workout.created", 9, serde_json::json!({}))
+            .unwrap_err();
+        assert_eq!(err.violations()[0].field, "version");
+        // A type with one version: upcast only validates.
+        let deleted = serde_json::to_value(WorkoutDeleted::example()).unwrap();
+        assert_eq!(
+            registry.upcast("workout.deleted", 1, deleted.clone()),
+            Ok((1, deleted))
+        );
+    }
+
+    #[test]
+    fn json_events_validate_against_the_version_they_name() {
+        let registry = SchemaRegistry::builtin();
+        let v1 = serde_json::to_value(WorkoutCreated::example()).unwrap();
+        let v2 = serde_json::to_value(WorkoutCreatedV2::example()).unwrap();
+        let check = |version, data: &serde_json::Value| {
+            registry
+                .validate_json_with("workout.created", version, data, UnknownFields::Reject)
+                .unwrap()
+        };
+        assert_eq!(check(None, &v1), Ok(()), "current is version 1");
+        assert_eq!(check(Some(1), &v1), Ok(()));
+        assert_eq!(check(Some(2), &v2), Ok(()));
+        assert!(check(None, &v2).is_err(), "v2 is not current");
+        assert!(check(Some(2), &v1).is_err());
+        let err = check(Some(3), &v1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`workout.created`: version: version 3 of `workout.created` is not registered (registered: 1, 2)"
+        );
+        // Pinned to version 2, unnamed JSON events are version 2.
+        let pinned = registry.with_current("workout.created", 2);
+        assert_eq!(pinned.version("workout.created"), Some(2));
+        assert_eq!(
+            pinned.validate_json_with("workout.created", None, &v2, UnknownFields::Reject),
+            Some(Ok(()))
         );
     }
 

@@ -5,7 +5,12 @@
 //! type's struct and validated by the same rules, so the typed and the dynamic
 //! paths cannot drift.
 
-use std::{borrow::Cow, collections::HashMap, fmt, sync::Arc};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+    fmt,
+    sync::Arc,
+};
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -244,8 +249,30 @@ type ValidateJson = fn(&str, &serde_json::Value, UnknownFields) -> Result<(), Va
 
 #[derive(Clone, Copy)]
 struct Schema {
-    version: u32,
     validate_json: ValidateJson,
+}
+
+/// Converts a valid payload of one version into the next registered one.
+type UpcastFn = fn(&str, serde_json::Value) -> Result<serde_json::Value, ValidationError>;
+
+/// The versions of one event type.
+#[derive(Clone)]
+struct Versions {
+    /// What JSON events of the type are sent as unless they name a version.
+    current: u32,
+    schemas: BTreeMap<u32, Schema>,
+    /// From a version to (the next version, the conversion).
+    upcasts: BTreeMap<u32, (u32, UpcastFn)>,
+}
+
+fn upcast_as<Old: DomainEvent, New: DomainEvent + From<Old>>(
+    event_type: &str,
+    data: serde_json::Value,
+) -> Result<serde_json::Value, ValidationError> {
+    let old = Old::deserialize(data)
+        .map_err(|e| ValidationError::single(event_type, "data", e.to_string()))?;
+    serde_json::to_value(New::from(old))
+        .map_err(|e| ValidationError::single(event_type, "data", e.to_string()))
 }
 
 fn validate_json_as<T: DomainEvent>(
@@ -327,6 +354,19 @@ pub(crate) fn struct_fields<T: DeserializeOwned>() -> &'static [&'static str] {
 /// [`SchemaRegistry::builtin`] holds the eleven FitViz events; add your own with
 /// [`register`](Self::register). Cloning is cheap.
 ///
+/// # Versions
+///
+/// A type may have several versions registered, each its own struct with the same
+/// [`DomainEvent::EVENT_TYPE`] and another [`DomainEvent::VERSION`]. What a publisher
+/// sends is pinned: a typed event by its struct's `VERSION`; a JSON event by the version
+/// the registry marks *current* for its type — the first registered, until
+/// [`SchemaRegistry::with_current`] (or
+/// [`EventPublisherBuilder::pin_version`](crate::EventPublisherBuilder::pin_version))
+/// says otherwise — or by [`Event::with_version`](crate::Event::with_version) for one
+/// event. Registering a newer version never changes what is sent. Consumers bring an
+/// older version's payload to the newest with [`SchemaRegistry::upcast`], through the
+/// conversions registered with [`SchemaRegistry::register_upcast`].
+///
 /// # Example
 /// ```
 /// use fitviz_events::SchemaRegistry;
@@ -343,15 +383,19 @@ pub(crate) fn struct_fields<T: DeserializeOwned>() -> &'static [&'static str] {
 /// ```
 #[derive(Clone, Default)]
 pub struct SchemaRegistry {
-    schemas: Arc<HashMap<Cow<'static, str>, Schema>>,
+    schemas: Arc<HashMap<Cow<'static, str>, Versions>>,
 }
 
 impl fmt::Debug for SchemaRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut names: Vec<_> = self.schemas.keys().collect();
         names.sort();
+        let versions: Vec<_> = names
+            .into_iter()
+            .map(|name| (name, self.versions(name)))
+            .collect();
         f.debug_struct("SchemaRegistry")
-            .field("event_types", &names)
+            .field("event_types", &versions)
             .finish()
     }
 }
@@ -362,17 +406,72 @@ impl SchemaRegistry {
         Self::default()
     }
 
-    /// Adds (or replaces) the schema of `T`.
+    /// Adds (or replaces) the schema of `T`: version [`T::VERSION`](DomainEvent::VERSION)
+    /// of [`T::EVENT_TYPE`](DomainEvent::EVENT_TYPE). The first version registered for a
+    /// type becomes its current one (what JSON events are sent as); registering another
+    /// version does not change that — see [`with_current`](Self::with_current).
     #[must_use]
     pub fn register<T: DomainEvent>(mut self) -> Self {
-        Arc::make_mut(&mut self.schemas).insert(
-            Cow::Borrowed(T::EVENT_TYPE),
-            Schema {
-                version: T::VERSION,
-                validate_json: validate_json_as::<T>,
-            },
-        );
+        let schema = Schema {
+            validate_json: validate_json_as::<T>,
+        };
+        Arc::make_mut(&mut self.schemas)
+            .entry(Cow::Borrowed(T::EVENT_TYPE))
+            .or_insert_with(|| Versions {
+                current: T::VERSION,
+                schemas: BTreeMap::new(),
+                upcasts: BTreeMap::new(),
+            })
+            .schemas
+            .insert(T::VERSION, schema);
         self
+    }
+
+    /// Makes `version` the current version of `event_type`: the one JSON events of that
+    /// type are validated against and sent as when they do not name one.
+    ///
+    /// # Panics
+    /// When that version of that type is not registered.
+    #[must_use]
+    pub fn with_current(mut self, event_type: &str, version: u32) -> Self {
+        let versions = Arc::make_mut(&mut self.schemas)
+            .get_mut(event_type)
+            .filter(|v| v.schemas.contains_key(&version))
+            .unwrap_or_else(|| panic!("version {version} of `{event_type}` is not registered"));
+        versions.current = version;
+        self
+    }
+
+    /// Registers the conversion of a payload of `Old` into `New` (two versions of one
+    /// event type, `New` the newer), used by [`upcast`](Self::upcast). Both versions are
+    /// registered too, if they were not.
+    ///
+    /// # Panics
+    /// When the two have different event types, or `New::VERSION` is not greater than
+    /// `Old::VERSION`.
+    #[must_use]
+    pub fn register_upcast<Old, New>(self) -> Self
+    where
+        Old: DomainEvent,
+        New: DomainEvent + From<Old>,
+    {
+        assert_eq!(
+            Old::EVENT_TYPE,
+            New::EVENT_TYPE,
+            "an upcast converts versions of one event type"
+        );
+        assert!(
+            New::VERSION > Old::VERSION,
+            "an upcast goes to a newer version"
+        );
+        let mut this = self.register::<Old>().register::<New>();
+        let versions = Arc::make_mut(&mut this.schemas)
+            .get_mut(Old::EVENT_TYPE)
+            .expect("just registered");
+        versions
+            .upcasts
+            .insert(Old::VERSION, (New::VERSION, upcast_as::<Old, New>));
+        this
     }
 
     /// Whether `event_type` is registered.
@@ -380,9 +479,77 @@ impl SchemaRegistry {
         self.schemas.contains_key(event_type)
     }
 
-    /// The schema version registered for `event_type`.
+    /// The current version of `event_type`: what JSON events of the type are sent as
+    /// unless they name another (see [Versions](Self#versions)).
     pub fn version(&self, event_type: &str) -> Option<u32> {
-        self.schemas.get(event_type).map(|s| s.version)
+        self.schemas.get(event_type).map(|v| v.current)
+    }
+
+    /// The newest registered version of `event_type` (what [`upcast`](Self::upcast)
+    /// brings payloads to).
+    pub fn newest_version(&self, event_type: &str) -> Option<u32> {
+        let versions = self.schemas.get(event_type)?;
+        versions.schemas.keys().next_back().copied()
+    }
+
+    /// The registered versions of `event_type`, oldest first (empty when unregistered).
+    pub fn versions(&self, event_type: &str) -> Vec<u32> {
+        self.schemas
+            .get(event_type)
+            .map(|v| v.schemas.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Brings a valid payload of `version` of `event_type` to the newest registered
+    /// version, through the conversions registered with
+    /// [`register_upcast`](Self::register_upcast), and returns that version and payload.
+    /// A payload already at the newest version is only validated. For consumers: decode
+    /// the envelope, then `upcast(event_type, version, data)`, and handle the newest shape
+    /// only. Fields the conversions do not know are dropped.
+    ///
+    /// # Errors
+    /// A [`ValidationError`] when the type or version is not registered, the payload is
+    /// not valid for its version (unknown fields are allowed), no conversion leads from
+    /// `version` to the newest, or the result is not valid for the newest version.
+    ///
+    /// # Example
+    /// ```
+    /// use fitviz_events::SchemaRegistry;
+    /// use serde_json::json;
+    ///
+    /// let registry = SchemaRegistry::builtin();
+    /// let v1 = json!({"workout_id": "w-1", "workout_type": "yoga", "duration_minutes": 30});
+    /// let (version, v2) = registry.upcast("workout.created", 1, v1).unwrap();
+    /// assert_eq!(version, 2);
+    /// assert_eq!(v2["activity"], "yoga");
+    /// assert_eq!(v2["duration_seconds"], 1800);
+    /// ```
+    pub fn upcast(
+        &self,
+        event_type: &str,
+        version: u32,
+        data: serde_json::Value,
+    ) -> Result<(u32, serde_json::Value), ValidationError> {
+        let not_registered =
+            || ValidationError::single(event_type, "event_type", "is not a registered event type");
+        let versions = self.schemas.get(event_type).ok_or_else(not_registered)?;
+        let newest = self.newest_version(event_type).ok_or_else(not_registered)?;
+        let (mut version, mut data) = (version, data);
+        loop {
+            self.check_version(versions, event_type, version, &data, UnknownFields::Forward)?;
+            if version == newest {
+                return Ok((version, data));
+            }
+            let (next, convert) = versions.upcasts.get(&version).ok_or_else(|| {
+                ValidationError::single(
+                    event_type,
+                    "version",
+                    format!("no upcast from version {version} is registered"),
+                )
+            })?;
+            data = convert(event_type, data)?;
+            version = *next;
+        }
     }
 
     /// The registered event types whose names are `'static` (all of them: types are
@@ -420,9 +587,10 @@ impl SchemaRegistry {
     /// Validates a JSON payload against the schema of `event_type`, treating the fields
     /// its schema does not name as `unknown_fields` says.
     ///
-    /// `version` must be the registered version, or `None` for it.
+    /// `version` selects the version's schema; `None` is the current version.
     ///
-    /// Returns `None` when the type is not registered.
+    /// Returns `None` when the type is not registered; an unregistered version of a
+    /// registered type is a violation on `version`.
     pub fn validate_json_with(
         &self,
         event_type: &str,
@@ -430,14 +598,29 @@ impl SchemaRegistry {
         data: &serde_json::Value,
         unknown_fields: UnknownFields,
     ) -> Option<Result<(), ValidationError>> {
-        let schema = self.schemas.get(event_type)?;
-        if let Some(version) = version.filter(|v| *v != schema.version) {
-            let message = format!(
-                "version {version} of `{event_type}` is not registered (registered: {})",
-                schema.version
-            );
-            return Some(Err(ValidationError::single(event_type, "version", message)));
+        let versions = self.schemas.get(event_type)?;
+        let version = version.unwrap_or(versions.current);
+        Some(self.check_version(versions, event_type, version, data, unknown_fields))
+    }
+
+    fn check_version(
+        &self,
+        versions: &Versions,
+        event_type: &str,
+        version: u32,
+        data: &serde_json::Value,
+        unknown_fields: UnknownFields,
+    ) -> Result<(), ValidationError> {
+        match versions.schemas.get(&version) {
+            Some(schema) => (schema.validate_json)(event_type, data, unknown_fields),
+            None => {
+                let registered: Vec<String> = versions.schemas.keys().map(u32::to_string).collect();
+                let message = format!(
+                    "version {version} of `{event_type}` is not registered (registered: {})",
+                    registered.join(", ")
+                );
+                Err(ValidationError::single(event_type, "version", message))
+            }
         }
-        Some((schema.validate_json)(event_type, data, unknown_fields))
     }
 }

@@ -57,6 +57,28 @@ impl Example for WorkoutCreated {
     }
 }
 
+impl Example for WorkoutCreatedV2 {
+    /// A valid example: the same session as [`WorkoutCreated`]'s, as version 2.
+    fn example() -> Self {
+        WorkoutCreated::example().into()
+    }
+}
+
+/// One valid [`Event`] of every registered version of every built-in type:
+/// [`examples`] and the versions other than the current one
+/// ([`WorkoutCreatedV2`]).
+///
+/// ```
+/// let events = fitviz_events::testing::versioned_examples();
+/// assert_eq!(events.len(), 12);
+/// assert!(events.iter().any(|e| e.event_type() == "workout.created" && e.version() == 2));
+/// ```
+pub fn versioned_examples() -> Vec<Event> {
+    let mut events = examples();
+    events.insert(1, Event::new(WorkoutCreatedV2::example()));
+    events
+}
+
 impl Example for WorkoutUpdated {
     /// A valid example: the duration and calories of a workout were corrected.
     fn example() -> Self {
