@@ -64,4 +64,8 @@ pub use header::{
     RESERVED_HEADERS, check_header_name,
 };
 pub use publisher::{CloseReport, EventPublisher, EventPublisherBuilder, PublishService};
+pub use schema::export::{
+    ENVELOPE_FILE_NAME, JSON_SCHEMA_DIALECT, SCHEMA_ID_PREFIX, envelope_schema, export_schemas,
+    schema_file_name, schema_id,
+};
 pub use schema::{DomainEvent, SchemaRegistry, UnknownFields, ValidationError, Violation};

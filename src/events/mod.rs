@@ -109,6 +109,14 @@ pub const BUILTIN_EVENT_TYPES: [&str; 11] = [
     ClassCancelled::EVENT_TYPE,
 ];
 
+/// Rules of every identifier field that a JSON Schema cannot express.
+const ID_RULE: &str = "every identifier field (`*_id`, `workout_type`, `activity`, `changed_fields`, `failure_code`) has no control character and no bidirectional-formatting or line-separator character anywhere, and no whitespace at either end";
+/// Rules of every timestamp field that a JSON Schema cannot express.
+const TIMESTAMP_RULE: &str = "every timestamp is within 1970-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999999999Z (UTC) and never a leap second (`:60`)";
+/// The currency rule.
+const CURRENCY_RULE: &str =
+    "`currency` is an active ISO-4217 code in uppercase (`EUR`), checked against the list";
+
 /// The versions of built-in types that break what consumers of the version before need
 /// (a field renamed, removed, retyped or newly required): `(event type, version, why)`.
 /// Every other newer version keeps each field of the one before, with its meaning (a
@@ -126,18 +134,19 @@ impl SchemaRegistry {
     /// upcast from 1 to 2.
     pub fn builtin() -> Self {
         Self::empty()
-            .register::<WorkoutCreated>()
+            .register_with_json_schema::<WorkoutCreated>()
+            .register_with_json_schema::<WorkoutCreatedV2>()
             .register_upcast::<WorkoutCreated, WorkoutCreatedV2>()
-            .register::<WorkoutUpdated>()
-            .register::<WorkoutDeleted>()
-            .register::<BookingConfirmed>()
-            .register::<BookingCancelled>()
-            .register::<MembershipCreated>()
-            .register::<MembershipExpired>()
-            .register::<PaymentCompleted>()
-            .register::<PaymentFailed>()
-            .register::<ClassScheduled>()
-            .register::<ClassCancelled>()
+            .register_with_json_schema::<WorkoutUpdated>()
+            .register_with_json_schema::<WorkoutDeleted>()
+            .register_with_json_schema::<BookingConfirmed>()
+            .register_with_json_schema::<BookingCancelled>()
+            .register_with_json_schema::<MembershipCreated>()
+            .register_with_json_schema::<MembershipExpired>()
+            .register_with_json_schema::<PaymentCompleted>()
+            .register_with_json_schema::<PaymentFailed>()
+            .register_with_json_schema::<ClassScheduled>()
+            .register_with_json_schema::<ClassCancelled>()
     }
 }
 

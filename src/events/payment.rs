@@ -10,7 +10,7 @@ use crate::{schema::DomainEvent, schema::ValidationError};
 const MAX_AMOUNT_MINOR: i64 = 10_000_000_000;
 
 /// How a payment was made; `card`, `direct_debit`, `cash` or `wallet` in JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentMethod {
     /// A credit or debit card.
@@ -24,7 +24,9 @@ pub enum PaymentMethod {
 }
 
 /// A payment went through (`payment.completed`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate, schemars::JsonSchema,
+)]
 pub struct PaymentCompleted {
     /// The payment's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
@@ -49,6 +51,7 @@ pub struct PaymentCompleted {
 
 impl DomainEvent for PaymentCompleted {
     const EVENT_TYPE: &'static str = "payment.completed";
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::CURRENCY_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
@@ -56,7 +59,9 @@ impl DomainEvent for PaymentCompleted {
 }
 
 /// A payment attempt failed (`payment.failed`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate, schemars::JsonSchema,
+)]
 pub struct PaymentFailed {
     /// The payment's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
@@ -83,6 +88,7 @@ pub struct PaymentFailed {
 
 impl DomainEvent for PaymentFailed {
     const EVENT_TYPE: &'static str = "payment.failed";
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::CURRENCY_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))

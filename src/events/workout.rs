@@ -13,18 +13,23 @@ use crate::{schema::DomainEvent, schema::ValidationError};
 /// Python library's documented call sends just `{"workout_id": "123", "title": "Morning
 /// Yoga"}` — a workout may be a plan or a class template with no member, type or start
 /// yet. Every other field is optional and checked when present.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate, schemars::JsonSchema,
+)]
 pub struct WorkoutCreated {
     /// The workout's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub workout_id: String,
     /// The workout's title, e.g. `Morning Yoga`, if it has one; 1–200 characters.
+    #[schemars(length(min = 1, max = 200))]
     #[garde(inner(length(chars, min = 1, max = 200)))]
     pub title: Option<String>,
     /// The member who did the workout, if it is a member's; 1–64 characters.
+    #[schemars(length(min = 1, max = 64))]
     #[garde(inner(length(chars, min = 1, max = 64), custom(identifier)))]
     pub member_id: Option<String>,
     /// The kind of workout, e.g. `strength`, `running`, if known; 1–64 characters.
+    #[schemars(length(min = 1, max = 64))]
     #[garde(inner(length(chars, min = 1, max = 64), custom(identifier)))]
     pub workout_type: Option<String>,
     /// How long it lasted, in minutes, if known; 1–1440 (one day).
@@ -40,6 +45,7 @@ pub struct WorkoutCreated {
 
 impl DomainEvent for WorkoutCreated {
     const EVENT_TYPE: &'static str = "workout.created";
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::TIMESTAMP_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
@@ -55,19 +61,24 @@ impl DomainEvent for WorkoutCreated {
 /// [`Event::with_version(2)`](crate::Event::with_version)); consumers bring version 1 to
 /// this shape with [`SchemaRegistry::upcast`](crate::SchemaRegistry::upcast), which uses
 /// the `From<WorkoutCreated>` conversion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate, schemars::JsonSchema,
+)]
 pub struct WorkoutCreatedV2 {
     /// The workout's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub workout_id: String,
     /// The workout's title, if it has one; 1–200 characters.
+    #[schemars(length(min = 1, max = 200))]
     #[garde(inner(length(chars, min = 1, max = 200)))]
     pub title: Option<String>,
     /// The member who did the workout, if it is a member's; 1–64 characters.
+    #[schemars(length(min = 1, max = 64))]
     #[garde(inner(length(chars, min = 1, max = 64), custom(identifier)))]
     pub member_id: Option<String>,
     /// The kind of activity, e.g. `strength`, `running` (version 1's `workout_type`);
     /// 1–64 characters.
+    #[schemars(length(min = 1, max = 64))]
     #[garde(inner(length(chars, min = 1, max = 64), custom(identifier)))]
     pub activity: Option<String>,
     /// How long it lasted, in seconds, if known; 1–86 400 (one day).
@@ -84,6 +95,7 @@ pub struct WorkoutCreatedV2 {
 impl DomainEvent for WorkoutCreatedV2 {
     const EVENT_TYPE: &'static str = "workout.created";
     const VERSION: u32 = 2;
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::TIMESTAMP_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
@@ -109,15 +121,19 @@ impl From<WorkoutCreated> for WorkoutCreatedV2 {
 ///
 /// Only `workout_id` is required (what a consumer needs to refetch or invalidate the
 /// workout); the member, the new title and the list of changed fields are optional.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate, schemars::JsonSchema,
+)]
 pub struct WorkoutUpdated {
     /// The workout's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub workout_id: String,
     /// The member who owns the workout, if it is a member's; 1–64 characters.
+    #[schemars(length(min = 1, max = 64))]
     #[garde(inner(length(chars, min = 1, max = 64), custom(identifier)))]
     pub member_id: Option<String>,
     /// The new title, if it changed; 1–200 characters.
+    #[schemars(length(min = 1, max = 200))]
     #[garde(inner(length(chars, min = 1, max = 200)))]
     pub title: Option<String>,
     /// The names of the fields that changed, if the publisher knows them (empty or absent:
@@ -132,6 +148,7 @@ pub struct WorkoutUpdated {
 
 impl DomainEvent for WorkoutUpdated {
     const EVENT_TYPE: &'static str = "workout.updated";
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
@@ -141,12 +158,15 @@ impl DomainEvent for WorkoutUpdated {
 /// A workout was removed (`workout.deleted`).
 ///
 /// Only `workout_id` is required; the member and the reason are optional.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate, schemars::JsonSchema,
+)]
 pub struct WorkoutDeleted {
     /// The workout's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
     pub workout_id: String,
     /// The member who owned the workout, if it was a member's; 1–64 characters.
+    #[schemars(length(min = 1, max = 64))]
     #[garde(inner(length(chars, min = 1, max = 64), custom(identifier)))]
     pub member_id: Option<String>,
     /// Why it was deleted, if given; at most 500 characters.
@@ -156,6 +176,7 @@ pub struct WorkoutDeleted {
 
 impl DomainEvent for WorkoutDeleted {
     const EVENT_TYPE: &'static str = "workout.deleted";
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))

@@ -14,6 +14,8 @@ use std::{
 
 use serde::{Serialize, de::DeserializeOwned};
 
+pub(crate) mod export;
+
 /// A FitViz domain event with a fixed type name, schema version and rules.
 ///
 /// Implement it for your own events (and [`SchemaRegistry::register`] them so JSON
@@ -51,6 +53,11 @@ pub trait DomainEvent: Serialize + DeserializeOwned + fmt::Debug + Send + Sync +
     /// The schema version of the payload, sent as the envelope's `version` field and as the
     /// AMQP header `schema_version` (an integer).
     const VERSION: u32 = 1;
+    /// Rules [`validate`](Self::validate) enforces that a JSON Schema cannot express (an
+    /// end after a start, a currency code from a list, …), in words: listed in the
+    /// `description` of the exported JSON Schema (see
+    /// [`SchemaRegistry::register_with_json_schema`]).
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[];
 
     /// Checks the event's semantic rules.
     ///
@@ -247,9 +254,14 @@ impl std::str::FromStr for UnknownFields {
 
 type ValidateJson = fn(&str, &serde_json::Value, UnknownFields) -> Result<(), ValidationError>;
 
+/// Builds the JSON Schema of one version's `data`.
+pub(crate) type JsonSchemaFn = fn() -> serde_json::Value;
+
 #[derive(Clone, Copy)]
 struct Schema {
     validate_json: ValidateJson,
+    /// `None` for a type registered without a JSON Schema (export is optional per type).
+    json_schema: Option<JsonSchemaFn>,
 }
 
 /// Converts a valid payload of one version into the next registered one.
@@ -411,9 +423,23 @@ impl SchemaRegistry {
     /// type becomes its current one (what JSON events are sent as); registering another
     /// version does not change that — see [`with_current`](Self::with_current).
     #[must_use]
-    pub fn register<T: DomainEvent>(mut self) -> Self {
+    pub fn register<T: DomainEvent>(self) -> Self {
+        self.insert::<T>(None)
+    }
+
+    /// [`register`](Self::register)s `T` with its JSON Schema (derived with
+    /// `#[derive(schemars::JsonSchema)]`), which [`json_schema`](Self::json_schema) and
+    /// [`export_json_schemas`](Self::export_json_schemas) give consumers. Types registered
+    /// with `register` alone work the same, without an exported schema.
+    #[must_use]
+    pub fn register_with_json_schema<T: DomainEvent + schemars::JsonSchema>(self) -> Self {
+        self.insert::<T>(Some(export::data_schema::<T>))
+    }
+
+    fn insert<T: DomainEvent>(mut self, json_schema: Option<JsonSchemaFn>) -> Self {
         let schema = Schema {
             validate_json: validate_json_as::<T>,
+            json_schema,
         };
         Arc::make_mut(&mut self.schemas)
             .entry(Cow::Borrowed(T::EVENT_TYPE))
@@ -444,7 +470,7 @@ impl SchemaRegistry {
 
     /// Registers the conversion of a payload of `Old` into `New` (two versions of one
     /// event type, `New` the newer), used by [`upcast`](Self::upcast). Both versions are
-    /// registered too, if they were not.
+    /// registered too (without a JSON Schema), if they were not.
     ///
     /// # Panics
     /// When the two have different event types, or `New::VERSION` is not greater than
@@ -464,7 +490,13 @@ impl SchemaRegistry {
             New::VERSION > Old::VERSION,
             "an upcast goes to a newer version"
         );
-        let mut this = self.register::<Old>().register::<New>();
+        let mut this = self;
+        if !this.versions(Old::EVENT_TYPE).contains(&Old::VERSION) {
+            this = this.register::<Old>();
+        }
+        if !this.versions(New::EVENT_TYPE).contains(&New::VERSION) {
+            this = this.register::<New>();
+        }
         let versions = Arc::make_mut(&mut this.schemas)
             .get_mut(Old::EVENT_TYPE)
             .expect("just registered");
@@ -472,6 +504,15 @@ impl SchemaRegistry {
             .upcasts
             .insert(Old::VERSION, (New::VERSION, upcast_as::<Old, New>));
         this
+    }
+
+    /// The JSON Schema builder of one registered version, if it was registered with one.
+    pub(crate) fn json_schema_fn(&self, event_type: &str, version: u32) -> Option<JsonSchemaFn> {
+        self.schemas
+            .get(event_type)?
+            .schemas
+            .get(&version)?
+            .json_schema
     }
 
     /// Whether `event_type` is registered.
