@@ -322,3 +322,69 @@ async fn unknown_field_policy() {
     assert_eq!(fx.queue_len().await, 1);
     fx.cleanup().await;
 }
+
+/// The Flask view `app.extensions['event_publisher'].publish("workout.created",
+/// request.json)` with the organization from the request, as an axum handler taking the
+/// `Publisher` extractor (the organization put into the request by the auth middleware).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flask_view_as_an_axum_handler() {
+    use axum::{
+        Json, Router, body::Body, extract::Request, http::StatusCode, middleware::Next,
+        response::Response, routing::post,
+    };
+    use fitviz_events::http::{EventPublishLayer, Publisher};
+    use tower::ServiceExt;
+
+    async fn auth(mut request: Request, next: Next) -> Response {
+        let org = request
+            .headers()
+            .get("x-organization-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| OrganizationId::parse(v).ok());
+        if let Some(org) = org {
+            request.extensions_mut().insert(org);
+        }
+        next.run(request).await
+    }
+
+    async fn create_workout(publisher: Publisher, Json(data): Json<Value>) -> StatusCode {
+        match publisher.try_publish_json("workout.created", data).await {
+            true => StatusCode::CREATED,
+            false => StatusCode::ACCEPTED, // the original view went on when publish was False
+        }
+    }
+
+    require_broker!();
+    let fx = support::Fixture::new("py_view", "#").await;
+    let publisher = EventPublisher::connect(fx.config()).await.unwrap();
+    let app = Router::new()
+        .route("/workouts", post(create_workout))
+        .layer(EventPublishLayer::new(publisher.clone()))
+        .layer(axum::middleware::from_fn(auth));
+    let request = |body: Value| {
+        Request::post("/workouts")
+            .header("content-type", "application/json")
+            .header("x-organization-id", "org-view")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let ok = app
+        .clone()
+        .oneshot(request(
+            json!({"workout_id": "123", "title": "Morning Yoga"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::CREATED);
+    let refused = app
+        .oneshot(request(json!({"title": "no id"})))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::ACCEPTED);
+    publisher.close().await;
+    let bodies = bodies(&fx).await;
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[0]["organization_id"], "org-view");
+    assert_eq!(bodies[0]["data"]["title"], "Morning Yoga");
+    fx.cleanup().await;
+}

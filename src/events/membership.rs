@@ -33,6 +33,7 @@ pub struct MembershipCreated {
     #[garde(range(min = 1))]
     pub price_minor: i64,
     /// The ISO-4217 currency code, uppercase, e.g. `EUR`.
+    #[schemars(regex(pattern = "^[A-Z]{3}$"))]
     #[garde(custom(iso_4217))]
     pub currency: String,
 }

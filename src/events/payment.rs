@@ -39,6 +39,7 @@ pub struct PaymentCompleted {
     #[garde(range(min = 1, max = MAX_AMOUNT_MINOR))]
     pub amount_minor: i64,
     /// The ISO-4217 currency code, uppercase, e.g. `EUR`.
+    #[schemars(regex(pattern = "^[A-Z]{3}$"))]
     #[garde(custom(iso_4217))]
     pub currency: String,
     /// How it was paid.
@@ -73,6 +74,7 @@ pub struct PaymentFailed {
     #[garde(range(min = 1))]
     pub amount_minor: i64,
     /// The ISO-4217 currency code, uppercase, e.g. `EUR`.
+    #[schemars(regex(pattern = "^[A-Z]{3}$"))]
     #[garde(custom(iso_4217))]
     pub currency: String,
     /// The provider's machine-readable failure code, e.g. `card_declined`; 1–64 characters.
