@@ -84,9 +84,10 @@ async fn toy_auth(mut request: Request, next: Next) -> Response {
 #[derive(Deserialize)]
 struct NewWorkout {
     workout_id: String,
-    member_id: String,
-    workout_type: String,
-    duration_minutes: u32,
+    title: Option<String>,
+    member_id: Option<String>,
+    workout_type: Option<String>,
+    duration_minutes: Option<u32>,
     calories: Option<u32>,
 }
 
@@ -96,11 +97,12 @@ async fn create_workout(
 ) -> Result<(StatusCode, Json<Value>), PublishError> {
     let event = WorkoutCreated {
         workout_id: body.workout_id,
+        title: body.title,
         member_id: body.member_id,
         workout_type: body.workout_type,
         duration_minutes: body.duration_minutes,
         calories: body.calories,
-        started_at: chrono::Utc::now(),
+        started_at: Some(chrono::Utc::now()),
     };
     let receipt = publisher.publish(event).await?;
     Ok((

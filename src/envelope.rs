@@ -4,9 +4,11 @@
 //! Each is set only when the event does not carry its own:
 //!
 //! - `source`: the publisher's configured application name;
-//! - `version`: typed events carry their own ([`DomainEvent::VERSION`]); a JSON
-//!   event gets the version registered for its type in the [`SchemaRegistry`], or 1
-//!   — whether validation is on or off;
+//! - `version`: typed events carry their own ([`DomainEvent::VERSION`]), a JSON event
+//!   given one with [`Event::with_version`] keeps it; any other JSON event gets the
+//!   version its type is pinned to — the [`SchemaRegistry`]'s current version for it
+//!   (see [`SchemaRegistry::with_current`]), or 1 for an unregistered type — whether
+//!   validation is on or off;
 //! - `correlation_id`: the request id of the request the event is published in (see
 //!   [`http`](crate::http)).
 //!
@@ -52,7 +54,8 @@ pub struct EnvelopeLayer {
 }
 
 impl EnvelopeLayer {
-    /// Stamps `source` on events without one, and the version `registry` gives their type.
+    /// Stamps `source` on events without one, and the current version `registry` gives
+    /// their type.
     pub fn new(source: impl Into<Arc<str>>, registry: SchemaRegistry) -> Self {
         Self {
             source: source.into(),

@@ -425,7 +425,20 @@ impl Event {
         self
     }
 
-    /// Sets the schema version explicitly (typed events carry their own).
+    /// Names the schema version of a JSON event's `data`: the [validation
+    /// layer](crate::validate) checks `data` against that version's schema, and the
+    /// envelope's `version` field and `schema_version` header carry it. Without it a JSON
+    /// event is sent as the version its publisher pins for the type (see
+    /// [`SchemaRegistry`](crate::SchemaRegistry)). Typed events carry their own
+    /// ([`DomainEvent::VERSION`]).
+    ///
+    /// ```
+    /// use fitviz_events::Event;
+    ///
+    /// let event = Event::from_json("workout.created", serde_json::json!({"workout_id": "w-1"}))
+    ///     .with_version(2);
+    /// assert_eq!(event.version(), 2);
+    /// ```
     #[must_use]
     pub fn with_version(mut self, version: u32) -> Self {
         self.version = Some(version);
@@ -452,13 +465,20 @@ impl Event {
         self.timestamp
     }
 
-    /// The schema version; `1` until a schema says otherwise.
+    /// The schema version: a typed event's own, the one given with
+    /// [`with_version`](Self::with_version), or — once the envelope is stamped — the one
+    /// its publisher pins for the type; `1` until then.
     pub fn version(&self) -> u32 {
         self.version.unwrap_or(1)
     }
 
     pub(crate) fn has_version(&self) -> bool {
         self.version.is_some()
+    }
+
+    /// The version given to the event (a typed event's own, or [`with_version`](Self::with_version)'s).
+    pub(crate) fn explicit_version(&self) -> Option<u32> {
+        self.version
     }
 
     pub(crate) fn set_version(&mut self, version: Option<u32>) {

@@ -392,6 +392,18 @@ impl Publisher {
         self.inner.try_publish(self.scope(event)).await
     }
 
+    /// [`publish_json`](Self::publish_json) returning whether it was confirmed — the
+    /// original library's `app.extensions['event_publisher'].publish(event_type, data)`
+    /// in a Flask view; never fails the request.
+    pub async fn try_publish_json(
+        &self,
+        event_type: impl Into<String>,
+        data: serde_json::Value,
+    ) -> bool {
+        self.try_publish(Event::from_json(event_type.into(), data))
+            .await
+    }
+
     /// Validates now and publishes in the background; see [`EventPublisher::spawn`].
     ///
     /// # Errors

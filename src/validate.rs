@@ -2,8 +2,11 @@
 //!
 //! It checks the event type (lowercase `noun.verb`, at most 255 bytes), then the
 //! payload: a typed [`DomainEvent`](crate::DomainEvent) by its own rules, a JSON
-//! payload against the schema registered for its type in the [`SchemaRegistry`].
-//! An unregistered type is rejected unless allowed. A rejected event never reaches
+//! payload against the schema registered for its type in the [`SchemaRegistry`] — of
+//! the version it names ([`Event::with_version`]), else of the type's current version.
+//! Fields of a JSON payload that its schema does not name are forwarded or rejected as the
+//! [`UnknownFields`] policy says (forwarded by default). An unregistered type is rejected
+//! unless allowed. A rejected event never reaches
 //! the inner service, so it is never retried and never counts as a broker failure.
 //!
 //! # Example
@@ -33,7 +36,7 @@ use crate::{
     error::PublishError,
     event::{Event, EventData, check_event_type},
     future::ResponseFuture,
-    schema::{SchemaRegistry, ValidationError},
+    schema::{SchemaRegistry, UnknownFields, ValidationError},
 };
 
 /// Validates events; see the [module docs](self).
@@ -41,6 +44,7 @@ use crate::{
 pub struct ValidationLayer {
     registry: SchemaRegistry,
     allow_unregistered: bool,
+    unknown_fields: UnknownFields,
 }
 
 impl ValidationLayer {
@@ -49,7 +53,16 @@ impl ValidationLayer {
         Self {
             registry,
             allow_unregistered: false,
+            unknown_fields: UnknownFields::default(),
         }
+    }
+
+    /// What to do with the fields of a JSON payload its schema does not name (by default
+    /// [`UnknownFields::Forward`]).
+    #[must_use]
+    pub fn unknown_fields(mut self, policy: UnknownFields) -> Self {
+        self.unknown_fields = policy;
+        self
     }
 
     /// Lets JSON events of unregistered types through (their type name is still checked).
@@ -89,15 +102,22 @@ impl ValidationLayer {
             .map_err(|why| ValidationError::single(event_type, "event_type", why))?;
         match &event.data {
             EventData::Typed(typed) => typed.validate_dyn(),
-            EventData::Json(data) => match self.registry.validate_json(event_type, data) {
-                Some(result) => result,
-                None if self.allow_unregistered => Ok(()),
-                None => Err(ValidationError::single(
+            EventData::Json(data) => {
+                match self.registry.validate_json_with(
                     event_type,
-                    "event_type",
-                    "is not a registered event type (register its schema, or allow unregistered types)",
-                )),
-            },
+                    event.explicit_version(),
+                    data,
+                    self.unknown_fields,
+                ) {
+                    Some(result) => result,
+                    None if self.allow_unregistered => Ok(()),
+                    None => Err(ValidationError::single(
+                        event_type,
+                        "event_type",
+                        "is not a registered event type (register its schema, or allow unregistered types)",
+                    )),
+                }
+            }
         }
     }
 }

@@ -46,7 +46,7 @@ async fn create_workout(
         workout.workout_id = id.to_owned();
     }
     if let Some(minutes) = body["duration_minutes"].as_u64() {
-        workout.duration_minutes = minutes as u32;
+        workout.duration_minutes = Some(minutes as u32);
     }
     let mut event = Event::new(workout);
     if let Some(org) = body["organization_id"].as_str() {

@@ -178,7 +178,7 @@ async fn invalid_ids_are_refused_and_never_reach_the_broker() {
     // Identifier fields of the payload made of control characters or whitespace.
     for bad in ["\0", "\n", " ", "\t"] {
         let mut workout = WorkoutCreated::example();
-        workout.member_id = bad.to_owned();
+        workout.member_id = Some(bad.to_owned());
         let err = publisher
             .publish(Event::new(workout).with_organization("org-1"))
             .await

@@ -12,7 +12,8 @@ use std::{
 
 use fitviz_events::testing::Example;
 use fitviz_events::{
-    ErrorKind, Event, EventPublisher, OrganizationId, PublishError, Receipt, events::*,
+    ErrorKind, Event, EventPublisher, OrganizationId, PublishError, PublisherConfig, Receipt,
+    events::*,
 };
 use lapin::types::AMQPValue;
 use serde_json::{Value, json};
@@ -141,7 +142,13 @@ fn example_json(event_type: &str) -> Value {
 async fn invalid_events_are_rejected_and_never_reach_the_broker() {
     require_broker!();
     let fx = support::Fixture::new("invalid", "#").await;
-    let publisher = EventPublisher::connect(fx.config()).await.unwrap();
+    // With the `reject` unknown-field policy, so that the unknown field below is refused
+    // (the default, `forward`, is tested in `python_calls.rs`).
+    let config = PublisherConfig {
+        unknown_fields: fitviz_events::UnknownFields::Reject,
+        ..fx.config()
+    };
+    let publisher = EventPublisher::connect(config).await.unwrap();
     let org = Some(OrganizationId::parse("org-1").unwrap());
 
     // One broken rule per built-in event, each through the JSON path, with the field named.

@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde::{Deserializer, de};
 
+use crate::schema::{UNKNOWN_FIELDS_VALUES, UnknownFields};
+
 use super::{
     ConfigError, PublisherConfig,
     error::got,
@@ -107,4 +109,27 @@ pub(super) fn flag<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D
     }
 
     deserializer.deserialize_any(Flag)
+}
+
+/// Deserializes an [`UnknownFields`] policy from `reject` or `forward`, in any case.
+pub(super) fn unknown_fields<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<UnknownFields, D::Error> {
+    struct Policy;
+
+    impl de::Visitor<'_> for Policy {
+        type Value = UnknownFields;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("`reject` or `forward`")
+        }
+
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<UnknownFields, E> {
+            value
+                .parse()
+                .map_err(|_| E::custom(got(UNKNOWN_FIELDS_VALUES, value)))
+        }
+    }
+
+    deserializer.deserialize_any(Policy)
 }

@@ -17,8 +17,12 @@ use serde::Deserialize;
 use serde_with::{As, DurationMilliSeconds, DurationSeconds};
 
 pub(crate) use self::tls::TlsClient;
-use self::{env::flag, names::Naming};
+use self::{
+    env::{flag, unknown_fields},
+    names::Naming,
+};
 pub use self::{error::ConfigError, url::BrokerUrl};
+use crate::schema::UnknownFields;
 
 /// The prefix of every environment variable [`PublisherConfig::from_env`] reads.
 pub const ENV_PREFIX: &str = "FITVIZ_EVENTS_";
@@ -207,6 +211,12 @@ pub struct PublisherConfig {
     #[serde(deserialize_with = "flag")]
     #[garde(skip)]
     pub allow_unregistered: bool,
+    /// What validation does with the fields of a JSON payload its type's schema does not
+    /// name: forward them unchanged (the default) or reject the event; see
+    /// [`UnknownFields`] for why forwarding is the default.
+    #[serde(deserialize_with = "unknown_fields")]
+    #[garde(skip)]
+    pub unknown_fields: UnknownFields,
     /// The AMQP heartbeat interval, whole seconds (detects silent partitions).
     #[serde(rename = "heartbeat_secs", with = "As::<Secs>")]
     #[garde(custom(rules::secs(1, 65_535)))]
@@ -307,6 +317,7 @@ impl Default for PublisherConfig {
             retry_max_delay: Duration::from_secs(2),
             validation: true,
             allow_unregistered: false,
+            unknown_fields: UnknownFields::Forward,
             heartbeat: Duration::from_secs(10),
             connection_timeout: Duration::from_secs(5),
             pool_wait_timeout: Duration::from_secs(1),

@@ -51,6 +51,7 @@ fn defaults() {
     assert_eq!(c.retry_max_delay, Duration::from_secs(2));
     assert!(c.validation);
     assert!(!c.allow_unregistered);
+    assert_eq!(c.unknown_fields, crate::UnknownFields::Forward);
     assert_eq!(c.heartbeat, Duration::from_secs(10));
     assert_eq!(c.connection_timeout, Duration::from_secs(5));
     assert_eq!(c.pool_wait_timeout, Duration::from_secs(1));
@@ -109,6 +110,7 @@ fn every_variable_is_read() {
         ("FITVIZ_EVENTS_RETRY_MAX_DELAY_MS", "50"),
         ("FITVIZ_EVENTS_VALIDATION", "OFF"),
         ("FITVIZ_EVENTS_ALLOW_UNREGISTERED", "True"),
+        ("FITVIZ_EVENTS_UNKNOWN_FIELDS", "Reject"),
         ("FITVIZ_EVENTS_HEARTBEAT_SECS", "30"),
         ("FITVIZ_EVENTS_CONNECTION_TIMEOUT_MS", "750"),
         ("FITVIZ_EVENTS_POOL_WAIT_TIMEOUT_MS", "0"),
@@ -154,6 +156,7 @@ fn every_variable_is_read() {
         retry_max_delay: Duration::from_millis(50),
         validation: false,
         allow_unregistered: true,
+        unknown_fields: crate::UnknownFields::Reject,
         heartbeat: Duration::from_secs(30),
         connection_timeout: Duration::from_millis(750),
         pool_wait_timeout: Duration::ZERO,
@@ -293,6 +296,10 @@ fn every_invalid_variable_is_named() {
         ),
         ("FITVIZ_EVENTS_VALIDATION", &["enabled", "t"]),
         ("FITVIZ_EVENTS_ALLOW_UNREGISTERED", &["nope"]),
+        (
+            "FITVIZ_EVENTS_UNKNOWN_FIELDS",
+            &["ignore", "rejected", "true"],
+        ),
         (
             "FITVIZ_EVENTS_HEARTBEAT_SECS",
             &["0", "65536", "10s", "1.5"],
@@ -685,7 +692,7 @@ fn every_field_is_named_by_its_key() {
         assert_eq!(names::key_of_var(&var(key)), Some(*key));
         assert_eq!(var(key), format!("{ENV_PREFIX}{}", key.to_uppercase()));
     }
-    assert_eq!(keys().len(), 32);
+    assert_eq!(keys().len(), 33);
     assert_eq!(keys()[0], "url");
 }
 
@@ -876,6 +883,7 @@ fn deserializes_config_files() {
         "retry_max_delay_ms": 500,
         "validation": false,
         "allow_unregistered": true,
+        "unknown_fields": "reject",
         "heartbeat_secs": 15,
         "connection_timeout_ms": 3000,
         "pool_wait_timeout_ms": 250,
@@ -917,6 +925,7 @@ fn deserializes_config_files() {
         retry_max_delay: Duration::from_millis(500),
         validation: false,
         allow_unregistered: true,
+        unknown_fields: crate::UnknownFields::Reject,
         heartbeat: Duration::from_secs(15),
         connection_timeout: Duration::from_secs(3),
         pool_wait_timeout: Duration::from_millis(250),
@@ -1335,4 +1344,28 @@ fn a_bad_url_list_is_refused_naming_the_entry_without_the_password() {
     let err = raw.parse::<BrokerUrl>().unwrap_err();
     assert_hidden(&err.to_string(), &["pa,ss", ",ss@"]);
     assert!(err.to_string().contains("entry 1 of 4"), "{err}");
+}
+
+#[test]
+fn unknown_fields_policy_is_read_in_any_case_and_named_when_invalid() {
+    for (value, expected) in [
+        ("reject", crate::UnknownFields::Reject),
+        ("FORWARD", crate::UnknownFields::Forward),
+        ("Forward", crate::UnknownFields::Forward),
+    ] {
+        let c = PublisherConfig::from_vars([("FITVIZ_EVENTS_UNKNOWN_FIELDS", value)]).unwrap();
+        assert_eq!(c.unknown_fields, expected, "{value}");
+    }
+    let err = env_err(&[("FITVIZ_EVENTS_UNKNOWN_FIELDS", "ignore")]);
+    assert_eq!(
+        err.to_string(),
+        "FITVIZ_EVENTS_UNKNOWN_FIELDS: expected `reject` or `forward`, got `ignore`"
+    );
+    let err = serde_json::from_str::<PublisherConfig>(r#"{"unknown_fields": "drop"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("expected `reject` or `forward`, got `drop`"),
+        "{err}"
+    );
 }

@@ -7,8 +7,9 @@ use super::{identifier, timestamp};
 use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// A member's spot in a class was confirmed (`booking.confirmed`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate, schemars::JsonSchema,
+)]
 pub struct BookingConfirmed {
     /// The booking's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
@@ -29,6 +30,7 @@ pub struct BookingConfirmed {
 
 impl DomainEvent for BookingConfirmed {
     const EVENT_TYPE: &'static str = "booking.confirmed";
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::TIMESTAMP_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
@@ -36,7 +38,7 @@ impl DomainEvent for BookingConfirmed {
 }
 
 /// Who cancelled a booking; `member`, `staff` or `system` in JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelledBy {
     /// The member who held the booking.
@@ -48,8 +50,9 @@ pub enum CancelledBy {
 }
 
 /// A booking was cancelled (`booking.cancelled`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate, schemars::JsonSchema,
+)]
 pub struct BookingCancelled {
     /// The booking's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
@@ -73,6 +76,7 @@ pub struct BookingCancelled {
 
 impl DomainEvent for BookingCancelled {
     const EVENT_TYPE: &'static str = "booking.cancelled";
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))

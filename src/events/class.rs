@@ -10,8 +10,9 @@ use super::{identifier, timestamp};
 use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// A class was put on the schedule (`class.scheduled`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate, schemars::JsonSchema,
+)]
 pub struct ClassScheduled {
     /// The class's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
@@ -38,6 +39,11 @@ pub struct ClassScheduled {
 
 impl DomainEvent for ClassScheduled {
     const EVENT_TYPE: &'static str = "class.scheduled";
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[
+        super::ID_RULE,
+        super::TIMESTAMP_RULE,
+        "`ends_at` is after `starts_at`",
+    ];
 
     fn validate(&self) -> Result<(), ValidationError> {
         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
@@ -45,8 +51,9 @@ impl DomainEvent for ClassScheduled {
 }
 
 /// A scheduled class was called off (`class.cancelled`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate, schemars::JsonSchema,
+)]
 pub struct ClassCancelled {
     /// The class's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
@@ -64,6 +71,7 @@ pub struct ClassCancelled {
 
 impl DomainEvent for ClassCancelled {
     const EVENT_TYPE: &'static str = "class.cancelled";
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::TIMESTAMP_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))

@@ -10,8 +10,9 @@ use super::{identifier, timestamp};
 use crate::{schema::DomainEvent, schema::ValidationError};
 
 /// A member bought or was given a membership (`membership.created`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate, schemars::JsonSchema,
+)]
 pub struct MembershipCreated {
     /// The membership's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
@@ -32,12 +33,19 @@ pub struct MembershipCreated {
     #[garde(range(min = 1))]
     pub price_minor: i64,
     /// The ISO-4217 currency code, uppercase, e.g. `EUR`.
+    #[schemars(regex(pattern = "^[A-Z]{3}$"))]
     #[garde(custom(iso_4217))]
     pub currency: String,
 }
 
 impl DomainEvent for MembershipCreated {
     const EVENT_TYPE: &'static str = "membership.created";
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[
+        super::ID_RULE,
+        super::TIMESTAMP_RULE,
+        "`expires_at` is after `starts_at`",
+        super::CURRENCY_RULE,
+    ];
 
     fn validate(&self) -> Result<(), ValidationError> {
         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
@@ -45,8 +53,9 @@ impl DomainEvent for MembershipCreated {
 }
 
 /// A membership ran out (`membership.expired`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate, schemars::JsonSchema,
+)]
 pub struct MembershipExpired {
     /// The membership's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
@@ -67,6 +76,7 @@ pub struct MembershipExpired {
 
 impl DomainEvent for MembershipExpired {
     const EVENT_TYPE: &'static str = "membership.expired";
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::TIMESTAMP_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))

@@ -1,7 +1,7 @@
 //! The eleven built-in FitViz domain events, with their validation rules.
 //!
 //! Every event is a plain struct with public fields that derives
-//! [`garde::Validate`], rejects unknown JSON fields, and implements
+//! [`garde::Validate`] and implements
 //! [`DomainEvent`]. [`SchemaRegistry::builtin`] registers all of them, so a JSON
 //! payload published under one of these types is checked by exactly the same rules
 //! as the typed struct. [`testing::Example`](crate::testing::Example) gives a valid
@@ -19,9 +19,9 @@
 //!
 //! | Event type | Struct | Rules besides the ids |
 //! | --- | --- | --- |
-//! | `workout.created` | [`WorkoutCreated`] | `workout_type` 1–64 chars; `duration_minutes` 1–1440; `calories` ≤ 20 000 |
-//! | `workout.updated` | [`WorkoutUpdated`] | `changed_fields` at least one, each 1–64 chars; `duration_minutes` 1–1440 |
-//! | `workout.deleted` | [`WorkoutDeleted`] | `reason` ≤ 500 chars |
+//! | `workout.created` | [`WorkoutCreated`] | only `workout_id` required; `title` 1–200 chars; `workout_type` 1–64 chars; `duration_minutes` 1–1440; `calories` ≤ 20 000 |
+//! | `workout.updated` | [`WorkoutUpdated`] | only `workout_id` required; `title` 1–200 chars; `changed_fields` each 1–64 chars; `duration_minutes` 1–1440 |
+//! | `workout.deleted` | [`WorkoutDeleted`] | only `workout_id` required; `reason` ≤ 500 chars |
 //! | `booking.confirmed` | [`BookingConfirmed`] | `spot_number` ≥ 1 |
 //! | `booking.cancelled` | [`BookingCancelled`] | `cancelled_by` one of `member`, `staff`, `system`; `reason` ≤ 500 chars |
 //! | `membership.created` | [`MembershipCreated`] | `plan_id` 1–64 chars; `expires_at` after `starts_at`; `price_minor` > 0; `currency` ISO-4217 |
@@ -33,6 +33,19 @@
 //!
 //! Optional fields (`Option<_>`) are checked only when present; in JSON they may be
 //! `null` or left out. Every other field is required.
+//!
+//! **What is required.** A field is required when a consumer cannot act on the event
+//! without it. A workout event needs only its `workout_id` (the tenant is the envelope's
+//! `organization_id`): the original Python library's documented call sends
+//! `{"workout_id": "123", "title": "Morning Yoga"}`, and a workout may be a plan or class
+//! template with no member, type or start time. A booking, membership or payment event
+//! keeps its ids, member and amounts required: the notification service cannot tell a
+//! member about a booking, a membership or a payment without them, and these events
+//! have no documented call of the original library sending less.
+//!
+//! **Unknown fields** in a JSON payload are forwarded unchanged by default, or rejected
+//! naming the field, as [`UnknownFields`](crate::UnknownFields) (the setting
+//! `FITVIZ_EVENTS_UNKNOWN_FIELDS`) says.
 //!
 //! A rule broken by a typed event is reported as a [`Violation`](crate::Violation)
 //! whose `field` is the field name (`expires_at`, `currency`, `changed_fields[0]`);
@@ -79,7 +92,7 @@ pub use booking::{BookingCancelled, BookingConfirmed, CancelledBy};
 pub use class::{ClassCancelled, ClassScheduled};
 pub use membership::{MembershipCreated, MembershipExpired};
 pub use payment::{PaymentCompleted, PaymentFailed, PaymentMethod};
-pub use workout::{WorkoutCreated, WorkoutDeleted, WorkoutUpdated};
+pub use workout::{WorkoutCreated, WorkoutCreatedV2, WorkoutDeleted, WorkoutUpdated};
 
 /// The event types of the eleven built-in events, in the order of the table above.
 pub const BUILTIN_EVENT_TYPES: [&str; 11] = [
@@ -96,22 +109,44 @@ pub const BUILTIN_EVENT_TYPES: [&str; 11] = [
     ClassCancelled::EVENT_TYPE,
 ];
 
+/// Rules of every identifier field that a JSON Schema cannot express.
+const ID_RULE: &str = "every identifier field (`*_id`, `workout_type`, `activity`, `changed_fields`, `failure_code`) has no control character and no bidirectional-formatting or line-separator character anywhere, and no whitespace at either end";
+/// Rules of every timestamp field that a JSON Schema cannot express.
+const TIMESTAMP_RULE: &str = "every timestamp is within 1970-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999999999Z (UTC) and never a leap second (`:60`)";
+/// The currency rule.
+const CURRENCY_RULE: &str =
+    "`currency` is an active ISO-4217 code in uppercase (`EUR`), checked against the list";
+
+/// The versions of built-in types that break what consumers of the version before need
+/// (a field renamed, removed, retyped or newly required): `(event type, version, why)`.
+/// Every other newer version keeps each field of the one before, with its meaning (a
+/// test checks both ways). See the README's *Versioning*.
+pub const BREAKING_CHANGES: &[(&str, u32, &str)] = &[(
+    "workout.created",
+    2,
+    "`workout_type` renamed `activity`; `duration_minutes` replaced by `duration_seconds`",
+)];
+
 impl SchemaRegistry {
     /// The eleven built-in FitViz events (defined here, next to them, so that the
-    /// schema module does not depend on the events).
+    /// schema module does not depend on the events), with every version of each:
+    /// `workout.created` has versions 1 (current) and 2 ([`WorkoutCreatedV2`]), with an
+    /// upcast from 1 to 2.
     pub fn builtin() -> Self {
         Self::empty()
-            .register::<WorkoutCreated>()
-            .register::<WorkoutUpdated>()
-            .register::<WorkoutDeleted>()
-            .register::<BookingConfirmed>()
-            .register::<BookingCancelled>()
-            .register::<MembershipCreated>()
-            .register::<MembershipExpired>()
-            .register::<PaymentCompleted>()
-            .register::<PaymentFailed>()
-            .register::<ClassScheduled>()
-            .register::<ClassCancelled>()
+            .register_with_json_schema::<WorkoutCreated>()
+            .register_with_json_schema::<WorkoutCreatedV2>()
+            .register_upcast::<WorkoutCreated, WorkoutCreatedV2>()
+            .register_with_json_schema::<WorkoutUpdated>()
+            .register_with_json_schema::<WorkoutDeleted>()
+            .register_with_json_schema::<BookingConfirmed>()
+            .register_with_json_schema::<BookingCancelled>()
+            .register_with_json_schema::<MembershipCreated>()
+            .register_with_json_schema::<MembershipExpired>()
+            .register_with_json_schema::<PaymentCompleted>()
+            .register_with_json_schema::<PaymentFailed>()
+            .register_with_json_schema::<ClassScheduled>()
+            .register_with_json_schema::<ClassCancelled>()
     }
 }
 
@@ -168,7 +203,7 @@ pub(crate) fn utc(year: i32, month: u32, day: u32, hour: u32, minute: u32) -> Da
 /// Shared assertions for the per-domain tests.
 #[cfg(test)]
 mod test_support {
-    use crate::{schema::DomainEvent, schema::SchemaRegistry, schema::ValidationError};
+    use crate::schema::{DomainEvent, SchemaRegistry, UnknownFields, ValidationError};
 
     /// `event` must fail validation with a violation on exactly `field`.
     pub(super) fn assert_rejected<T: DomainEvent>(event: T, field: &str) -> ValidationError {
@@ -223,13 +258,43 @@ mod test_support {
         );
     }
 
-    /// An unknown field added to the example's JSON is rejected, naming the field.
+    /// With the `reject` policy, an unknown field added to the example's JSON is
+    /// rejected, naming the field.
     pub(super) fn assert_unknown_field_rejected<T: DomainEvent>(example: T) {
         let mut json = serde_json::to_value(example).expect("serializes");
         json.as_object_mut()
             .expect("an object")
             .insert("surprise_field".to_owned(), serde_json::json!(1));
-        assert_json_rejected::<T>(&json, "unknown field `surprise_field`");
+        let err = SchemaRegistry::builtin()
+            .validate_json_with(T::EVENT_TYPE, None, &json, UnknownFields::Reject)
+            .expect("built-in type is registered")
+            .expect_err("payload should be rejected");
+        assert_eq!(err.violations().len(), 1, "{err}");
+        assert_eq!(err.violations()[0].field, "data");
+        assert!(
+            (err.violations()[0].message).starts_with("unknown field `surprise_field`"),
+            "{err}"
+        );
+    }
+
+    /// With the `forward` policy (the default), an unknown field added to the example's
+    /// JSON is accepted.
+    pub(super) fn assert_unknown_field_forwarded<T: DomainEvent>(example: T) {
+        let mut json = serde_json::to_value(example).expect("serializes");
+        json.as_object_mut()
+            .expect("an object")
+            .insert("surprise_field".to_owned(), serde_json::json!(1));
+        for registry_call in [
+            SchemaRegistry::builtin().validate_json(T::EVENT_TYPE, &json),
+            SchemaRegistry::builtin().validate_json_with(
+                T::EVENT_TYPE,
+                None,
+                &json,
+                UnknownFields::Forward,
+            ),
+        ] {
+            assert_eq!(registry_call, Some(Ok(())), "{}", T::EVENT_TYPE);
+        }
     }
 
     /// The example's JSON without `field` is rejected, naming the field.
@@ -264,7 +329,70 @@ mod tests {
         assert_eq!(registry.event_types(), expected);
         for event_type in BUILTIN_EVENT_TYPES {
             assert_eq!(check_event_type(event_type), Ok(()), "{event_type}");
+            // Pinned: a newer version never becomes what JSON events are sent as silently.
             assert_eq!(registry.version(event_type), Some(1), "{event_type}");
+        }
+        assert_eq!(registry.versions("workout.created"), [1, 2]);
+        assert_eq!(registry.newest_version("workout.created"), Some(2));
+        assert_eq!(registry.versions("booking.confirmed"), [1]);
+    }
+
+    /// Each newer version of a built-in type either keeps every field of the version
+    /// before, with the same value after the upcast (so consumers of the older version
+    /// find what they read), or is declared in [`BREAKING_CHANGES`] — and a declared one
+    /// really does break.
+    #[test]
+    fn newer_versions_keep_what_older_consumers_need_or_are_declared_breaking() {
+        let registry = SchemaRegistry::builtin();
+        let examples = crate::testing::versioned_examples();
+        let mut pairs = 0;
+        for event_type in BUILTIN_EVENT_TYPES {
+            let versions = registry.versions(event_type);
+            for pair in versions.windows(2) {
+                let (old, new) = (pair[0], pair[1]);
+                pairs += 1;
+                let old_example = examples
+                    .iter()
+                    .find(|e| e.event_type() == event_type && e.version() == old)
+                    .unwrap_or_else(|| panic!("an example of {event_type} v{old}"));
+                let old_data = old_example.data_json();
+                let (version, upcast) = registry
+                    .upcast(event_type, old, old_data.clone())
+                    .unwrap_or_else(|e| panic!("{event_type} v{old}: {e}"));
+                assert!(version >= new);
+                assert_eq!(
+                    registry.validate_json_with(
+                        event_type,
+                        Some(version),
+                        &upcast,
+                        crate::schema::UnknownFields::Reject
+                    ),
+                    Some(Ok(()))
+                );
+                let kept = old_data
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .all(|(field, value)| upcast.get(field) == Some(value));
+                let declared = BREAKING_CHANGES
+                    .iter()
+                    .any(|(t, v, _)| *t == event_type && *v == new);
+                assert!(
+                    kept || declared,
+                    "{event_type} v{new} drops or changes fields of v{old} without being declared breaking"
+                );
+                assert!(
+                    !(kept && declared),
+                    "{event_type} v{new} is declared breaking but keeps every field of v{old}"
+                );
+            }
+        }
+        assert_eq!(pairs, 1, "one built-in type has two versions");
+        for (event_type, version, why) in BUILTIN_EVENT_TYPES
+            .iter()
+            .flat_map(|t| BREAKING_CHANGES.iter().filter(move |(b, ..)| b == t))
+        {
+            assert!(registry.versions(event_type).contains(version), "{why}");
         }
     }
 

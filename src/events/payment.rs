@@ -10,7 +10,7 @@ use crate::{schema::DomainEvent, schema::ValidationError};
 const MAX_AMOUNT_MINOR: i64 = 10_000_000_000;
 
 /// How a payment was made; `card`, `direct_debit`, `cash` or `wallet` in JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentMethod {
     /// A credit or debit card.
@@ -24,8 +24,9 @@ pub enum PaymentMethod {
 }
 
 /// A payment went through (`payment.completed`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate, schemars::JsonSchema,
+)]
 pub struct PaymentCompleted {
     /// The payment's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
@@ -38,6 +39,7 @@ pub struct PaymentCompleted {
     #[garde(range(min = 1, max = MAX_AMOUNT_MINOR))]
     pub amount_minor: i64,
     /// The ISO-4217 currency code, uppercase, e.g. `EUR`.
+    #[schemars(regex(pattern = "^[A-Z]{3}$"))]
     #[garde(custom(iso_4217))]
     pub currency: String,
     /// How it was paid.
@@ -50,6 +52,7 @@ pub struct PaymentCompleted {
 
 impl DomainEvent for PaymentCompleted {
     const EVENT_TYPE: &'static str = "payment.completed";
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::CURRENCY_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
@@ -57,8 +60,9 @@ impl DomainEvent for PaymentCompleted {
 }
 
 /// A payment attempt failed (`payment.failed`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate)]
-#[serde(deny_unknown_fields)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, garde::Validate, schemars::JsonSchema,
+)]
 pub struct PaymentFailed {
     /// The payment's id; 1–64 characters.
     #[garde(length(chars, min = 1, max = 64), custom(identifier))]
@@ -70,6 +74,7 @@ pub struct PaymentFailed {
     #[garde(range(min = 1))]
     pub amount_minor: i64,
     /// The ISO-4217 currency code, uppercase, e.g. `EUR`.
+    #[schemars(regex(pattern = "^[A-Z]{3}$"))]
     #[garde(custom(iso_4217))]
     pub currency: String,
     /// The provider's machine-readable failure code, e.g. `card_declined`; 1–64 characters.
@@ -85,6 +90,7 @@ pub struct PaymentFailed {
 
 impl DomainEvent for PaymentFailed {
     const EVENT_TYPE: &'static str = "payment.failed";
+    const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::CURRENCY_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))

@@ -28,6 +28,8 @@ use crate::{
 pub struct EventPublisherBuilder {
     config: PublisherConfig,
     registry: SchemaRegistry,
+    /// Versions pinned with `pin_version`, applied over whichever registry is set.
+    pins: Vec<(String, u32)>,
     organization: OrganizationLayer,
 }
 
@@ -36,6 +38,7 @@ impl fmt::Debug for EventPublisherBuilder {
         f.debug_struct("EventPublisherBuilder")
             .field("config", &self.config)
             .field("registry", &self.registry)
+            .field("pins", &self.pins)
             .field("organization", &self.organization)
             .finish()
     }
@@ -108,6 +111,7 @@ impl EventPublisherBuilder {
         Self {
             config,
             registry: SchemaRegistry::builtin(),
+            pins: Vec::new(),
             organization: OrganizationLayer::new(NoOrganizationSource),
         }
     }
@@ -118,7 +122,49 @@ impl EventPublisherBuilder {
         self
     }
 
-    /// Where events without an organization id take theirs from.
+    /// Pins the version JSON events of `event_type` are validated against and sent as
+    /// when they do not name one (by default the registry's current version, see
+    /// [`SchemaRegistry::with_current`]). A newer version of this crate may register
+    /// newer versions of a built-in type but never changes the current one without a
+    /// breaking release; pinning says so in your code.
+    ///
+    /// # Panics
+    /// When building, if that version of that type is not registered ([`connect`](Self::connect)
+    /// returns [`ErrorKind::Config`](crate::ErrorKind::Config) instead).
+    pub fn pin_version(mut self, event_type: impl Into<String>, version: u32) -> Self {
+        self.pins.push((event_type.into(), version));
+        self
+    }
+
+    /// The registry with the pinned versions, or which pin names an unregistered version.
+    fn pinned_registry(&self) -> Result<SchemaRegistry, String> {
+        let mut registry = self.registry.clone();
+        for (event_type, version) in &self.pins {
+            if !registry.versions(event_type).contains(version) {
+                return Err(format!(
+                    "pin_version: version {version} of `{event_type}` is not registered"
+                ));
+            }
+            registry = registry.with_current(event_type, *version);
+        }
+        Ok(registry)
+    }
+
+    /// Where events without an organization id take theirs from: a [`GetOrganization`],
+    /// for example a closure `Fn() -> Option<OrganizationId>` — the original library's
+    /// `organization_id_getter=lambda: get_current_org_id()`. It is asked for every event
+    /// that carries no organization of its own (`publish_json(type, data, None)`).
+    ///
+    /// ```
+    /// use fitviz_events::{EventPublisher, OrganizationId, PublisherConfig};
+    ///
+    /// fn current_org_id() -> Option<String> { Some("org-42".to_owned()) }
+    ///
+    /// let builder = EventPublisher::builder(PublisherConfig::default())
+    ///     .organization_source(|| current_org_id().and_then(|id| OrganizationId::parse(&id).ok()));
+    /// ```
+    ///
+    /// [`OrganizationId`]: crate::OrganizationId
     pub fn organization_source(mut self, source: impl GetOrganization) -> Self {
         self.organization = self.organization.with_source(source);
         self
@@ -137,7 +183,8 @@ impl EventPublisherBuilder {
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for an invalid configuration;
     /// [`ErrorKind::Connection`](crate::ErrorKind::Connection) when the broker cannot
     /// be reached or the exchange cannot be declared.
-    pub async fn connect(self) -> Result<EventPublisher, PublishError> {
+    pub async fn connect(mut self) -> Result<EventPublisher, PublishError> {
+        self.registry = self.pinned_registry().map_err(PublishError::config)?;
         let transport = AmqpPublish::connect(&self.config).await?;
         let breaker = self.breaker_layer();
         // One view of the broker's health: when the transport's reconnect task opens
@@ -164,7 +211,8 @@ impl EventPublisherBuilder {
     ///
     /// # Panics
     /// When the configuration is invalid (see [`PublisherConfig::validate`]; a
-    /// configuration read with [`PublisherConfig::from_env`] always is valid).
+    /// configuration read with [`PublisherConfig::from_env`] always is valid), or a
+    /// [pinned version](Self::pin_version) is not registered.
     pub fn build_with_transport<T>(self, transport: T) -> EventPublisher
     where
         T: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + Sync + 'static,
@@ -198,7 +246,8 @@ impl EventPublisherBuilder {
     /// Must be called inside a tokio runtime.
     ///
     /// # Panics
-    /// When the configuration is invalid (see [`PublisherConfig::validate`]).
+    /// When the configuration is invalid (see [`PublisherConfig::validate`]), or a
+    /// [pinned version](Self::pin_version) is not registered.
     pub fn build_with_delivery(self, delivery: PublishService) -> EventPublisher {
         let telemetry = self.telemetry_layer(Arc::new(Instruments::new(&self.config.exchange)));
         let parts = Parts {
@@ -231,6 +280,7 @@ impl EventPublisherBuilder {
             validation: self.config.validation.then(|| {
                 ValidationLayer::new(self.registry.clone())
                     .allow_unregistered(self.config.allow_unregistered)
+                    .unknown_fields(self.config.unknown_fields)
             }),
             organization: self.organization.clone(),
             envelope: EnvelopeLayer::new(self.config.source.as_str(), self.registry.clone()),
@@ -269,7 +319,7 @@ impl EventPublisherBuilder {
             .service(transport)
     }
 
-    fn finish<D>(self, delivery: D, parts: Parts) -> EventPublisher
+    fn finish<D>(mut self, delivery: D, parts: Parts) -> EventPublisher
     where
         D: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + Sync + 'static,
         D::Future: Send + 'static,
@@ -284,6 +334,9 @@ impl EventPublisherBuilder {
             breaker,
             fair,
         } = parts;
+        self.registry = self
+            .pinned_registry()
+            .unwrap_or_else(|error| panic!("invalid publisher configuration: {error}"));
         let mut detached = DetachedSettings::from_config(&self.config);
         detached.header_check = header_check;
         let front = self.front();

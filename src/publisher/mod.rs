@@ -230,7 +230,10 @@ impl EventPublisher {
 
     /// Publishes a JSON payload under `event_type` — the original library's
     /// `publish(event_type, data, organization_id)`. The payload is validated
-    /// against the schema registered for `event_type`.
+    /// against the schema registered for `event_type` (fields it does not name are
+    /// forwarded or rejected as [`PublisherConfig::unknown_fields`] says). With
+    /// `organization_id` `None` the event takes its organization from the
+    /// [organization source](EventPublisherBuilder::organization_source), if any.
     ///
     /// # Errors
     /// As [`publish`](Self::publish).
@@ -245,6 +248,22 @@ impl EventPublisher {
             event = event.with_organization(org);
         }
         self.publish(event).await
+    }
+
+    /// [`publish_json`](Self::publish_json) returning whether the broker confirmed the
+    /// event; failures are logged as by [`try_publish`](Self::try_publish) — the original
+    /// library's `success = publisher.publish(event_type, data, organization_id)`.
+    pub async fn try_publish_json(
+        &self,
+        event_type: impl Into<String>,
+        data: serde_json::Value,
+        organization_id: Option<OrganizationId>,
+    ) -> bool {
+        let mut event = Event::from_json(event_type.into(), data);
+        if let Some(org) = organization_id {
+            event = event.with_organization(org);
+        }
+        self.try_publish(event).await
     }
 
     /// Publishes and returns whether the broker confirmed the event; failures are

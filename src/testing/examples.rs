@@ -47,13 +47,36 @@ impl Example for WorkoutCreated {
     fn example() -> Self {
         Self {
             workout_id: "wo_7f3a9c2e".to_owned(),
-            member_id: "mem_1042".to_owned(),
-            workout_type: "strength".to_owned(),
-            duration_minutes: 45,
+            title: Some("Morning strength".to_owned()),
+            member_id: Some("mem_1042".to_owned()),
+            workout_type: Some("strength".to_owned()),
+            duration_minutes: Some(45),
             calories: Some(380),
-            started_at: utc(2026, 3, 2, 7, 30),
+            started_at: Some(utc(2026, 3, 2, 7, 30)),
         }
     }
+}
+
+impl Example for WorkoutCreatedV2 {
+    /// A valid example: the same session as [`WorkoutCreated`]'s, as version 2.
+    fn example() -> Self {
+        WorkoutCreated::example().into()
+    }
+}
+
+/// One valid [`Event`] of every registered version of every built-in type:
+/// [`examples`] and the versions other than the current one
+/// ([`WorkoutCreatedV2`]).
+///
+/// ```
+/// let events = fitviz_events::testing::versioned_examples();
+/// assert_eq!(events.len(), 12);
+/// assert!(events.iter().any(|e| e.event_type() == "workout.created" && e.version() == 2));
+/// ```
+pub fn versioned_examples() -> Vec<Event> {
+    let mut events = examples();
+    events.insert(1, Event::new(WorkoutCreatedV2::example()));
+    events
 }
 
 impl Example for WorkoutUpdated {
@@ -61,7 +84,8 @@ impl Example for WorkoutUpdated {
     fn example() -> Self {
         Self {
             workout_id: "wo_7f3a9c2e".to_owned(),
-            member_id: "mem_1042".to_owned(),
+            member_id: Some("mem_1042".to_owned()),
+            title: None,
             changed_fields: vec!["duration_minutes".to_owned(), "calories".to_owned()],
             duration_minutes: Some(50),
         }
@@ -73,7 +97,7 @@ impl Example for WorkoutDeleted {
     fn example() -> Self {
         Self {
             workout_id: "wo_7f3a9c2e".to_owned(),
-            member_id: "mem_1042".to_owned(),
+            member_id: Some("mem_1042".to_owned()),
             reason: Some("logged twice by mistake".to_owned()),
         }
     }

@@ -24,5 +24,5 @@
 mod examples;
 mod sink;
 
-pub use examples::{Example, examples};
+pub use examples::{Example, examples, versioned_examples};
 pub use sink::MemorySink;
