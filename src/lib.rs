@@ -64,9 +64,7 @@ pub use header::{
     HeaderValue, MAX_CUSTOM_HEADERS, MAX_HEADER_NAME_BYTES, RESERVED_HEADER_PREFIXES,
     RESERVED_HEADERS, check_header_name,
 };
-pub use publisher::{
-    CloseReport, EventPublisher, EventPublisherBuilder, NotReady, PublishService,
-};
+pub use publisher::{CloseReport, EventPublisher, EventPublisherBuilder, NotReady, PublishService};
 pub use schema::export::{
     ENVELOPE_FILE_NAME, JSON_SCHEMA_DIALECT, SCHEMA_ID_PREFIX, envelope_schema, export_schemas,
     schema_file_name, schema_id,

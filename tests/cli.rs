@@ -178,3 +178,26 @@ async fn invalid_refused_and_unavailable_have_their_own_exit_codes() {
     );
     fx.cleanup().await;
 }
+
+#[test]
+fn schemas_export_writes_what_is_checked_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let output = run(&[], &["--json", "schemas", "export", out]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let checked_in = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    let mut names: Vec<_> = std::fs::read_dir(&checked_in)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 12, "{names:?}");
+    assert_eq!(stdout(&output).lines().count(), names.len());
+    for name in names {
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(&name)).unwrap(),
+            std::fs::read_to_string(checked_in.join(&name)).unwrap(),
+            "{name:?}"
+        );
+    }
+}
