@@ -12,6 +12,7 @@
 //! | [`transport`] | [`AmqpPublish`](transport::AmqpPublish): the confirmed publish on a pool of channels |
 //! | [`http`] | [`http::EventPublishLayer`] and the request-scoped [`http::Publisher`] |
 //! | `axum` | the `Publisher` extractor and `IntoResponse` for [`PublishError`] (feature `axum`) |
+//! | [`topology`] | [`topology::Topology`]: the exchange, the unrouted queue, consumers' queues and dead letters |
 //! | [`telemetry`] | metrics, the producer span, trace context in the headers |
 //! | [`testing`] | an in-memory transport and example events for your own tests |
 //!
@@ -50,6 +51,7 @@ mod schema;
 pub mod telemetry;
 pub mod testing;
 pub mod timeout;
+pub mod topology;
 pub mod transport;
 pub mod validate;
 

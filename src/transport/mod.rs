@@ -28,7 +28,7 @@ mod channel;
 mod confirm;
 mod connection;
 mod encode;
-mod exchange;
+pub(crate) mod exchange;
 mod health;
 mod pool;
 mod reconnect;
@@ -319,6 +319,36 @@ impl HeaderCheck {
         }
         Ok(())
     }
+}
+
+/// Opens one connection for administration (declaring the topology, dead letters) to
+/// the first of `config`'s nodes that answers, in the configured order, over TLS as
+/// configured, named `name` in the broker.
+pub(crate) async fn open_connection(
+    config: &PublisherConfig,
+    name: &str,
+) -> Result<lapin::Connection, PublishError> {
+    let tls = config.validated_tls()?.map(Tls::new);
+    let mut last = None;
+    for (node, uri) in config.url.nodes().iter().zip(config.amqp_uris()) {
+        let properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
+        let open = tls::open(&uri, properties, tls.as_ref());
+        match tokio::time::timeout(config.connection_timeout, open).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(e)) => last = Some(PublishError::connect(node.redacted(), e)),
+            Err(_) => {
+                last = Some(PublishError::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "timed out after {} ms connecting to the broker at {}",
+                        config.connection_timeout.as_millis(),
+                        node.redacted()
+                    ),
+                ))
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| PublishError::config("no broker address")))
 }
 
 /// `host:port` as the `server.address` and `server.port` span attributes.
