@@ -55,11 +55,11 @@ pub mod topology;
 pub mod transport;
 pub mod validate;
 
-pub use config::{BrokerUrl, ConfigError, ENV_PREFIX, PublisherConfig};
+pub use config::{BrokerUrl, ConfigError, ENV_PREFIX, PublisherConfig, UnroutablePolicy};
 pub use error::{Delivery, ErrorKind, PublishError};
 pub use event::{
     Event, InvalidId, MAX_CORRELATION_ID_BYTES, MAX_ORGANIZATION_ID_BYTES, OrganizationId, Receipt,
-    check_correlation_id, check_event_type,
+    Routing, check_correlation_id, check_event_type,
 };
 pub use header::{
     HeaderValue, MAX_CUSTOM_HEADERS, MAX_HEADER_NAME_BYTES, RESERVED_HEADER_PREFIXES,

@@ -250,6 +250,9 @@ impl Fixture {
                 .expect("FITVIZ_EVENTS_URL is a broker url"),
             exchange: self.exchange.clone(),
             connection_name: Some(format!("{}.publisher", self.name)),
+            // These tests were written for unroutable events as errors; the default
+            // (kept in `<exchange>.unrouted`) is tested in tests/unroutable.rs.
+            unroutable: fitviz_events::UnroutablePolicy::Error,
             ..Default::default()
         }
     }
@@ -296,8 +299,14 @@ impl Fixture {
 }
 
 async fn delete_topology(channel: &Channel, queue: &str, exchange: &str) {
+    let unrouted = format!("{exchange}.unrouted");
+    for queue in [queue, unrouted.as_str()] {
+        let _ = channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
     let _ = channel
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .exchange_delete(unrouted.as_str().into(), ExchangeDeleteOptions::default())
         .await;
     let _ = channel
         .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
