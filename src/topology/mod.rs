@@ -58,6 +58,7 @@
 //! assert_eq!(policies[1].definition["alternate-exchange"], "fitviz.events.unrouted");
 //! ```
 
+pub mod dead_letters;
 mod error;
 mod policy;
 mod queue;

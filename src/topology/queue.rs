@@ -32,7 +32,8 @@ pub enum DeadLettering {
 ///
 /// Dead letters: a message the consumer rejects (`basic.reject`/`nack` with
 /// `requeue=false`) or that exceeds the delivery limit goes to `<name>.dlq`, with an
-/// `x-death` header saying from which queue, why and how often.
+/// `x-death` header saying from which queue, why and how often; see
+/// [`dead_letters`](super::dead_letters) to list and replay them.
 ///
 /// Delayed retry ([`retry_delay`](Self::retry_delay)): `<name>.retry` is a queue whose
 /// messages expire after the delay and are then dead-lettered back to `<name>` (through
