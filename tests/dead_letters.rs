@@ -13,11 +13,11 @@ use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{
         BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicRejectOptions,
-        ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+        ConfirmSelectOptions, QueueDeclareOptions,
     },
     types::FieldTable,
 };
-use support::{broker_url, unique};
+use support::{Leftovers, broker_url, unique};
 
 async fn len(connection: &Connection, queue: &str) -> u32 {
     let channel = connection.create_channel().await.unwrap();
@@ -50,28 +50,6 @@ async fn eventually(connection: &Connection, queue: &str, expected: u32) -> u32 
     n
 }
 
-async fn cleanup(connection: &Connection, exchange: &str, queue: &ConsumerQueue) {
-    let channel = connection.create_channel().await.unwrap();
-    for name in [
-        queue.name().to_owned(),
-        queue.dlq_name(),
-        format!("{exchange}.unrouted"),
-    ] {
-        let _ = channel
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for name in [
-        exchange.to_owned(),
-        queue.dlx_name(),
-        format!("{exchange}.unrouted"),
-    ] {
-        let _ = channel
-            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-}
-
 #[tokio::test]
 async fn a_rejected_message_lands_in_the_dlq_and_replay_moves_it_back_exactly_once() {
     require_broker!();
@@ -80,6 +58,18 @@ async fn a_rejected_message_lands_in_the_dlq_and_replay_moves_it_back_exactly_on
     let queue = ConsumerQueue::new(format!("{name}.q"))
         .bind("workout.*")
         .expires(Duration::from_secs(300));
+    let _leftovers = Leftovers {
+        exchanges: vec![
+            exchange.clone(),
+            queue.dlx_name(),
+            format!("{exchange}.unrouted"),
+        ],
+        queues: vec![
+            queue.name().to_owned(),
+            queue.dlq_name(),
+            format!("{exchange}.unrouted"),
+        ],
+    };
     let connection = Connection::connect(&broker_url(), ConnectionProperties::default())
         .await
         .unwrap();
@@ -186,6 +176,5 @@ async fn a_rejected_message_lands_in_the_dlq_and_replay_moves_it_back_exactly_on
     }
     assert_eq!(seen, vec![Some("evt-1".to_owned())], "seen exactly once");
 
-    cleanup(&connection, &exchange, &queue).await;
     let _ = connection.close(200, "done".into()).await;
 }

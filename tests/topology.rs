@@ -10,12 +10,10 @@ use fitviz_events::topology::{
 };
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
-    options::{
-        BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-    },
+    options::{BasicPublishOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use support::{broker_url, unique};
+use support::{Leftovers, broker_url, unique};
 
 async fn connect() -> Connection {
     Connection::connect(&broker_url(), ConnectionProperties::default())
@@ -23,10 +21,9 @@ async fn connect() -> Connection {
         .expect("connect")
 }
 
-/// Deletes `exchange`, its unrouted exchange and queue, and each queue with its DLQ,
-/// DLX and retry queue.
-pub async fn delete_all(connection: &Connection, exchange: &str, queues: &[&ConsumerQueue]) {
-    let channel = connection.create_channel().await.unwrap();
+/// Deletes, when dropped (also after a panic), `exchange`, its unrouted exchange and
+/// queue, and each queue with its DLQ, DLX and retry queue.
+fn leftovers(exchange: &str, queues: &[&ConsumerQueue]) -> Leftovers {
     let unrouted = unrouted_name(exchange);
     let mut names = vec![unrouted.clone()];
     for q in queues {
@@ -34,17 +31,11 @@ pub async fn delete_all(connection: &Connection, exchange: &str, queues: &[&Cons
         names.push(q.dlq_name());
         names.extend(q.retry_queue_name());
     }
-    for name in &names {
-        let _ = channel
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
     let mut exchanges = vec![exchange.to_owned(), unrouted];
     exchanges.extend(queues.iter().map(|q| q.dlx_name()));
-    for name in &exchanges {
-        let _ = channel
-            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
+    Leftovers {
+        exchanges,
+        queues: names,
     }
 }
 
@@ -77,6 +68,7 @@ async fn declaring_twice_is_no_error_and_a_conflicting_declare_is_reported_as_40
         .delivery_limit(3)
         .retry_delay(Duration::from_secs(5))
         .expires(Duration::from_secs(300));
+    let _leftovers = leftovers(&exchange, &[&queue]);
     let topology = Topology::new(&exchange).consumer_queue(queue.clone());
     let connection = connect().await;
     let first = topology.declare(&connection).await.expect("first declare");
@@ -115,7 +107,6 @@ async fn declaring_twice_is_no_error_and_a_conflicting_declare_is_reported_as_40
         .expect_err("arguments differ");
     assert!(err.is_conflict(), "{err}");
 
-    delete_all(&connection, &exchange, &[&queue]).await;
     let _ = connection.close(200, "done".into()).await;
 }
 
@@ -124,6 +115,7 @@ async fn the_alternate_exchange_keeps_an_unroutable_event_in_the_unrouted_queue(
     require_broker!();
     let name = unique("topology_ae");
     let exchange = format!("{name}.x");
+    let _leftovers = leftovers(&exchange, &[]);
     let topology = Topology::new(&exchange);
     let connection = connect().await;
     topology.declare(&connection).await.expect("declare");
@@ -169,6 +161,5 @@ async fn the_alternate_exchange_keeps_an_unroutable_event_in_the_unrouted_queue(
         "the unroutable message was not kept in `{unrouted}`"
     );
 
-    delete_all(&connection, &exchange, &[]).await;
     let _ = connection.close(200, "done".into()).await;
 }
