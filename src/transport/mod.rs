@@ -305,7 +305,7 @@ impl AmqpPublish {
         let generation = channel.generation();
         if self.inner.unrouted_declared.load(Ordering::Relaxed) != generation + 1 {
             let passive = !self.inner.declare_unrouted;
-            let (result, on) = (self.inner.pool)
+            let (result, _) = (self.inner.pool)
                 .with_admin_channel(async |admin| {
                     crate::topology::UnroutedQueue::default()
                         .declare(admin, exchange, passive)
@@ -323,7 +323,7 @@ impl AmqpPublish {
             }
             self.inner
                 .unrouted_declared
-                .store(on + 1, Ordering::Relaxed);
+                .store(generation + 1, Ordering::Relaxed);
         }
         let (body, properties) = encode(event, self.inner.max_body_bytes)?;
         let message = Message {
