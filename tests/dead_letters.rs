@@ -178,3 +178,78 @@ async fn a_rejected_message_lands_in_the_dlq_and_replay_moves_it_back_exactly_on
 
     let _ = connection.close(200, "done".into()).await;
 }
+
+#[tokio::test]
+async fn replay_to_the_exchange_reaches_every_bound_queue() {
+    require_broker!();
+    let name = unique("dead_letters_exchange");
+    let exchange = format!("{name}.x");
+    let queue = ConsumerQueue::new(format!("{name}.q"))
+        .bind("workout.*")
+        .expires(Duration::from_secs(300));
+    let other = ConsumerQueue::new(format!("{name}.other"))
+        .bind("workout.created")
+        .expires(Duration::from_secs(300));
+    let _leftovers = Leftovers {
+        exchanges: vec![
+            exchange.clone(),
+            queue.dlx_name(),
+            other.dlx_name(),
+            format!("{exchange}.unrouted"),
+        ],
+        queues: vec![
+            queue.name().to_owned(),
+            queue.dlq_name(),
+            other.name().to_owned(),
+            other.dlq_name(),
+            format!("{exchange}.unrouted"),
+        ],
+    };
+    let connection = Connection::connect(&broker_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    Topology::new(&exchange)
+        .without_unrouted()
+        .consumer_queue(queue.clone())
+        .consumer_queue(other.clone())
+        .declare(&connection)
+        .await
+        .expect("declare");
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            exchange.as_str().into(),
+            "workout.created".into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default().with_message_id("evt-x".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(eventually(&connection, queue.name(), 1).await, 1);
+    assert_eq!(eventually(&connection, other.name(), 1).await, 1);
+    let got = channel
+        .basic_get(queue.name().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the event");
+    got.delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    assert_eq!(eventually(&connection, &queue.dlq_name(), 1).await, 1);
+
+    let admin = connection.create_channel().await.unwrap();
+    let report = dead_letters::replay(&admin, &queue.dlq_name(), ReplayTo::Exchange, None)
+        .await
+        .expect("replay");
+    assert_eq!(report.replayed.len(), 1);
+    assert_eq!(report.replayed[0].exchange, exchange);
+    assert_eq!(report.replayed[0].routing_key, "workout.created");
+    // Both bound queues get it: `other` now holds two copies.
+    assert_eq!(eventually(&connection, queue.name(), 1).await, 1);
+    assert_eq!(eventually(&connection, other.name(), 2).await, 2);
+    assert_eq!(eventually(&connection, &queue.dlq_name(), 0).await, 0);
+    let _ = connection.close(200, "done".into()).await;
+}
