@@ -24,8 +24,9 @@
 //! curl localhost:3000/metrics
 //! ```
 //!
-//! Events are published with `mandatory`: an event no queue is bound for comes back as
-//! unroutable (HTTP 500). In production the notification service binds its queue; so
+//! Events are published with `mandatory`: an event no queue is bound for comes back
+//! and is kept in the bounded `fitviz.events.unrouted` queue (or, with
+//! `FITVIZ_EVENTS_UNROUTABLE=error`, is an HTTP 500). In production the notification service binds its queue; so
 //! that the demo works on its own, the app binds `fitviz.events.axum_app` while it runs,
 //! where you can see the events (`rabbitmqadmin get queue=fitviz.events.axum_app` or any
 //! consumer). That queue holds at most 1,000 events (`x-max-length`), is deleted when the

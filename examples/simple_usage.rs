@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Events are published with `mandatory`, so an event no queue is bound for is
-//! reported as unroutable. In production the notification service binds its queue;
+//! returned by the broker, then (by default, `FITVIZ_EVENTS_UNROUTABLE`) kept in the
+//! bounded `fitviz.events.unrouted` queue, its receipt saying `Kept`. In production the notification service binds its queue;
 //! here the example binds a demo queue itself (at most 1,000 events, deleted on exit,
 //! removed by the broker a minute after an early stop).
 

@@ -12,6 +12,7 @@
 //! | [`transport`] | [`AmqpPublish`](transport::AmqpPublish): the confirmed publish on a pool of channels |
 //! | [`http`] | [`http::EventPublishLayer`] and the request-scoped [`http::Publisher`] |
 //! | `axum` | the `Publisher` extractor and `IntoResponse` for [`PublishError`] (feature `axum`) |
+//! | [`topology`] | [`topology::Topology`]: the exchange, the unrouted queue, consumers' queues and dead letters |
 //! | [`telemetry`] | metrics, the producer span, trace context in the headers |
 //! | [`testing`] | an in-memory transport and example events for your own tests |
 //!
@@ -51,14 +52,15 @@ mod schema;
 pub mod telemetry;
 pub mod testing;
 pub mod timeout;
+pub mod topology;
 pub mod transport;
 pub mod validate;
 
-pub use config::{BrokerUrl, ConfigError, ENV_PREFIX, PublisherConfig};
+pub use config::{BrokerUrl, ConfigError, ENV_PREFIX, PublisherConfig, UnroutablePolicy};
 pub use error::{Delivery, ErrorKind, PublishError};
 pub use event::{
     Event, InvalidId, MAX_CORRELATION_ID_BYTES, MAX_ORGANIZATION_ID_BYTES, OrganizationId, Receipt,
-    check_correlation_id, check_event_type,
+    Routing, check_correlation_id, check_event_type,
 };
 pub use header::{
     HeaderValue, MAX_CUSTOM_HEADERS, MAX_HEADER_NAME_BYTES, RESERVED_HEADER_PREFIXES,

@@ -6,6 +6,7 @@ mod error;
 mod names;
 mod rules;
 mod tls;
+mod unroutable;
 mod url;
 
 #[cfg(test)]
@@ -21,7 +22,7 @@ use self::{
     env::{flag, unknown_fields},
     names::Naming,
 };
-pub use self::{error::ConfigError, url::BrokerUrl};
+pub use self::{error::ConfigError, unroutable::UnroutablePolicy, url::BrokerUrl};
 use crate::schema::UnknownFields;
 
 /// The prefix of every environment variable [`PublisherConfig::from_env`] reads.
@@ -164,6 +165,10 @@ pub struct PublisherConfig {
     #[serde(deserialize_with = "flag")]
     #[garde(skip)]
     pub declare_exchange: bool,
+    /// What happens to an event no queue is bound for: kept in `<exchange>.unrouted`
+    /// (`alternate-exchange`, the default), an error, or ignored; see [`UnroutablePolicy`].
+    #[garde(skip)]
+    pub unroutable: UnroutablePolicy,
     /// The name of the publishing application, stamped on every event (`source`, `app_id`).
     #[garde(custom(rules::text))]
     pub source: String,
@@ -306,6 +311,7 @@ impl Default for PublisherConfig {
             url: BrokerUrl::default(),
             exchange: "fitviz.events".to_owned(),
             declare_exchange: true,
+            unroutable: UnroutablePolicy::AlternateExchange,
             source: "fitviz-service".to_owned(),
             pool_size: 4,
             max_in_flight: 256,

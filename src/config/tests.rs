@@ -3,7 +3,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::{
-    BrokerUrl, ConfigError, ENV_PREFIX, PublisherConfig, env,
+    BrokerUrl, ConfigError, ENV_PREFIX, PublisherConfig, UnroutablePolicy, env,
     names::{self, keys, var},
     tls::tests::Files,
     url::{redact, redact_raw},
@@ -99,6 +99,7 @@ fn every_variable_is_read() {
         ),
         ("FITVIZ_EVENTS_EXCHANGE", "fitviz.billing"),
         ("FITVIZ_EVENTS_DECLARE_EXCHANGE", "no"),
+        ("FITVIZ_EVENTS_UNROUTABLE", "Ignore"),
         ("FITVIZ_EVENTS_SOURCE", "billing-api"),
         ("FITVIZ_EVENTS_POOL_SIZE", "16"),
         ("FITVIZ_EVENTS_MAX_IN_FLIGHT", "1000"),
@@ -145,6 +146,7 @@ fn every_variable_is_read() {
         url: url("amqps://svc:pw@rabbit.example:5671/fitviz"),
         exchange: "fitviz.billing".into(),
         declare_exchange: false,
+        unroutable: UnroutablePolicy::Ignore,
         source: "billing-api".into(),
         pool_size: 16,
         max_in_flight: 1000,
@@ -325,6 +327,10 @@ fn every_invalid_variable_is_named() {
             &["999", "0", "3600001", "x"],
         ),
         ("FITVIZ_EVENTS_DETACHED_CAPACITY", &["0", "1000001", "x"]),
+        (
+            "FITVIZ_EVENTS_UNROUTABLE",
+            &["drop", "alternate_exchange", "1"],
+        ),
         (
             "FITVIZ_EVENTS_DETACHED_SHARE_PER_ORGANIZATION_PERCENT",
             &["0", "101", "-1", "x"],
@@ -874,6 +880,7 @@ fn deserializes_config_files() {
         "declare_exchange": false,
         "source": "billing-api",
         "pool_size": 8,
+        "unroutable": "error",
         "max_in_flight": 64,
         "max_in_flight_per_organization_percent": 50,
         "confirm_timeout_ms": 2000,
@@ -914,6 +921,7 @@ fn deserializes_config_files() {
         url: url("amqps://svc:pw@rabbit/fitviz"),
         exchange: "fitviz.billing".into(),
         declare_exchange: false,
+        unroutable: UnroutablePolicy::Error,
         source: "billing-api".into(),
         pool_size: 8,
         max_in_flight: 64,
@@ -1366,6 +1374,29 @@ fn unknown_fields_policy_is_read_in_any_case_and_named_when_invalid() {
         .to_string();
     assert!(
         err.starts_with("expected `reject` or `forward`, got `drop`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_unroutable_policy_is_named_in_errors() {
+    assert_eq!(
+        PublisherConfig::default().unroutable,
+        UnroutablePolicy::AlternateExchange
+    );
+    let c =
+        PublisherConfig::from_vars([("FITVIZ_EVENTS_UNROUTABLE", "alternate-exchange")]).unwrap();
+    assert_eq!(c.unroutable, UnroutablePolicy::AlternateExchange);
+    let err = PublisherConfig::from_vars([("FITVIZ_EVENTS_UNROUTABLE", "drop")]).unwrap_err();
+    assert_eq!(err.field(), "FITVIZ_EVENTS_UNROUTABLE");
+    assert_eq!(
+        err.to_string(),
+        "FITVIZ_EVENTS_UNROUTABLE: expected `alternate-exchange`, `error` or `ignore`, got `drop`"
+    );
+    let err = serde_json::from_str::<PublisherConfig>(r#"{"unroutable": "drop"}"#).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("expected `alternate-exchange`, `error` or `ignore`, got `drop`"),
         "{err}"
     );
 }

@@ -46,25 +46,32 @@ impl Exchange {
         &self.name
     }
 
-    /// Declares (or checks) the exchange on a short-lived channel of `connection`.
-    pub(crate) async fn declare(&self, connection: &lapin::Connection) -> Result<(), PublishError> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| PublishError::connection("could not open a channel", e))?;
+    /// Declares (or checks) the exchange on `channel`, with this module's arguments: the
+    /// one declaration the publisher and [`Topology`](crate::topology::Topology) share,
+    /// so they never disagree (which the broker would answer with 406).
+    pub(crate) async fn declare_on(&self, channel: &lapin::Channel) -> lapin::Result<()> {
         let options = ExchangeDeclareOptions {
             durable: true,
             passive: self.passive,
             ..Default::default()
         };
-        let result = channel
+        channel
             .exchange_declare(
                 self.name.clone(),
                 ExchangeKind::Topic,
                 options,
                 self.arguments.clone(),
             )
-            .await;
+            .await
+    }
+
+    /// Declares (or checks) the exchange on a short-lived channel of `connection`.
+    pub(crate) async fn declare(&self, connection: &lapin::Connection) -> Result<(), PublishError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| PublishError::connection("could not open a channel", e))?;
+        let result = self.declare_on(&channel).await;
         if channel.status().connected() {
             let _ = tokio::time::timeout(
                 CLOSE_TIMEOUT,

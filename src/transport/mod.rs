@@ -4,7 +4,7 @@
 //! | broker answer | result |
 //! |---|---|
 //! | `basic.ack`, routed | `Ok(`[`Receipt`]`)` |
-//! | `basic.ack` with a `basic.return` for this event (`mandatory`, no queue bound) | [`ErrorKind::Unroutable`] |
+//! | `basic.ack` with a `basic.return` for this event (`mandatory`, no queue bound) | by [`UnroutablePolicy`]: kept in `<exchange>.unrouted` (`Ok`, [`Routing::Kept`]), [`ErrorKind::Unroutable`], or `Ok` with [`Routing::Dropped`] |
 //! | `basic.nack` | [`ErrorKind::Nacked`] |
 //! | channel or connection lost after the event was written | [`ErrorKind::Connection`], [`maybe_delivered`](PublishError::maybe_delivered) |
 //! | channel already closed: not written | [`ErrorKind::Connection`] |
@@ -28,7 +28,7 @@ mod channel;
 mod confirm;
 mod connection;
 mod encode;
-mod exchange;
+pub(crate) mod exchange;
 mod health;
 mod pool;
 mod reconnect;
@@ -44,7 +44,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Instant,
@@ -64,9 +64,9 @@ use self::{
     tls::Tls,
 };
 use crate::{
-    config::PublisherConfig,
+    config::{PublisherConfig, UnroutablePolicy},
     error::{ErrorKind, PublishError},
-    event::{Event, Receipt},
+    event::{Event, Receipt, Routing},
     telemetry::Instruments,
 };
 
@@ -98,6 +98,12 @@ struct Inner {
     header_check: HeaderCheck,
     /// The reconnect task, aborted by `close`.
     reconnect: OnceLock<AbortHandle>,
+    /// What to do with an event the broker returns.
+    unroutable: UnroutablePolicy,
+    /// Declare `<exchange>.unrouted` (or only check it exists).
+    declare_unrouted: bool,
+    /// The connection generation `<exchange>.unrouted` was last declared on, plus one.
+    unrouted_declared: AtomicU64,
 }
 
 impl fmt::Debug for AmqpPublish {
@@ -160,6 +166,9 @@ impl AmqpPublish {
             instruments: Arc::new(Instruments::new(&config.exchange)),
             header_check: HeaderCheck { frame_max },
             reconnect: OnceLock::new(),
+            unroutable: config.unroutable,
+            declare_unrouted: config.declare_exchange,
+            unrouted_declared: AtomicU64::new(0),
         });
         let _ = inner.reconnect.set(reconnect::spawn(&inner));
         Ok(Self { inner })
@@ -266,6 +275,18 @@ impl AmqpPublish {
             _ => {}
         }
         drop(channel);
+        if let Outcome::Unroutable { .. } = outcome {
+            match self.inner.unroutable {
+                UnroutablePolicy::Error => {}
+                UnroutablePolicy::Ignore => {
+                    tracing::debug!("unroutable event dropped (unroutable policy `ignore`)");
+                    return Ok(
+                        Receipt::new(event.id(), started.elapsed()).with_routing(Routing::Dropped)
+                    );
+                }
+                UnroutablePolicy::AlternateExchange => return self.keep(&event, started).await,
+            }
+        }
         outcome_to_result(
             outcome,
             generation,
@@ -273,6 +294,67 @@ impl AmqpPublish {
             self.inner.exchange.name().as_str(),
             started,
         )
+    }
+
+    /// Publishes an event the broker returned to `<exchange>.unrouted`, with a confirm,
+    /// declaring (or checking) that exchange and queue first on each new connection.
+    async fn keep(&self, event: &Event, started: Instant) -> Result<Receipt, PublishError> {
+        let exchange = self.inner.exchange.name().as_str();
+        let unrouted = crate::topology::unrouted_name(exchange);
+        let channel = self.inner.pool.channel().await?;
+        let generation = channel.generation();
+        if self.inner.unrouted_declared.load(Ordering::Relaxed) != generation + 1 {
+            let passive = !self.inner.declare_unrouted;
+            let (result, _) = (self.inner.pool)
+                .with_admin_channel(async |admin| {
+                    crate::topology::UnroutedQueue::default()
+                        .declare(admin, exchange, passive)
+                        .await
+                })
+                .await?;
+            if let Err(error) = result {
+                return Err(PublishError::new(
+                    ErrorKind::Unroutable,
+                    format!(
+                        "no queue is bound to exchange `{exchange}` for routing key `{}`, and the event could not be kept: {error}",
+                        event.event_type()
+                    ),
+                ));
+            }
+            self.inner
+                .unrouted_declared
+                .store(generation + 1, Ordering::Relaxed);
+        }
+        let (body, properties) = encode(event, self.inner.max_body_bytes)?;
+        let message = Message {
+            event_id: event.id(),
+            exchange: ShortString::from(unrouted.as_str()),
+            routing_key: ShortString::from(event.event_type()),
+            body,
+            properties,
+        };
+        let sent = self.inner.instruments.attempt(event.metric_type);
+        let outcome = channel.publish(message, &sent).await?;
+        match &outcome {
+            Outcome::NotSent(_) => sent.not_sent(),
+            Outcome::Routed => sent.finish(None),
+            Outcome::Unroutable { .. } => sent.finish(Some(ErrorKind::Unroutable)),
+            Outcome::Nacked => sent.finish(Some(ErrorKind::Nacked)),
+            Outcome::Failed(_) | Outcome::Unknown => sent.finish(Some(ErrorKind::Connection)),
+        }
+        match outcome {
+            Outcome::Nacked => channel.retire_after_nack(),
+            Outcome::Routed | Outcome::Unroutable { .. } => channel.acked(),
+            _ => {}
+        }
+        drop(channel);
+        match outcome {
+            Outcome::Routed => {
+                tracing::debug!(queue = %unrouted, "unroutable event kept");
+                Ok(Receipt::new(event.id(), started.elapsed()).with_routing(Routing::Kept))
+            }
+            outcome => outcome_to_result(outcome, generation, event, &unrouted, started),
+        }
     }
 }
 
@@ -319,6 +401,36 @@ impl HeaderCheck {
         }
         Ok(())
     }
+}
+
+/// Opens one connection for administration (declaring the topology, dead letters) to
+/// the first of `config`'s nodes that answers, in the configured order, over TLS as
+/// configured, named `name` in the broker.
+pub(crate) async fn open_connection(
+    config: &PublisherConfig,
+    name: &str,
+) -> Result<lapin::Connection, PublishError> {
+    let tls = config.validated_tls()?.map(Tls::new);
+    let mut last = None;
+    for (node, uri) in config.url.nodes().iter().zip(config.amqp_uris()) {
+        let properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
+        let open = tls::open(&uri, properties, tls.as_ref());
+        match tokio::time::timeout(config.connection_timeout, open).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(e)) => last = Some(PublishError::connect(node.redacted(), e)),
+            Err(_) => {
+                last = Some(PublishError::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "timed out after {} ms connecting to the broker at {}",
+                        config.connection_timeout.as_millis(),
+                        node.redacted()
+                    ),
+                ))
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| PublishError::config("no broker address")))
 }
 
 /// `host:port` as the `server.address` and `server.port` span attributes.

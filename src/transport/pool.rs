@@ -219,6 +219,26 @@ impl ChannelPool {
         Ok(())
     }
 
+    /// Runs `f` on a short-lived channel of a pooled connection (a refused declare closes
+    /// that channel, not the publishing ones); gives the connection's generation too.
+    pub(crate) async fn with_admin_channel<T>(
+        &self,
+        f: impl AsyncFnOnce(&lapin::Channel) -> T,
+    ) -> Result<(T, u64), PublishError> {
+        let connection = Box::pin(self.connections.get()).await.map_err(pool_error)?;
+        let generation = connection.generation();
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| PublishError::connection("could not open a channel", e))?;
+        let result = f(&channel).await;
+        if channel.status().connected() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), channel.close(200, "done".into()))
+                .await;
+        }
+        Ok((result, generation))
+    }
+
     /// Whether [`close`](Self::close) was called.
     pub(crate) fn is_closed(&self) -> bool {
         self.channels.is_closed()

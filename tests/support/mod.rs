@@ -250,6 +250,9 @@ impl Fixture {
                 .expect("FITVIZ_EVENTS_URL is a broker url"),
             exchange: self.exchange.clone(),
             connection_name: Some(format!("{}.publisher", self.name)),
+            // These tests were written for unroutable events as errors; the default
+            // (kept in `<exchange>.unrouted`) is tested in tests/unroutable.rs.
+            unroutable: fitviz_events::UnroutablePolicy::Error,
             ..Default::default()
         }
     }
@@ -296,8 +299,14 @@ impl Fixture {
 }
 
 async fn delete_topology(channel: &Channel, queue: &str, exchange: &str) {
+    let unrouted = format!("{exchange}.unrouted");
+    for queue in [queue, unrouted.as_str()] {
+        let _ = channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
     let _ = channel
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .exchange_delete(unrouted.as_str().into(), ExchangeDeleteOptions::default())
         .await;
     let _ = channel
         .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
@@ -364,5 +373,52 @@ impl std::io::Write for Captured {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Exchanges and queues a test deletes when dropped, also after a panic: for tests that
+/// declare their topology through `fitviz_events::topology` rather than a [`Fixture`].
+pub struct Leftovers {
+    pub exchanges: Vec<String>,
+    pub queues: Vec<String>,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let (exchanges, queues) = (self.exchanges.clone(), self.queues.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let url = broker_url();
+                let connect = Connection::connect(&url, ConnectionProperties::default());
+                let Ok(Ok(connection)) =
+                    tokio::time::timeout(Duration::from_secs(5), connect).await
+                else {
+                    return;
+                };
+                if let Ok(channel) = connection.create_channel().await {
+                    for queue in &queues {
+                        let _ = channel
+                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                    for exchange in &exchanges {
+                        let _ = channel
+                            .exchange_delete(
+                                exchange.as_str().into(),
+                                ExchangeDeleteOptions::default(),
+                            )
+                            .await;
+                    }
+                }
+                let _ = connection.close(200, "test cleanup".into()).await;
+            });
+        })
+        .join();
     }
 }

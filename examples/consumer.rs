@@ -1,0 +1,279 @@
+//! A consumer of FitViz events with lapin: declares its queue through `Topology` (a
+//! durable quorum queue bound to `workout.*` and `booking.*`, with its dead-letter queue),
+//! decodes the envelope, validates `data` against the built-in schemas, de-duplicates on
+//! `event_id` (bounded memory), acks after handling and rejects poison messages (invalid
+//! JSON, an invalid envelope or `data`) to the dead-letter queue.
+//!
+//! ```sh
+//! cargo run --example consumer                    # consumes until Ctrl-C / SIGTERM
+//! cargo run --example consumer -- --max 10        # ... or until 10 messages were handled
+//! cargo run --example consumer -- --demo          # publishes a valid event twice and a poison message, handles them, stops
+//! ```
+//!
+//! Options: `--queue NAME` (default `fitviz.events.consumer-example`; its dead letters go
+//! to `NAME.dlq`), `--max N`, `--keep` (keep the queues on exit), `--demo` (publishes a valid
+//! `workout.created` twice through the publisher — other queues bound for it get it
+//! too — and a poison message straight to its own queue, then consumes until the poison
+//! message was rejected). The queues
+//! expire after 10 minutes without a consumer (`x-expires`) and, unless `--keep`, are
+//! deleted on exit: nothing unbounded stays bound to the shared exchange. Nothing shared
+//! is deleted. `FITVIZ_EVENTS_URL` and `FITVIZ_EVENTS_EXCHANGE` as for the publisher.
+//!
+//! Versions: the envelope's `version` (and the `schema_version` header) says which
+//! version of the type's schema `data` follows; this example validates it against the
+//! registry's schema for the type and logs the version.
+
+mod common;
+
+use std::{
+    collections::{HashSet, VecDeque},
+    time::Duration,
+};
+
+use fitviz_events::{
+    Event, EventPublisher, PublisherConfig, SchemaRegistry,
+    events::WorkoutCreated,
+    testing::Example,
+    topology::{self, ConsumerQueue, Topology},
+};
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        BasicRejectOptions, QueueDeleteOptions,
+    },
+    types::FieldTable,
+};
+use serde::Deserialize;
+use uuid::Uuid;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The `message_id` of the demo's poison message.
+const DEMO_POISON: &str = "poison-demo";
+
+/// How many recent event ids are remembered for de-duplication.
+const DEDUP_CAPACITY: usize = 10_000;
+
+/// The envelope fields this consumer needs.
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    event_id: Uuid,
+    event_type: String,
+    organization_id: Option<String>,
+    version: u32,
+    data: serde_json::Value,
+}
+
+/// The last `capacity` event ids seen: a ring for the order, a set for the look-up.
+struct Seen {
+    order: VecDeque<Uuid>,
+    ids: HashSet<Uuid>,
+    capacity: usize,
+}
+
+impl Seen {
+    fn new(capacity: usize) -> Self {
+        Self {
+            order: VecDeque::with_capacity(capacity),
+            ids: HashSet::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    /// Records `id`; false when it was seen already.
+    fn insert(&mut self, id: Uuid) -> bool {
+        if !self.ids.insert(id) {
+            return false;
+        }
+        if self.order.len() == self.capacity
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.ids.remove(&oldest);
+        }
+        self.order.push_back(id);
+        true
+    }
+}
+
+/// What became of a delivery.
+enum Verdict {
+    Handled,
+    Duplicate,
+    Poison(String),
+}
+
+struct Options {
+    queue: String,
+    max: Option<u64>,
+    keep: bool,
+    demo: bool,
+}
+
+fn options() -> Result<Options, Error> {
+    let mut options = Options {
+        queue: "fitviz.events.consumer-example".to_owned(),
+        max: None,
+        keep: false,
+        demo: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--queue" => options.queue = args.next().ok_or("--queue needs a name")?,
+            "--max" => options.max = Some(args.next().ok_or("--max needs a number")?.parse()?),
+            "--keep" => options.keep = true,
+            "--demo" => options.demo = true,
+            other => {
+                return Err(format!("unknown argument `{other}` (see the file's header)").into());
+            }
+        }
+    }
+    Ok(options)
+}
+
+fn handle(delivery: &Delivery, registry: &SchemaRegistry, seen: &mut Seen) -> Verdict {
+    let envelope: Envelope = match serde_json::from_slice(&delivery.data) {
+        Ok(envelope) => envelope,
+        Err(e) => return Verdict::Poison(format!("not an event envelope: {e}")),
+    };
+    match registry.validate_json(&envelope.event_type, &envelope.data) {
+        Some(Ok(())) => {}
+        Some(Err(e)) => return Verdict::Poison(format!("invalid `{}`: {e}", envelope.event_type)),
+        None => return Verdict::Poison(format!("unknown event type `{}`", envelope.event_type)),
+    }
+    if !seen.insert(envelope.event_id) {
+        return Verdict::Duplicate;
+    }
+    // The application's work goes here (idempotent per event_id).
+    println!(
+        "handled {} {} version {} organization {}",
+        envelope.event_type,
+        envelope.event_id,
+        envelope.version,
+        envelope.organization_id.as_deref().unwrap_or("-"),
+    );
+    Verdict::Handled
+}
+
+/// Publishes a valid event twice (same id: the second is a duplicate) through the
+/// publisher, and a poison message straight to `queue` (default exchange: no other
+/// queue gets it).
+async fn demo(
+    config: &PublisherConfig,
+    channel: &lapin::Channel,
+    queue: &str,
+) -> Result<(), Error> {
+    let publisher = EventPublisher::connect(config.clone()).await?;
+    let event = Event::new(WorkoutCreated::example()).with_organization("org-demo");
+    publisher.publish(event.clone()).await?;
+    publisher.publish(event).await?;
+    publisher.close().await;
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            b"this is not json",
+            BasicProperties::default().with_message_id(DEMO_POISON.into()),
+        )
+        .await?
+        .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let options = options()?;
+    let config = PublisherConfig::from_env()?;
+    let queue = ConsumerQueue::new(&options.queue)
+        .bind("workout.*")
+        .bind("booking.*")
+        .delivery_limit(5)
+        .expires(Duration::from_secs(600));
+    let connection = topology::connect(&config).await?;
+    let report = Topology::from_config(&config)
+        .without_unrouted()
+        .consumer_queue(queue.clone())
+        .declare(&connection)
+        .await?;
+    eprintln!("declared: {}", serde_json::to_string(&report.declared)?);
+
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(32, BasicQosOptions::default()).await?;
+    if options.demo {
+        demo(&config, &channel, queue.name()).await?;
+    }
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().into(),
+            "fitviz-consumer-example".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    let registry = SchemaRegistry::builtin();
+    let mut seen = Seen::new(DEDUP_CAPACITY);
+    let (mut handled, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
+    let shutdown = common::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        if options
+            .max
+            .is_some_and(|max| handled + duplicates + rejected >= max)
+        {
+            break;
+        }
+        let delivery = tokio::select! {
+            _ = &mut shutdown => break,
+            next = consumer.next() => match next {
+                Some(delivery) => delivery?,
+                None => break,
+            },
+        };
+        let demo_poison = options.demo
+            && delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str())
+                == Some(DEMO_POISON);
+        match handle(&delivery, &registry, &mut seen) {
+            Verdict::Handled => {
+                handled += 1;
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Verdict::Duplicate => {
+                duplicates += 1;
+                eprintln!("duplicate event skipped");
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Verdict::Poison(why) => {
+                rejected += 1;
+                eprintln!("poison message to {}: {why}", queue.dlq_name());
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+            }
+        }
+        if demo_poison {
+            break; // The demo's messages are all handled: the poison one came last.
+        }
+    }
+    println!("handled={handled} duplicates={duplicates} rejected={rejected}");
+
+    let _ = channel.close(200, "consumer done".into()).await;
+    if !options.keep {
+        let cleanup = connection.create_channel().await?;
+        for name in [queue.name().to_owned(), queue.dlq_name()] {
+            cleanup
+                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+    }
+    let _ = connection.close(200, "consumer done".into()).await;
+    Ok(())
+}

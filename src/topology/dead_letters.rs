@@ -1,0 +1,358 @@
+//! Dead letters: list a dead-letter queue without consuming it, and replay its messages
+//! to the queue they were dead-lettered from (or to their exchange).
+//!
+//! Both take a [`lapin::Channel`] of their own (listing holds the messages unacked until
+//! it has seen them; replaying puts the channel in confirm mode).
+//!
+//! **Listing** gets up to `limit` messages with `basic.get` (not acknowledged), reads
+//! each one's `x-death` header, then gives them all back (`basic.nack`, requeue). The
+//! queue is unchanged afterwards, but its messages are redelivered (`redelivered` set)
+//! and, while listed, invisible to other consumers. A dead-letter queue must therefore
+//! have no delivery limit ([`ConsumerQueue`](super::ConsumerQueue) declares it without
+//! one; on RabbitMQ 4, which gives quorum queues a default limit of 20, set
+//! `x-delivery-limit` to -1 by policy).
+//!
+//! **Replaying** takes one message at a time: publishes a copy (same body, properties
+//! and `message_id`) with `mandatory` and waits for the broker's confirm, then acks the
+//! dead letter. At-least-once: a crash between the confirm and the ack leaves both
+//! copies, which consumers de-duplicate by `message_id` / `event_id`; when nothing
+//! crashes, each message is moved exactly once. By default ([`ReplayTo::Queue`]) the
+//! copy goes to the queue named by the newest `x-death` entry, through the default
+//! exchange: only that consumer sees it again. [`ReplayTo::Exchange`] publishes it to
+//! the exchange and routing key it was first published with — every queue bound for it
+//! gets it again, not only the one that rejected it.
+//!
+//! # Example
+//! ```no_run
+//! use fitviz_events::topology::{self, dead_letters::{self, ReplayTo}};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = fitviz_events::PublisherConfig::from_env()?;
+//! let connection = topology::connect(&config).await?;
+//! let channel = connection.create_channel().await?;
+//! for letter in dead_letters::list(&channel, "notifications.dlq", 100).await? {
+//!     let death = &letter.deaths[0];
+//!     println!("{:?} {} from {} ({} times)", letter.message_id, death.reason, death.queue, death.count);
+//! }
+//! let report = dead_letters::replay(&channel, "notifications.dlq", ReplayTo::Queue, None).await?;
+//! println!("{}", serde_json::to_string(&report)?);
+//! # Ok(()) }
+//! ```
+
+use lapin::{
+    BasicProperties, Channel, Confirmation,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+        ConfirmSelectOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use serde::Serialize;
+
+use super::{
+    error::{TopologyError, TopologyErrorKind},
+    queue::short,
+};
+
+/// A dead-lettered message, as listed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The `message_id` property (the event id, for this crate's events).
+    pub message_id: Option<String>,
+    /// The `type` property (the event type).
+    pub event_type: Option<String>,
+    /// The routing key it has now.
+    pub routing_key: String,
+    /// Its `x-death` entries, newest first.
+    pub deaths: Vec<Death>,
+    /// The body, as text (invalid UTF-8 replaced).
+    pub body: String,
+}
+
+/// One `x-death` entry: where and why a message was dead-lettered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Death {
+    /// The queue it was dead-lettered from.
+    pub queue: String,
+    /// `rejected`, `expired`, `maxlen` or `delivery_limit`.
+    pub reason: String,
+    /// How often it was dead-lettered from that queue for that reason.
+    pub count: i64,
+    /// The exchange it had been published to.
+    pub exchange: String,
+    /// The routing keys it had been published with.
+    pub routing_keys: Vec<String>,
+}
+
+/// Where [`replay`] sends a dead letter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ReplayTo {
+    /// The queue it was dead-lettered from (newest `x-death` entry), through the default
+    /// exchange: only that queue gets it again.
+    #[default]
+    Queue,
+    /// The exchange and routing key it was first published with: every queue bound for
+    /// it gets it again.
+    Exchange,
+}
+
+/// What [`replay`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ReplayReport {
+    /// The messages moved (confirmed at their target, then acked in the dead-letter
+    /// queue).
+    pub replayed: Vec<Replayed>,
+    /// Messages left in the dead-letter queue because they have no `x-death` header
+    /// (they were not dead-lettered), by `message_id`.
+    pub skipped: Vec<Option<String>>,
+}
+
+/// One replayed message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Replayed {
+    /// Its `message_id`, unchanged.
+    pub message_id: Option<String>,
+    /// The exchange it was published to (`""`: the default exchange).
+    pub exchange: String,
+    /// The routing key (for the default exchange: the queue).
+    pub routing_key: String,
+}
+
+/// Lists up to `limit` messages of the dead-letter queue `queue` without consuming them
+/// (see the [module docs](self)).
+///
+/// # Errors
+/// [`TopologyErrorKind::NotFound`] when the queue does not exist (the channel is then
+/// closed), [`TopologyErrorKind::Connection`] when the channel fails.
+pub async fn list(
+    channel: &Channel,
+    queue: &str,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, TopologyError> {
+    let mut held = Vec::new();
+    let result = async {
+        while held.len() < limit {
+            match get(channel, queue).await? {
+                Some(delivery) => held.push(delivery),
+                None => break,
+            }
+        }
+        Ok::<_, TopologyError>(())
+    }
+    .await;
+    let letters = held.iter().map(describe).collect();
+    for delivery in held {
+        requeue(&delivery).await?;
+    }
+    result.map(|()| letters)
+}
+
+/// Moves up to `limit` (all, with `None`) dead letters of `queue` back, each one
+/// confirmed at its target before it is acked (see the [module docs](self)).
+///
+/// # Errors
+/// [`TopologyErrorKind::Refused`] when the broker returns or nacks a copy (the target
+/// queue no longer exists, …): that dead letter stays in the queue and the replay stops;
+/// [`TopologyErrorKind::NotFound`], [`TopologyErrorKind::Connection`] as for [`list`].
+pub async fn replay(
+    channel: &Channel,
+    queue: &str,
+    to: ReplayTo,
+    limit: Option<usize>,
+) -> Result<ReplayReport, TopologyError> {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| TopologyError::broker("enabling publisher confirms", e))?;
+    let mut report = ReplayReport::default();
+    let mut skipped = Vec::new();
+    let result = async {
+        while limit.is_none_or(|limit| report.replayed.len() < limit) {
+            let Some(delivery) = get(channel, queue).await? else {
+                break;
+            };
+            let letter = describe(&delivery);
+            let Some(death) = letter.deaths.first() else {
+                report.skipped.push(letter.message_id.clone());
+                skipped.push(delivery); // held until the end, so it is not got again
+                continue;
+            };
+            let (exchange, routing_key) = match to {
+                ReplayTo::Queue => (String::new(), death.queue.clone()),
+                ReplayTo::Exchange => (
+                    death.exchange.clone(),
+                    (death.routing_keys.first().cloned())
+                        .unwrap_or_else(|| letter.routing_key.clone()),
+                ),
+            };
+            if let Err(error) = publish(
+                channel,
+                &exchange,
+                &routing_key,
+                &delivery.data,
+                delivery.properties.clone(),
+            )
+            .await
+            {
+                requeue(&delivery).await?;
+                return Err(error);
+            }
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(|e| TopologyError::broker("acking the replayed dead letter", e))?;
+            report.replayed.push(Replayed {
+                message_id: letter.message_id,
+                exchange,
+                routing_key,
+            });
+        }
+        Ok(())
+    }
+    .await;
+    for delivery in skipped {
+        requeue(&delivery).await?;
+    }
+    result.map(|()| report)
+}
+
+async fn get(channel: &Channel, queue: &str) -> Result<Option<Delivery>, TopologyError> {
+    channel
+        .basic_get(short(queue), BasicGetOptions { no_ack: false })
+        .await
+        .map(|message| message.map(|m| m.delivery))
+        .map_err(|e| TopologyError::broker(&format!("getting from queue `{queue}`"), e))
+}
+
+async fn requeue(delivery: &Delivery) -> Result<(), TopologyError> {
+    delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await
+        .map(drop)
+        .map_err(|e| TopologyError::broker("giving a dead letter back", e))
+}
+
+async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), TopologyError> {
+    let what = || format!("replaying to exchange `{exchange}` with routing key `{routing_key}`");
+    let confirm = channel
+        .basic_publish(
+            short(exchange),
+            short(routing_key),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            properties,
+        )
+        .await
+        .map_err(|e| TopologyError::broker(&what(), e))?
+        .await
+        .map_err(|e| TopologyError::broker(&what(), e))?;
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(TopologyError::new(
+            TopologyErrorKind::Refused,
+            format!(
+                "{}: returned by the broker (no queue bound): the dead letter stays",
+                what()
+            ),
+        )),
+        Confirmation::Nack(_) => Err(TopologyError::new(
+            TopologyErrorKind::Refused,
+            format!(
+                "{}: refused by the broker (nack): the dead letter stays",
+                what()
+            ),
+        )),
+        Confirmation::NotRequested => Err(TopologyError::new(
+            TopologyErrorKind::Connection,
+            format!("{}: the channel is not in confirm mode", what()),
+        )),
+    }
+}
+
+/// The listing of a delivery.
+fn describe(delivery: &Delivery) -> DeadLetter {
+    let properties = &delivery.properties;
+    DeadLetter {
+        message_id: properties.message_id().as_ref().map(ToString::to_string),
+        event_type: properties.kind().as_ref().map(ToString::to_string),
+        routing_key: delivery.routing_key.to_string(),
+        deaths: properties
+            .headers()
+            .as_ref()
+            .map(deaths)
+            .unwrap_or_default(),
+        body: String::from_utf8_lossy(&delivery.data).into_owned(),
+    }
+}
+
+/// The `x-death` entries of `headers`.
+fn deaths(headers: &FieldTable) -> Vec<Death> {
+    let Some(AMQPValue::FieldArray(entries)) = headers.inner().get("x-death") else {
+        return Vec::new();
+    };
+    entries
+        .as_slice()
+        .iter()
+        .filter_map(|entry| match entry {
+            AMQPValue::FieldTable(table) => Some(death(table)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn death(table: &FieldTable) -> Death {
+    let fields = table.inner();
+    let text = |key: &str| fields.get(key).and_then(as_text).unwrap_or_default();
+    let routing_keys = match fields.get("routing-keys") {
+        Some(AMQPValue::FieldArray(keys)) => keys.as_slice().iter().filter_map(as_text).collect(),
+        _ => Vec::new(),
+    };
+    Death {
+        queue: text("queue"),
+        reason: text("reason"),
+        count: fields.get("count").and_then(as_int).unwrap_or(0),
+        exchange: text("exchange"),
+        routing_keys,
+    }
+}
+
+fn as_text(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn as_int(value: &AMQPValue) -> Option<i64> {
+    match value {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some((*n).into()),
+        AMQPValue::LongUInt(n) => Some((*n).into()),
+        AMQPValue::ShortInt(n) => Some((*n).into()),
+        AMQPValue::ShortShortInt(n) => Some((*n).into()),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        _ => None,
+    }
+}

@@ -1,0 +1,240 @@
+//! A consumer's queue: durable quorum queue, bindings, dead letters, delayed retry.
+
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use serde::Serialize;
+
+use super::policy::{Policy, exact};
+
+/// Where a consumer queue's dead-lettering settings live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DeadLettering {
+    /// As x-arguments of the queue (`x-dead-letter-exchange`, `x-delivery-limit`): no
+    /// tool but AMQP is needed, but they are frozen — changing them later makes every
+    /// declare fail with `406 PRECONDITION_FAILED` until the queue is deleted (losing
+    /// its messages). Good for simple set-ups and throw-away queues.
+    #[default]
+    Arguments,
+    /// As a policy ([`ConsumerQueue::policy`]), applied with `rabbitmqctl set_policy`
+    /// or the management API: what RabbitMQ recommends, changeable at any time without
+    /// re-declaring; the queue is declared without those arguments.
+    Policy,
+}
+
+/// A consumer's queue, declared by [`Topology`](super::Topology): a durable quorum queue
+/// bound to the events exchange by patterns (`workout.*`), with a dead-letter exchange
+/// `<name>.dlx` (fanout) and its queue `<name>.dlq`, an `x-delivery-limit` (a message
+/// redelivered more often is dead-lettered) and optionally a delayed-retry queue
+/// `<name>.retry`.
+///
+/// Dead letters: a message the consumer rejects (`basic.reject`/`nack` with
+/// `requeue=false`) or that exceeds the delivery limit goes to `<name>.dlq`, with an
+/// `x-death` header saying from which queue, why and how often; see
+/// [`dead_letters`](super::dead_letters) to list and replay them.
+///
+/// Delayed retry ([`retry_delay`](Self::retry_delay)): `<name>.retry` is a queue whose
+/// messages expire after the delay and are then dead-lettered back to `<name>` (through
+/// the default exchange). A consumer that wants to try a message again later publishes
+/// it to `<name>.retry` (default exchange, routing key the queue's name) and acks the
+/// original; the `x-death` entry of `<name>.retry` counts the retries.
+///
+/// # Example
+/// ```
+/// use std::time::Duration;
+/// use fitviz_events::topology::ConsumerQueue;
+///
+/// let queue = ConsumerQueue::new("notifications")
+///     .bind("workout.*")
+///     .bind("booking.*")
+///     .delivery_limit(5)
+///     .retry_delay(Duration::from_secs(30));
+/// assert_eq!(queue.dlq_name(), "notifications.dlq");
+/// assert_eq!(queue.retry_queue_name(), Some("notifications.retry".to_owned()));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[must_use]
+pub struct ConsumerQueue {
+    name: String,
+    bindings: Vec<String>,
+    delivery_limit: Option<u32>,
+    dead_lettering: DeadLettering,
+    #[serde(with = "opt_millis")]
+    retry_delay: Option<Duration>,
+    #[serde(with = "opt_millis")]
+    expires: Option<Duration>,
+}
+
+impl ConsumerQueue {
+    /// The queue `name`, with no bindings yet, a delivery limit of 5 and dead-lettering
+    /// by arguments.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            bindings: Vec::new(),
+            delivery_limit: Some(5),
+            dead_lettering: DeadLettering::Arguments,
+            retry_delay: None,
+            expires: None,
+        }
+    }
+
+    /// Binds the queue to the events exchange with `pattern` (a topic binding key:
+    /// `workout.*`, `booking.confirmed`, `#`).
+    pub fn bind(mut self, pattern: impl Into<String>) -> Self {
+        self.bindings.push(pattern.into());
+        self
+    }
+
+    /// How often a message may be delivered (requeued) before it is dead-lettered;
+    /// `None`: the broker's default (none on RabbitMQ 3.x, 20 on 4.x).
+    pub fn delivery_limit(mut self, limit: impl Into<Option<u32>>) -> Self {
+        self.delivery_limit = limit.into();
+        self
+    }
+
+    /// Where the dead-lettering settings live (arguments or a policy).
+    pub fn dead_lettering(mut self, mode: DeadLettering) -> Self {
+        self.dead_lettering = mode;
+        self
+    }
+
+    /// Declares `<name>.retry`, whose messages go back to the queue after `delay`.
+    pub fn retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = Some(delay);
+        self
+    }
+
+    /// Deletes the queues (and the dead-letter exchange, auto-deleted) after `idle` with
+    /// no consumer (`x-expires`): for demo and temporary consumers, so that nothing
+    /// unbounded is left bound to a shared exchange.
+    pub fn expires(mut self, idle: Duration) -> Self {
+        self.expires = Some(idle);
+        self
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The binding patterns.
+    pub fn bindings(&self) -> &[String] {
+        &self.bindings
+    }
+
+    /// `<name>.dlq`: the dead-letter queue.
+    pub fn dlq_name(&self) -> String {
+        format!("{}.dlq", self.name)
+    }
+
+    /// `<name>.dlx`: the dead-letter exchange (fanout) `<name>.dlq` is bound to.
+    pub fn dlx_name(&self) -> String {
+        format!("{}.dlx", self.name)
+    }
+
+    /// `<name>.retry`, when a retry delay is set.
+    pub fn retry_queue_name(&self) -> Option<String> {
+        self.retry_delay.map(|_| format!("{}.retry", self.name))
+    }
+
+    /// The policy holding the dead-lettering settings, with
+    /// [`DeadLettering::Policy`]; `None` with arguments.
+    pub fn policy(&self) -> Option<Policy> {
+        (self.dead_lettering == DeadLettering::Policy).then(|| {
+            let mut definition = serde_json::Map::new();
+            definition.insert("dead-letter-exchange".into(), self.dlx_name().into());
+            if let Some(limit) = self.delivery_limit {
+                definition.insert("delivery-limit".into(), limit.into());
+            }
+            Policy {
+                name: format!("{}.dead-letter", self.name),
+                pattern: exact(&self.name),
+                apply_to: "queues",
+                definition: definition.into(),
+                priority: 10,
+            }
+        })
+    }
+
+    /// The main queue's arguments.
+    pub(crate) fn arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), string("quorum"));
+        if self.dead_lettering == DeadLettering::Arguments {
+            args.insert("x-dead-letter-exchange".into(), string(&self.dlx_name()));
+            if let Some(limit) = self.delivery_limit {
+                args.insert(
+                    "x-delivery-limit".into(),
+                    AMQPValue::LongLongInt(limit.into()),
+                );
+            }
+        }
+        self.add_expires(&mut args);
+        args
+    }
+
+    /// The dead-letter queue's arguments: a quorum queue without a delivery limit, so
+    /// that listing it (get, then requeue) never drops a message.
+    pub(crate) fn dlq_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), string("quorum"));
+        self.add_expires(&mut args);
+        args
+    }
+
+    /// The retry queue's arguments: its messages expire after the delay and go back to
+    /// the main queue through the default exchange.
+    pub(crate) fn retry_arguments(&self) -> Option<FieldTable> {
+        let delay = self.retry_delay?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(millis(delay)),
+        );
+        args.insert("x-dead-letter-exchange".into(), string(""));
+        args.insert("x-dead-letter-routing-key".into(), string(&self.name));
+        self.add_expires(&mut args);
+        Some(args)
+    }
+
+    pub(crate) fn is_temporary(&self) -> bool {
+        self.expires.is_some()
+    }
+
+    fn add_expires(&self, args: &mut FieldTable) {
+        if let Some(idle) = self.expires {
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(millis(idle)));
+        }
+    }
+}
+
+pub(crate) fn string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+pub(crate) fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn short(name: &str) -> ShortString {
+    ShortString::from(name)
+}
+
+mod opt_millis {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => serializer.serialize_some(&(d.as_millis() as u64)),
+            None => serializer.serialize_none(),
+        }
+    }
+}

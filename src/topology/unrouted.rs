@@ -1,0 +1,131 @@
+//! Where events no queue is bound for are kept: the `<exchange>.unrouted` exchange
+//! (fanout) and its bounded queue of the same name.
+
+use std::time::Duration;
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
+use serde::Serialize;
+
+use super::{
+    error::TopologyError,
+    policy::{Policy, exact},
+    queue::{millis, short},
+};
+
+/// The bounds of the `<exchange>.unrouted` queue: the newest `max_length` events, none
+/// older than `max_age` (the oldest are dropped first). Frozen at declare time like
+/// every x-argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct UnroutedQueue {
+    /// `x-max-length`: at most this many events are kept (10,000 by default).
+    pub max_length: u32,
+    /// `x-message-ttl`: an event is dropped after this long (7 days by default).
+    #[serde(serialize_with = "as_millis")]
+    pub max_age: Duration,
+}
+
+impl Default for UnroutedQueue {
+    fn default() -> Self {
+        Self {
+            max_length: 10_000,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+/// `<exchange>.unrouted`: the name of both the exchange and the queue.
+pub fn unrouted_name(exchange: &str) -> String {
+    format!("{exchange}.unrouted")
+}
+
+/// The policy making `<exchange>.unrouted` the broker-side alternate exchange of
+/// `exchange`: every publisher's unroutable messages are kept, not only this crate's.
+/// With it the broker never returns an event to the publisher, so a
+/// [`Receipt`](crate::Receipt) says `routed` for an event kept by it.
+pub fn alternate_exchange_policy(exchange: &str) -> Policy {
+    let mut definition = serde_json::Map::new();
+    definition.insert("alternate-exchange".into(), unrouted_name(exchange).into());
+    Policy {
+        name: format!("{exchange}.alternate-exchange"),
+        pattern: exact(exchange),
+        apply_to: "exchanges",
+        definition: definition.into(),
+        priority: 10,
+    }
+}
+
+impl UnroutedQueue {
+    pub(crate) fn arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(self.max_length.into()),
+        );
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(millis(self.max_age)),
+        );
+        args
+    }
+
+    /// Declares (or, `passive`, checks) the unrouted exchange and queue of `exchange`
+    /// and binds them.
+    pub(crate) async fn declare(
+        &self,
+        channel: &Channel,
+        exchange: &str,
+        passive: bool,
+    ) -> Result<(), TopologyError> {
+        let name = unrouted_name(exchange);
+        channel
+            .exchange_declare(
+                short(&name),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    passive,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| TopologyError::broker(&format!("exchange `{name}`"), e))?;
+        channel
+            .queue_declare(
+                short(&name),
+                QueueDeclareOptions {
+                    durable: true,
+                    passive,
+                    ..Default::default()
+                },
+                if passive {
+                    FieldTable::default()
+                } else {
+                    self.arguments()
+                },
+            )
+            .await
+            .map_err(|e| TopologyError::broker(&format!("queue `{name}`"), e))?;
+        if !passive {
+            channel
+                .queue_bind(
+                    short(&name),
+                    short(&name),
+                    short(""),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| TopologyError::broker(&format!("binding queue `{name}`"), e))?;
+        }
+        Ok(())
+    }
+}

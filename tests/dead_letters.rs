@@ -1,0 +1,255 @@
+//! Dead letters on the real broker: a rejected message lands in the DLQ, listing it
+//! keeps it there, and replay moves it back to its queue exactly once.
+mod support;
+
+use std::time::Duration;
+
+use fitviz_events::topology::{
+    ConsumerQueue, Topology,
+    dead_letters::{self, ReplayTo},
+};
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{
+        BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicRejectOptions,
+        ConfirmSelectOptions, QueueDeclareOptions,
+    },
+    types::FieldTable,
+};
+use support::{Leftovers, broker_url, unique};
+
+async fn len(connection: &Connection, queue: &str) -> u32 {
+    let channel = connection.create_channel().await.unwrap();
+    let n = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare")
+        .message_count();
+    let _ = channel.close(200, "".into()).await;
+    n
+}
+
+/// The queue's length once it is `expected`, or after 2 s.
+async fn eventually(connection: &Connection, queue: &str, expected: u32) -> u32 {
+    let mut n = 0;
+    for _ in 0..40 {
+        n = len(connection, queue).await;
+        if n == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    n
+}
+
+#[tokio::test]
+async fn a_rejected_message_lands_in_the_dlq_and_replay_moves_it_back_exactly_once() {
+    require_broker!();
+    let name = unique("dead_letters");
+    let exchange = format!("{name}.x");
+    let queue = ConsumerQueue::new(format!("{name}.q"))
+        .bind("workout.*")
+        .expires(Duration::from_secs(300));
+    let _leftovers = Leftovers {
+        exchanges: vec![
+            exchange.clone(),
+            queue.dlx_name(),
+            format!("{exchange}.unrouted"),
+        ],
+        queues: vec![
+            queue.name().to_owned(),
+            queue.dlq_name(),
+            format!("{exchange}.unrouted"),
+        ],
+    };
+    let connection = Connection::connect(&broker_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    Topology::new(&exchange)
+        .consumer_queue(queue.clone())
+        .declare(&connection)
+        .await
+        .expect("declare");
+
+    // Publish an event, a consumer rejects it (requeue = false): dead-lettered.
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            exchange.as_str().into(),
+            "workout.created".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            br#"{"event_type":"workout.created"}"#,
+            BasicProperties::default()
+                .with_message_id("evt-1".into())
+                .with_type("workout.created".into())
+                .with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let got = channel
+        .basic_get(queue.name().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the event");
+    got.delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    let dlq = queue.dlq_name();
+    assert_eq!(
+        eventually(&connection, &dlq, 1).await,
+        1,
+        "the rejected message is in the DLQ"
+    );
+
+    // Listing shows why and where from, and leaves it there.
+    let admin = connection.create_channel().await.unwrap();
+    let letters = dead_letters::list(&admin, &dlq, 10).await.expect("list");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].message_id.as_deref(), Some("evt-1"));
+    assert_eq!(letters[0].event_type.as_deref(), Some("workout.created"));
+    let death = &letters[0].deaths[0];
+    assert_eq!(death.queue, queue.name());
+    assert_eq!(death.reason, "rejected");
+    assert_eq!(death.count, 1);
+    assert_eq!(death.exchange, exchange);
+    assert_eq!(death.routing_keys, vec!["workout.created".to_owned()]);
+    // (A requeued message is ready again a moment after the nack.)
+    assert_eq!(eventually(&connection, &dlq, 1).await, 1, "listing kept it");
+    // Twice: the same.
+    assert_eq!(dead_letters::list(&admin, &dlq, 10).await.unwrap().len(), 1);
+
+    // Replay: back to its queue, once, same message_id; the DLQ is empty.
+    let report = dead_letters::replay(&admin, &dlq, ReplayTo::Queue, None)
+        .await
+        .expect("replay");
+    assert_eq!(report.replayed.len(), 1);
+    assert_eq!(report.replayed[0].routing_key, queue.name());
+    assert_eq!(report.replayed[0].exchange, "");
+    assert_eq!(len(&connection, &dlq).await, 0);
+    let again = dead_letters::replay(&admin, &dlq, ReplayTo::Queue, None)
+        .await
+        .unwrap();
+    assert!(again.replayed.is_empty());
+
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().into(),
+            "dead-letters-test".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_secs(2), consumer.next()).await
+    {
+        seen.push(
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string()),
+        );
+    }
+    assert_eq!(seen, vec![Some("evt-1".to_owned())], "seen exactly once");
+
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn replay_to_the_exchange_reaches_every_bound_queue() {
+    require_broker!();
+    let name = unique("dead_letters_exchange");
+    let exchange = format!("{name}.x");
+    let queue = ConsumerQueue::new(format!("{name}.q"))
+        .bind("workout.*")
+        .expires(Duration::from_secs(300));
+    let other = ConsumerQueue::new(format!("{name}.other"))
+        .bind("workout.created")
+        .expires(Duration::from_secs(300));
+    let _leftovers = Leftovers {
+        exchanges: vec![
+            exchange.clone(),
+            queue.dlx_name(),
+            other.dlx_name(),
+            format!("{exchange}.unrouted"),
+        ],
+        queues: vec![
+            queue.name().to_owned(),
+            queue.dlq_name(),
+            other.name().to_owned(),
+            other.dlq_name(),
+            format!("{exchange}.unrouted"),
+        ],
+    };
+    let connection = Connection::connect(&broker_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    Topology::new(&exchange)
+        .without_unrouted()
+        .consumer_queue(queue.clone())
+        .consumer_queue(other.clone())
+        .declare(&connection)
+        .await
+        .expect("declare");
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            exchange.as_str().into(),
+            "workout.created".into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default().with_message_id("evt-x".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(eventually(&connection, queue.name(), 1).await, 1);
+    assert_eq!(eventually(&connection, other.name(), 1).await, 1);
+    let got = channel
+        .basic_get(queue.name().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the event");
+    got.delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    assert_eq!(eventually(&connection, &queue.dlq_name(), 1).await, 1);
+
+    let admin = connection.create_channel().await.unwrap();
+    let report = dead_letters::replay(&admin, &queue.dlq_name(), ReplayTo::Exchange, None)
+        .await
+        .expect("replay");
+    assert_eq!(report.replayed.len(), 1);
+    assert_eq!(report.replayed[0].exchange, exchange);
+    assert_eq!(report.replayed[0].routing_key, "workout.created");
+    // Both bound queues get it: `other` now holds two copies.
+    assert_eq!(eventually(&connection, queue.name(), 1).await, 1);
+    assert_eq!(eventually(&connection, other.name(), 2).await, 2);
+    assert_eq!(eventually(&connection, &queue.dlq_name(), 0).await, 0);
+    let _ = connection.close(200, "done".into()).await;
+}

@@ -1,0 +1,165 @@
+//! `Topology` on the real broker: idempotent declares, a conflicting declare reported
+//! as 406, and the unrouted queue keeping what no queue is bound for.
+mod support;
+
+use std::time::Duration;
+
+use fitviz_events::topology::{
+    ConsumerQueue, DeadLettering, Topology, TopologyErrorKind, alternate_exchange_policy,
+    unrouted_name,
+};
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use support::{Leftovers, broker_url, unique};
+
+async fn connect() -> Connection {
+    Connection::connect(&broker_url(), ConnectionProperties::default())
+        .await
+        .expect("connect")
+}
+
+/// Deletes, when dropped (also after a panic), `exchange`, its unrouted exchange and
+/// queue, and each queue with its DLQ, DLX and retry queue.
+fn leftovers(exchange: &str, queues: &[&ConsumerQueue]) -> Leftovers {
+    let unrouted = unrouted_name(exchange);
+    let mut names = vec![unrouted.clone()];
+    for q in queues {
+        names.push(q.name().to_owned());
+        names.push(q.dlq_name());
+        names.extend(q.retry_queue_name());
+    }
+    let mut exchanges = vec![exchange.to_owned(), unrouted];
+    exchanges.extend(queues.iter().map(|q| q.dlx_name()));
+    Leftovers {
+        exchanges,
+        queues: names,
+    }
+}
+
+async fn message_count(connection: &Connection, queue: &str) -> u32 {
+    let channel = connection.create_channel().await.unwrap();
+    let n = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare")
+        .message_count();
+    let _ = channel.close(200, "".into()).await;
+    n
+}
+
+#[tokio::test]
+async fn declaring_twice_is_no_error_and_a_conflicting_declare_is_reported_as_406() {
+    require_broker!();
+    let name = unique("topology_twice");
+    let exchange = format!("{name}.x");
+    let queue = ConsumerQueue::new(format!("{name}.q"))
+        .bind("workout.*")
+        .bind("booking.*")
+        .delivery_limit(3)
+        .retry_delay(Duration::from_secs(5))
+        .expires(Duration::from_secs(300));
+    let _leftovers = leftovers(&exchange, &[&queue]);
+    let topology = Topology::new(&exchange).consumer_queue(queue.clone());
+    let connection = connect().await;
+    let first = topology.declare(&connection).await.expect("first declare");
+    let second = topology.declare(&connection).await.expect("second declare");
+    assert_eq!(first, second);
+    assert!(first.declared.iter().any(|d| d.name == queue.dlq_name()));
+    assert_eq!(first.unrouted, Some(unrouted_name(&exchange)));
+
+    // The same queue with another delivery limit: frozen, 406, said clearly.
+    let conflicting = Topology::new(&exchange).consumer_queue(queue.clone().delivery_limit(10));
+    let err = conflicting
+        .declare(&connection)
+        .await
+        .expect_err("conflicting declare");
+    assert_eq!(err.kind(), TopologyErrorKind::Conflict, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("queue `{}`", queue.name())),
+        "{text}"
+    );
+    assert!(text.contains("406"), "{text}");
+    assert!(text.contains("x-delivery-limit"), "{text}");
+    assert!(text.contains("policy"), "{text}");
+    // The connection survives the refused declare.
+    topology
+        .declare(&connection)
+        .await
+        .expect("declare again after the conflict");
+
+    // Policy mode needs the queue declared without those arguments: another 406.
+    let policy_mode = Topology::new(&exchange)
+        .consumer_queue(queue.clone().dead_lettering(DeadLettering::Policy));
+    let err = policy_mode
+        .declare(&connection)
+        .await
+        .expect_err("arguments differ");
+    assert!(err.is_conflict(), "{err}");
+
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn the_alternate_exchange_keeps_an_unroutable_event_in_the_unrouted_queue() {
+    require_broker!();
+    let name = unique("topology_ae");
+    let exchange = format!("{name}.x");
+    let _leftovers = leftovers(&exchange, &[]);
+    let topology = Topology::new(&exchange);
+    let connection = connect().await;
+    topology.declare(&connection).await.expect("declare");
+
+    // The broker-side alternate exchange, by the policy Topology gives (scoped to this
+    // test's exchange name, cleared below).
+    let policy = alternate_exchange_policy(&exchange);
+    assert_eq!(topology.policies(), vec![policy.clone()]);
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(policy.set_args("/"))
+        .output()
+        .expect("rabbitmqctl");
+    assert!(status.status.success(), "{status:?}");
+
+    let channel = connection.create_channel().await.unwrap();
+    let unrouted = unrouted_name(&exchange);
+    let mut kept = 0;
+    for _ in 0..50 {
+        channel
+            .basic_publish(
+                exchange.as_str().into(),
+                "nobody.listens".into(),
+                BasicPublishOptions::default(),
+                b"{}",
+                BasicProperties::default().with_message_id("m-1".into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        kept = message_count(&connection, &unrouted).await;
+        if kept > 0 {
+            break;
+        }
+        // The policy reaches the exchange shortly after it is set.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::process::Command::new("rabbitmqctl")
+        .args(policy.clear_args("/"))
+        .output();
+    assert!(
+        kept >= 1,
+        "the unroutable message was not kept in `{unrouted}`"
+    );
+
+    let _ = connection.close(200, "done".into()).await;
+}
