@@ -52,7 +52,7 @@ fn help_documents_every_command_and_the_exit_codes() {
     let output = run(&[], &["--help"]);
     assert_eq!(code(&output), 0);
     let help = stdout(&output);
-    for command in ["publish", "schemas"] {
+    for command in ["publish", "schemas", "topology", "dlq"] {
         assert!(help.contains(command), "{command} missing from:\n{help}");
     }
     assert!(help.contains("Exit codes"), "{help}");
@@ -146,7 +146,8 @@ async fn invalid_refused_and_unavailable_have_their_own_exit_codes() {
     );
     assert_eq!(code(&output), 4, "{}", stderr(&output));
 
-    // Refused by the broker (no queue is bound): 5.
+    // No queue is bound: kept in `<exchange>.unrouted` by default (the receipt says
+    // so), refused by the broker with the `error` policy: 5.
     let args = [
         "--json",
         "publish",
@@ -156,6 +157,12 @@ async fn invalid_refused_and_unavailable_have_their_own_exit_codes() {
         "org-1",
     ];
     let output = run(&vars, &args);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let receipt: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(receipt["routing"], "kept", "the default policy keeps it");
+    let mut refusing = vars.clone();
+    refusing.push(("FITVIZ_EVENTS_UNROUTABLE", "error"));
+    let output = run(&refusing, &args);
     assert_eq!(code(&output), 5, "{}", stdout(&output));
     let error: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
     assert_eq!(error["error"], "unroutable");
@@ -200,4 +207,145 @@ fn schemas_export_writes_what_is_checked_in() {
             "{name:?}"
         );
     }
+}
+
+/// Deletes what `topology declare` made for `exchange` and `queue`.
+async fn delete_declared(fx: &Fixture, queue: &str) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let channel = fx.connection.create_channel().await.unwrap();
+    for q in [
+        queue.to_owned(),
+        format!("{queue}.dlq"),
+        format!("{queue}.retry"),
+    ] {
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete(
+            format!("{queue}.dlx").as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_declare_then_a_rejected_event_is_replayed_from_the_dlq_exactly_once() {
+    use lapin::options::{BasicGetOptions, BasicRejectOptions, QueueDeclareOptions};
+    require_broker!();
+    let fx = Fixture::new("cli_dlq", "nothing.binds.this").await;
+    let url = support::broker_url();
+    let vars = vars_for(&fx, &url);
+    let queue = format!("{}.consumer", fx.name);
+    let declare = [
+        "--json",
+        "topology",
+        "declare",
+        "--consumer-queue",
+        &queue,
+        "--bind",
+        "workout.*",
+    ];
+    // Twice: declaring is idempotent.
+    for _ in 0..2 {
+        let output = run(&vars, &declare);
+        assert_eq!(code(&output), 0, "{}{}", stdout(&output), stderr(&output));
+        let report: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+        let declared = report["declared"].to_string();
+        assert!(declared.contains(&format!("{queue}.dlq")), "{declared}");
+    }
+
+    // A published event reaches the consumer's queue; the consumer rejects it.
+    let data = workout().to_string();
+    let output = run(
+        &vars,
+        &[
+            "--json",
+            "publish",
+            "workout.created",
+            &data,
+            "--org",
+            "org-1",
+        ],
+    );
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let receipt: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(receipt["routing"], "routed");
+    let id = receipt["event_id"].as_str().unwrap().to_owned();
+    let channel = fx.connection.create_channel().await.unwrap();
+    let message = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the event is in the consumer's queue");
+    message
+        .delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+
+    // It is in the DLQ, listed without being consumed.
+    let dlq = format!("{queue}.dlq");
+    for _ in 0..2 {
+        let output = run(&vars, &["--json", "dlq", "list", &dlq]);
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        let letters: Vec<serde_json::Value> = (stdout(&output).lines())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(letters[0]["message_id"], id.as_str());
+        assert_eq!(letters[0]["deaths"][0]["reason"], "rejected");
+    }
+
+    // Replayed to its queue: once, with the same id, and the DLQ is empty.
+    let output = run(&vars, &["--json", "dlq", "replay", &dlq]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(report["replayed"].as_array().unwrap().len(), 1, "{report}");
+    let passive = |name: String| {
+        let channel = channel.clone();
+        async move {
+            channel
+                .queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await
+                .unwrap()
+                .message_count()
+        }
+    };
+    assert_eq!(passive(dlq.clone()).await, 0);
+    assert_eq!(passive(queue.clone()).await, 1);
+    let back = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("replayed");
+    assert_eq!(
+        back.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        id
+    );
+    // A second replay finds nothing: no duplicate.
+    let output = run(&vars, &["--json", "dlq", "replay", &dlq]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(passive(queue.clone()).await, 0);
+
+    // A missing queue is one line and exit 5.
+    let output = run(&vars, &["dlq", "list", &format!("{queue}.nope")]);
+    assert_eq!(code(&output), 5, "{}", stderr(&output));
+    assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
+
+    delete_declared(&fx, &queue).await;
+    fx.cleanup().await;
 }

@@ -698,7 +698,7 @@ fn every_field_is_named_by_its_key() {
         assert_eq!(names::key_of_var(&var(key)), Some(*key));
         assert_eq!(var(key), format!("{ENV_PREFIX}{}", key.to_uppercase()));
     }
-    assert_eq!(keys().len(), 33);
+    assert_eq!(keys().len(), 34);
     assert_eq!(keys()[0], "url");
 }
 

@@ -2,7 +2,10 @@
 
 use std::process::ExitCode;
 
-use fitviz_events::{ConfigError, ErrorKind, PublishError};
+use fitviz_events::{
+    ConfigError, ErrorKind, PublishError,
+    topology::{TopologyError, TopologyErrorKind},
+};
 
 /// What went wrong, with the exit code that says so.
 #[derive(Debug)]
@@ -50,6 +53,21 @@ impl Failure {
 impl From<ConfigError> for Failure {
     fn from(error: ConfigError) -> Self {
         Self::new(CONFIG, "config", error.to_string())
+    }
+}
+
+impl From<TopologyError> for Failure {
+    fn from(error: TopologyError) -> Self {
+        let (code, kind) = match error.kind() {
+            TopologyErrorKind::Config => (CONFIG, "config"),
+            TopologyErrorKind::Connection => (UNAVAILABLE, "connection"),
+            TopologyErrorKind::Conflict => (REFUSED, "conflict"),
+            TopologyErrorKind::NotFound => (REFUSED, "not_found"),
+            TopologyErrorKind::AccessRefused => (REFUSED, "access_refused"),
+            TopologyErrorKind::Refused => (REFUSED, "refused"),
+            _ => (OTHER, "topology"),
+        };
+        Self::new(code, kind, error.to_string().replace('\n', " "))
     }
 }
 

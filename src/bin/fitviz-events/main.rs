@@ -1,4 +1,5 @@
-//! `fitviz-events`: publish an event, list the schemas, from the command line — with
+//! `fitviz-events`: publish an event, export the schemas, declare the topology, list
+//! and replay dead letters, from the command line — with
 //! the library's configuration (`FITVIZ_EVENTS_*` environment variables).
 //!
 //! Human output by default, one JSON object per result with `--json`. Errors are one
@@ -11,12 +12,14 @@
 //! | 2 | usage: unknown command, missing or malformed argument (clap) |
 //! | 3 | configuration: an invalid `FITVIZ_EVENTS_*` variable |
 //! | 4 | invalid event: validation, organization, too large — nothing was sent |
-//! | 5 | refused by the broker: unroutable or nacked |
+//! | 5 | refused by the broker: unroutable, nacked, a conflicting or missing queue, access refused |
 //! | 6 | broker unavailable: connection, timeout, blocked, circuit open, queue full, shutdown |
 
+mod dlq;
 mod exit;
 mod publish;
 mod schemas;
+mod topology;
 
 use std::process::ExitCode;
 
@@ -28,7 +31,8 @@ use clap::{Parser, Subcommand};
 /// library (`FITVIZ_EVENTS_URL`, `FITVIZ_EVENTS_EXCHANGE`, …).
 ///
 /// Exit codes: 0 success, 1 other failure, 2 usage, 3 configuration, 4 invalid event
-/// (nothing sent), 5 refused by the broker (unroutable, nacked), 6 broker unavailable.
+/// (nothing sent), 5 refused by the broker (unroutable, nacked, conflicting or missing
+/// queue), 6 broker unavailable.
 #[derive(Debug, Parser)]
 #[command(name = "fitviz-events", version)]
 struct Cli {
@@ -47,6 +51,12 @@ enum Command {
     /// The event types and their schemas.
     #[command(subcommand)]
     Schemas(schemas::Command),
+    /// Exchanges, queues and dead-lettering on the broker.
+    #[command(subcommand)]
+    Topology(topology::Command),
+    /// Dead-lettered messages: list them, move them back.
+    #[command(subcommand)]
+    Dlq(dlq::Command),
 }
 
 /// Prints `value` (a result) as JSON or as `human`.
@@ -64,6 +74,8 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Publish(args) => publish::run(args, cli.json).await,
         Command::Schemas(command) => schemas::run(command, cli.json),
+        Command::Topology(command) => topology::run(command, cli.json).await,
+        Command::Dlq(command) => dlq::run(command, cli.json).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

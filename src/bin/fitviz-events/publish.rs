@@ -1,7 +1,7 @@
 //! `fitviz-events publish TYPE JSON [--org ID] [--version V]`.
 
 use fitviz_events::{
-    Event, EventPublisher, OrganizationId, PublisherConfig, transport::AmqpPublish,
+    Event, EventPublisher, OrganizationId, PublisherConfig, Routing, transport::AmqpPublish,
 };
 
 use crate::{
@@ -46,16 +46,29 @@ pub(crate) async fn run(args: Args, json: bool) -> Result<(), Failure> {
     transport.close().await;
     let receipt = result?;
     let elapsed_ms = receipt.elapsed.as_secs_f64() * 1e3;
+    let routing = match receipt.routing {
+        Routing::Routed => "routed",
+        Routing::Kept => "kept",
+        Routing::Dropped => "dropped",
+        _ => "unknown",
+    };
     print_result(
         json,
         &serde_json::json!({
             "event_id": receipt.event_id,
             "exchange": exchange,
+            "routing": routing,
             "elapsed_ms": elapsed_ms,
         }),
         || {
+            let how = match receipt.routing {
+                Routing::Routed => "routed to a queue".to_owned(),
+                Routing::Kept => format!("no queue is bound for it: kept in {exchange}.unrouted"),
+                Routing::Dropped => "no queue is bound for it: dropped".to_owned(),
+                _ => "routing unknown".to_owned(),
+            };
             format!(
-                "published {} to {exchange}: confirmed in {elapsed_ms:.1} ms",
+                "published {} to {exchange}, {how}: confirmed in {elapsed_ms:.1} ms",
                 receipt.event_id
             )
         },

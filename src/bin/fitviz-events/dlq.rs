@@ -1,0 +1,97 @@
+//! `fitviz-events dlq list QUEUE` and `dlq replay QUEUE [--to queue|exchange] [--limit N]`.
+
+use fitviz_events::{
+    PublisherConfig,
+    topology::{
+        self,
+        dead_letters::{self, ReplayTo},
+    },
+};
+
+use crate::{
+    exit::{Failure, UNAVAILABLE},
+    print_result,
+};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Shows the dead letters of QUEUE (a `….dlq`) with their `x-death` reasons,
+    /// without consuming them.
+    List {
+        /// The dead-letter queue.
+        queue: String,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Moves dead letters back: each is republished with a confirm, then removed from
+    /// QUEUE (at least once, same `message_id`).
+    Replay {
+        /// The dead-letter queue.
+        queue: String,
+        /// `queue`: the queue it was dead-lettered from (only that consumer gets it
+        /// again); `exchange`: its original exchange and routing key (every bound queue
+        /// gets it again).
+        #[arg(long, value_enum, default_value_t = Target::Queue)]
+        to: Target,
+        /// At most this many messages (default: all).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum Target {
+    Queue,
+    Exchange,
+}
+
+pub(crate) async fn run(command: Command, json: bool) -> Result<(), Failure> {
+    let config = PublisherConfig::from_env()?;
+    let connection = topology::connect(&config).await?;
+    let result = async {
+        let channel = (connection.create_channel().await).map_err(|e| {
+            Failure::new(UNAVAILABLE, "connection", format!("opening a channel: {e}"))
+        })?;
+        match command {
+            Command::List { queue, limit } => {
+                let letters = dead_letters::list(&channel, &queue, limit).await?;
+                for letter in &letters {
+                    let value = serde_json::to_value(letter).unwrap_or_default();
+                    print_result(json, &value, || {
+                        let why = (letter.deaths.first())
+                            .map(|d| serde_json::to_string(d).unwrap_or_default())
+                            .unwrap_or_else(|| "(no x-death)".to_owned());
+                        format!(
+                            "{}\t{}\t{why}",
+                            letter.message_id.as_deref().unwrap_or("-"),
+                            letter.event_type.as_deref().unwrap_or("-"),
+                        )
+                    });
+                }
+                if !json {
+                    println!("{} dead letter(s) in {queue}", letters.len());
+                }
+            }
+            Command::Replay { queue, to, limit } => {
+                let to = match to {
+                    Target::Queue => ReplayTo::Queue,
+                    Target::Exchange => ReplayTo::Exchange,
+                };
+                let report = dead_letters::replay(&channel, &queue, to, limit).await?;
+                let value = serde_json::to_value(&report).unwrap_or_default();
+                print_result(json, &value, || {
+                    format!(
+                        "replayed {} dead letter(s) from {queue}; {} without x-death left in place",
+                        report.replayed.len(),
+                        report.skipped.len()
+                    )
+                });
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let _ = connection.close(200, "fitviz-events dlq".into()).await;
+    result
+}
