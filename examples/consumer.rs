@@ -20,8 +20,9 @@
 //! is deleted. `FITVIZ_EVENTS_URL` and `FITVIZ_EVENTS_EXCHANGE` as for the publisher.
 //!
 //! Versions: the envelope's `version` (and the `schema_version` header) says which
-//! version of the type's schema `data` follows; this example validates it against the
-//! registry's schema for the type and logs the version.
+//! version of the type's schema `data` follows; this example validates `data` against
+//! that version's schema, then upcasts it to the newest version
+//! (`SchemaRegistry::upcast`), so the handler sees one shape per type.
 
 mod common;
 
@@ -31,7 +32,7 @@ use std::{
 };
 
 use fitviz_events::{
-    Event, EventPublisher, PublisherConfig, SchemaRegistry,
+    Event, EventPublisher, PublisherConfig, SchemaRegistry, UnknownFields,
     events::WorkoutCreated,
     testing::Example,
     topology::{self, ConsumerQueue, Topology},
@@ -139,20 +140,30 @@ fn handle(delivery: &Delivery, registry: &SchemaRegistry, seen: &mut Seen) -> Ve
         Ok(envelope) => envelope,
         Err(e) => return Verdict::Poison(format!("not an event envelope: {e}")),
     };
-    match registry.validate_json(&envelope.event_type, &envelope.data) {
+    // Validated against the schema of the version it was published with…
+    let (event_type, version) = (envelope.event_type.as_str(), envelope.version);
+    match registry.validate_json_with(
+        event_type,
+        Some(version),
+        &envelope.data,
+        UnknownFields::Forward,
+    ) {
         Some(Ok(())) => {}
-        Some(Err(e)) => return Verdict::Poison(format!("invalid `{}`: {e}", envelope.event_type)),
-        None => return Verdict::Poison(format!("unknown event type `{}`", envelope.event_type)),
+        Some(Err(e)) => return Verdict::Poison(format!("invalid `{event_type}` v{version}: {e}")),
+        None => return Verdict::Poison(format!("unknown event type `{event_type}`")),
     }
     if !seen.insert(envelope.event_id) {
         return Verdict::Duplicate;
     }
-    // The application's work goes here (idempotent per event_id).
+    // …then upcast to the newest version, so the handler knows one shape per type.
+    let (newest, _data) = match registry.upcast(event_type, version, envelope.data.clone()) {
+        Ok(upcast) => upcast,
+        Err(e) => return Verdict::Poison(format!("cannot upcast `{event_type}` v{version}: {e}")),
+    };
+    // The application's work goes here (idempotent per event_id), on `_data`.
     println!(
-        "handled {} {} version {} organization {}",
-        envelope.event_type,
+        "handled {event_type} {} version {version} (as v{newest}) organization {}",
         envelope.event_id,
-        envelope.version,
         envelope.organization_id.as_deref().unwrap_or("-"),
     );
     Verdict::Handled
