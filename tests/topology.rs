@@ -163,3 +163,69 @@ async fn the_alternate_exchange_keeps_an_unroutable_event_in_the_unrouted_queue(
 
     let _ = connection.close(200, "done".into()).await;
 }
+
+#[tokio::test]
+async fn a_message_sent_to_the_retry_queue_comes_back_to_the_queue_after_the_delay() {
+    require_broker!();
+    let name = unique("topology_retry");
+    let exchange = format!("{name}.x");
+    let queue = ConsumerQueue::new(format!("{name}.q"))
+        .bind("workout.*")
+        .retry_delay(Duration::from_millis(300))
+        .expires(Duration::from_secs(300));
+    let _leftovers = leftovers(&exchange, &[&queue]);
+    let connection = connect().await;
+    Topology::new(&exchange)
+        .consumer_queue(queue.clone())
+        .declare(&connection)
+        .await
+        .expect("declare");
+    let retry = queue.retry_queue_name().expect("a retry queue");
+    // What a consumer does to retry a message later: publish it to `<queue>.retry`
+    // through the default exchange (and ack the original).
+    let channel = connection.create_channel().await.unwrap();
+    let started = std::time::Instant::now();
+    channel
+        .basic_publish(
+            "".into(),
+            retry.as_str().into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default().with_message_id("retry-me".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    while message_count(&connection, queue.name()).await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the retried message never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "back after {:?}, before the delay",
+        started.elapsed()
+    );
+    assert_eq!(message_count(&connection, &retry).await, 0);
+    let back = channel
+        .basic_get(
+            queue.name().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the message");
+    assert_eq!(
+        back.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        "retry-me"
+    );
+    let _ = connection.close(200, "done".into()).await;
+}
