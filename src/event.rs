@@ -10,7 +10,6 @@ use crate::{
     header::{CustomHeaders, HeaderValue},
     ident::check_identifier,
     schema::{DomainEvent, DynDomainEvent},
-    telemetry::MetricType,
 };
 
 /// The tenant an event belongs to: a checked organization id.
@@ -550,6 +549,24 @@ impl Serialize for Event {
         s.serialize_field("correlation_id", &self.correlation_id.as_deref())?;
         s.serialize_field("data", &self.data)?;
         s.end()
+    }
+}
+
+/// The `event_type` label of an event's metrics: a registered type or
+/// [`OTHER_EVENT_TYPE`](crate::telemetry::OTHER_EVENT_TYPE), and its place in the table of
+/// labels that resolved it (set by the telemetry layer).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MetricType {
+    pub(crate) name: &'static str,
+    pub(crate) index: usize,
+}
+
+impl Default for MetricType {
+    fn default() -> Self {
+        Self {
+            name: "other",
+            index: usize::MAX,
+        }
     }
 }
 

@@ -3,8 +3,6 @@
 
 use std::{borrow::Cow, sync::Arc};
 
-use crate::transport::{HEADER_ORGANIZATION_ID, HEADER_SCHEMA_VERSION};
-
 /// The value of a custom AMQP header (see [`Event::with_header`](crate::Event::with_header)).
 ///
 /// On the wire a string is an AMQP long string (`S`), an integer a signed 64-bit
@@ -91,6 +89,11 @@ pub const MAX_HEADER_NAME_BYTES: usize = 128;
 
 /// The most custom headers one event may carry.
 pub const MAX_CUSTOM_HEADERS: usize = 64;
+
+/// AMQP header carrying the event's organization id.
+pub const HEADER_ORGANIZATION_ID: &str = "organization_id";
+/// AMQP header carrying the event's schema version.
+pub const HEADER_SCHEMA_VERSION: &str = "schema_version";
 
 /// Header names a custom header may not take, compared without regard to ASCII case:
 /// the library's own headers (`organization_id`, `schema_version`), the W3C trace-context

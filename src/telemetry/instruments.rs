@@ -15,6 +15,7 @@ use std::{
 use metrics::{Counter, Gauge, Histogram, Label, SharedString};
 
 use super::{CONFIRMS_IN_FLIGHT, OTHER_EVENT_TYPE, PUBLISH_DURATION, SENT_MESSAGES};
+pub(crate) use crate::event::MetricType;
 use crate::{error::ErrorKind, schema::SchemaRegistry};
 
 /// `ok` and the error kinds.
@@ -31,22 +32,6 @@ fn outcome(kind: Option<ErrorKind>) -> (usize, &'static str) {
     }
 }
 
-/// The `event_type` label of an event: a registered type or [`OTHER_EVENT_TYPE`],
-/// and its place in the [`TypeLabels`] that resolved it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct MetricType {
-    pub(crate) name: &'static str,
-    index: usize,
-}
-
-impl Default for MetricType {
-    fn default() -> Self {
-        Self {
-            name: OTHER_EVENT_TYPE,
-            index: usize::MAX,
-        }
-    }
-}
 
 /// The bounded set of `event_type` labels: the registry's types (sorted), then
 /// `other`.
@@ -246,6 +231,7 @@ mod tests {
         assert_eq!(resolved.name, "workout.created");
         assert_eq!(labels.resolve("nobody.knows").name, OTHER_EVENT_TYPE);
         assert_eq!(labels.resolve("other").name, OTHER_EVENT_TYPE);
+        assert_eq!(MetricType::default().name, OTHER_EVENT_TYPE);
         assert_eq!(labels.0.len(), 12);
         // Every outcome has its own cell.
         let indexes: std::collections::HashSet<usize> = std::iter::once(None)

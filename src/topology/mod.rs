@@ -62,14 +62,13 @@ pub mod dead_letters;
 mod error;
 mod policy;
 mod queue;
-mod unrouted;
 
 pub use self::{
     error::{TopologyError, TopologyErrorKind},
-    policy::Policy,
+    policy::{Policy, alternate_exchange_policy},
     queue::{ConsumerQueue, DeadLettering},
-    unrouted::{UnroutedQueue, alternate_exchange_policy, unrouted_name},
 };
+pub use crate::transport::{UnroutedQueue, unrouted_name};
 
 use std::time::Duration;
 
@@ -214,7 +213,8 @@ impl Topology {
         });
         let unrouted = match &self.unrouted {
             Some(bounds) => {
-                bounds.declare(channel, &self.exchange, false).await?;
+                (bounds.declare(channel, &self.exchange, false).await)
+                    .map_err(|(what, e)| TopologyError::broker(&what, e))?;
                 let name = unrouted_name(&self.exchange);
                 declared.push(Declared {
                     kind: "exchange",

@@ -111,6 +111,25 @@ fn shell_quote(arg: &str) -> String {
     }
 }
 
+/// The policy making `<exchange>.unrouted` the broker-side alternate exchange of
+/// `exchange`: every publisher's unroutable messages are kept, not only this crate's.
+/// With it the broker never returns an event to the publisher, so a
+/// [`Receipt`](crate::Receipt) says `routed` for an event kept by it.
+pub fn alternate_exchange_policy(exchange: &str) -> Policy {
+    let mut definition = serde_json::Map::new();
+    definition.insert(
+        "alternate-exchange".into(),
+        crate::transport::unrouted_name(exchange).into(),
+    );
+    Policy {
+        name: format!("{exchange}.alternate-exchange"),
+        pattern: exact(exchange),
+        apply_to: "exchanges",
+        definition: definition.into(),
+        priority: 10,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,14 +11,9 @@ use lapin::{
 use crate::{
     error::PublishError,
     event::{Event, check_event_type},
-    header::HeaderValue,
+    header::{HEADER_ORGANIZATION_ID, HEADER_SCHEMA_VERSION, HeaderValue},
     schema::ValidationError,
 };
-
-/// AMQP header carrying the event's organization id.
-pub const HEADER_ORGANIZATION_ID: &str = "organization_id";
-/// AMQP header carrying the event's schema version.
-pub const HEADER_SCHEMA_VERSION: &str = "schema_version";
 
 fn short(event_type: &str, field: &str, value: &str) -> Result<ShortString, PublishError> {
     ShortString::try_new(value).map_err(|_| {

@@ -33,10 +33,12 @@ mod health;
 mod pool;
 mod reconnect;
 mod tls;
+mod unrouted;
 
-pub use encode::{HEADER_ORGANIZATION_ID, HEADER_SCHEMA_VERSION};
+pub use crate::header::{HEADER_ORGANIZATION_ID, HEADER_SCHEMA_VERSION};
 pub(crate) use encode::{check_body_size, encode, header_frame_bytes};
 pub use health::ConnectionState;
+pub use unrouted::{UnroutedQueue, unrouted_name};
 
 use std::{
     fmt,
@@ -300,23 +302,23 @@ impl AmqpPublish {
     /// declaring (or checking) that exchange and queue first on each new connection.
     async fn keep(&self, event: &Event, started: Instant) -> Result<Receipt, PublishError> {
         let exchange = self.inner.exchange.name().as_str();
-        let unrouted = crate::topology::unrouted_name(exchange);
+        let unrouted = unrouted_name(exchange);
         let channel = self.inner.pool.channel().await?;
         let generation = channel.generation();
         if self.inner.unrouted_declared.load(Ordering::Relaxed) != generation + 1 {
             let passive = !self.inner.declare_unrouted;
             let (result, _) = (self.inner.pool)
                 .with_admin_channel(async |admin| {
-                    crate::topology::UnroutedQueue::default()
+                    UnroutedQueue::default()
                         .declare(admin, exchange, passive)
                         .await
                 })
                 .await?;
-            if let Err(error) = result {
+            if let Err((what, error)) = result {
                 return Err(PublishError::new(
                     ErrorKind::Unroutable,
                     format!(
-                        "no queue is bound to exchange `{exchange}` for routing key `{}`, and the event could not be kept: {error}",
+                        "no queue is bound to exchange `{exchange}` for routing key `{}`, and the event could not be kept: {what}: {error}",
                         event.event_type()
                     ),
                 ));

@@ -1,5 +1,6 @@
 //! Where events no queue is bound for are kept: the `<exchange>.unrouted` exchange
-//! (fanout) and its bounded queue of the same name.
+//! (fanout) and its bounded queue of the same name. Declared here, by the transport
+//! that keeps events there, and by [`Topology`](crate::topology::Topology) through it.
 
 use std::time::Duration;
 
@@ -10,11 +11,16 @@ use lapin::{
 };
 use serde::Serialize;
 
-use super::{
-    error::TopologyError,
-    policy::{Policy, exact},
-    queue::{millis, short},
-};
+/// The declaration that failed, and why.
+pub(crate) type DeclareError = (String, lapin::Error);
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn short(name: &str) -> lapin::types::ShortString {
+    lapin::types::ShortString::from(name)
+}
 
 /// The bounds of the `<exchange>.unrouted` queue: the newest `max_length` events, none
 /// older than `max_age` (the oldest are dropped first). Frozen at declare time like
@@ -46,22 +52,6 @@ pub fn unrouted_name(exchange: &str) -> String {
     format!("{exchange}.unrouted")
 }
 
-/// The policy making `<exchange>.unrouted` the broker-side alternate exchange of
-/// `exchange`: every publisher's unroutable messages are kept, not only this crate's.
-/// With it the broker never returns an event to the publisher, so a
-/// [`Receipt`](crate::Receipt) says `routed` for an event kept by it.
-pub fn alternate_exchange_policy(exchange: &str) -> Policy {
-    let mut definition = serde_json::Map::new();
-    definition.insert("alternate-exchange".into(), unrouted_name(exchange).into());
-    Policy {
-        name: format!("{exchange}.alternate-exchange"),
-        pattern: exact(exchange),
-        apply_to: "exchanges",
-        definition: definition.into(),
-        priority: 10,
-    }
-}
-
 impl UnroutedQueue {
     pub(crate) fn arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
@@ -83,7 +73,7 @@ impl UnroutedQueue {
         channel: &Channel,
         exchange: &str,
         passive: bool,
-    ) -> Result<(), TopologyError> {
+    ) -> Result<(), DeclareError> {
         let name = unrouted_name(exchange);
         channel
             .exchange_declare(
@@ -97,7 +87,7 @@ impl UnroutedQueue {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| TopologyError::broker(&format!("exchange `{name}`"), e))?;
+            .map_err(|e| (format!("exchange `{name}`"), e))?;
         channel
             .queue_declare(
                 short(&name),
@@ -113,7 +103,7 @@ impl UnroutedQueue {
                 },
             )
             .await
-            .map_err(|e| TopologyError::broker(&format!("queue `{name}`"), e))?;
+            .map_err(|e| (format!("queue `{name}`"), e))?;
         if !passive {
             channel
                 .queue_bind(
@@ -124,7 +114,7 @@ impl UnroutedQueue {
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| TopologyError::broker(&format!("binding queue `{name}`"), e))?;
+                .map_err(|e| (format!("binding queue `{name}`"), e))?;
         }
         Ok(())
     }
