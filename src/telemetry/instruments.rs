@@ -32,7 +32,6 @@ fn outcome(kind: Option<ErrorKind>) -> (usize, &'static str) {
     }
 }
 
-
 /// The bounded set of `event_type` labels: the registry's types (sorted), then
 /// `other`.
 #[derive(Clone, Debug)]
