@@ -14,7 +14,10 @@
 //! The stack uses it twice (see [`circuit_breaker`](crate::circuit_breaker) for the
 //! whole order):
 //! - [`TimeoutLayer::attempt`] inside the retry and the circuit breaker bounds one
-//!   try at the broker; its error is retryable and counts as a broker failure.
+//!   try at the broker; its error is retryable and counts as a broker failure. (The
+//!   [`EventPublisher`](crate::EventPublisher) over the AMQP transport sets it to the
+//!   publish deadline, as a backstop: that transport handles a late confirm itself, see
+//!   [`circuit_breaker`](crate::circuit_breaker).)
 //! - [`TimeoutLayer::overall`] outside the retry bounds the whole publish, backoff
 //!   included, so a caller never waits longer than that.
 //!

@@ -203,15 +203,25 @@ async fn latency_above_the_confirm_timeout_times_out_and_retries() {
     };
     let publisher = EventPublisher::connect(cfg).await.unwrap();
     publisher.publish(event()).await.unwrap();
+    // Every lane has its channel (the pool fills them in the background after
+    // `connect`): a channel opened through the slow proxy would take longer than the
+    // pool's wait, and the attempt would end as PoolTimeout instead.
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     proxy.set_latency(Duration::from_millis(400));
     let started = Instant::now();
     let err = publisher.publish(event()).await.unwrap_err();
     let took = started.elapsed();
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    // Three attempts of 200 ms each, plus backoff, within the overall deadline.
+    // A round trip takes 800 ms: each attempt waits 200 ms for its confirm, then up to
+    // 200 ms for the connection to answer, and fails. Three attempts, plus backoff,
+    // within the overall deadline.
     assert!(
-        took >= Duration::from_millis(600),
+        err.to_string().contains("did not answer a round trip"),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(1200),
         "only {took:?}: not retried"
     );
     assert!(took < Duration::from_millis(3300), "{took:?}");

@@ -25,6 +25,22 @@
 //!   breaker; connections that keep being lost (each a new generation, with no
 //!   confirm between them), failed connection attempts (no generation: each counts)
 //!   and timeouts do;
+//! - **a late confirm from a broker that answers is no failure at all.** With quorum
+//!   queues a confirm comes once a majority has the message, and while a queue elects a
+//!   new leader (its node stopped or died) RabbitMQ holds confirms for up to ~10 s. The
+//!   [`AmqpPublish`](crate::transport::AmqpPublish) transport tells that apart from a
+//!   dead connection itself: after `confirm_timeout` without a confirm it sends one round
+//!   trip on the connection (shared by every publish waiting on it); if the broker
+//!   answers, the publishes keep waiting for the confirms they already have in flight,
+//!   within their publish deadline, and nothing reaches this breaker. Only when the broker
+//!   does not answer within `min(confirm_timeout, 2 s)` do the attempts fail with
+//!   `Timeout`, and then each counts: a black-holed connection with `failure_threshold`
+//!   publishes in flight opens the breaker `confirm_timeout + min(confirm_timeout, 2 s)`
+//!   after they were written (7 s with the defaults), one publish at a time after that
+//!   many attempts. So a leader election — the most routine event of a cluster — never
+//!   opens the breaker, and a black hole still does. (Counting a stall once, as a lost
+//!   connection is counted once, would have kept a black hole from opening the breaker
+//!   for `failure_threshold` rounds of attempts: tens of seconds.)
 //! - a success is a confirm, or a refusal of one message: [`Unroutable`](ErrorKind::Unroutable)
 //!   or [`Nacked`](ErrorKind::Nacked) (a queue full with `x-overflow: reject-publish`)
 //!   — the broker answered, it is healthy. A full queue is that event's outcome, not
@@ -61,7 +77,11 @@
 //!   `CircuitOpen`, which is not [retryable](PublishError::is_retryable): the retry
 //!   stops at once instead of sleeping through its backoff against a dead broker.
 //! - The per-attempt timeout inside the breaker turns a hung broker into `Timeout`
-//!   errors, which the breaker counts (and the retry retries).
+//!   errors, which the breaker counts (and the retry retries). Over the
+//!   [`AmqpPublish`](crate::transport::AmqpPublish) transport, which bounds its own
+//!   waits and asks the connection before it gives up on a late confirm (above), the
+//!   [`EventPublisher`](crate::EventPublisher) sets it to the publish deadline, as a
+//!   backstop only.
 //! - The overall timeout outside the retry bounds what a caller waits in total; when
 //!   it fires mid-attempt, the dropped attempt counts as a failure here.
 //!

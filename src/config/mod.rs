@@ -183,7 +183,13 @@ pub struct PublisherConfig {
     /// [`fairness`](crate::fairness)). 100 turns the per-organization limit off.
     #[garde(custom(rules::int(1, 100)))]
     pub max_in_flight_per_organization_percent: u8,
-    /// The deadline of one attempt, including the broker confirm.
+    /// How long a confirm may be late before the publisher asks the connection whether
+    /// the broker is still there. Over the AMQP transport (the default): after this long
+    /// without a confirm, one round trip goes over the connection; if the broker answers
+    /// within `min(confirm_timeout, 2 s)`, the publish keeps waiting for the confirm it has
+    /// in flight (a quorum queue electing a new leader holds confirms for up to ~10 s), up
+    /// to `publish_timeout`; if not, the attempt fails with `Timeout` and is retried. Over
+    /// any other transport, the deadline of one attempt.
     #[serde(rename = "confirm_timeout_ms", with = "As::<Millis>")]
     #[garde(custom(rules::millis(1, MAX_MS)))]
     pub confirm_timeout: Duration,

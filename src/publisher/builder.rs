@@ -1,6 +1,6 @@
 //! [`EventPublisherBuilder`]: composes the front and the delivery stacks.
 
-use std::{any::Any, fmt, sync::Arc};
+use std::{any::Any, fmt, sync::Arc, time::Duration};
 
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 use tower_layer::Layer;
@@ -193,7 +193,12 @@ impl EventPublisherBuilder {
         transport.on_restored(move || handle.probe_now());
         let fair = self.fair_share_layer();
         let telemetry = self.telemetry_layer(transport.instruments());
-        let delivery = self.delivery(&breaker, &fair, transport.clone());
+        let delivery = self.delivery(
+            &breaker,
+            &fair,
+            transport.clone(),
+            self.amqp_attempt_deadline(),
+        );
         let parts = Parts {
             telemetry,
             header_check: Some(transport.header_check()),
@@ -229,7 +234,12 @@ impl EventPublisherBuilder {
         );
         let header_check = amqp.map(AmqpPublish::header_check);
         let telemetry = self.telemetry_layer(instruments);
-        let delivery = self.delivery(&breaker, &fair, transport);
+        let attempt = if amqp.is_some() {
+            self.amqp_attempt_deadline()
+        } else {
+            self.config.confirm_timeout
+        };
+        let delivery = self.delivery(&breaker, &fair, transport, attempt);
         let parts = Parts {
             telemetry,
             transport: None,
@@ -287,8 +297,21 @@ impl EventPublisherBuilder {
         }
     }
 
+    /// The per-attempt deadline over an [`AmqpPublish`]: the publish deadline, as a
+    /// backstop only. The transport bounds its own waits (the pool's wait timeout, the
+    /// connection timeout) and handles a late confirm itself: after `confirm_timeout` it
+    /// asks the connection for a round trip, fails the attempt when the broker does not
+    /// answer, and otherwise keeps waiting for the confirm already in flight rather than
+    /// sending the event again (`transport/liveness.rs`). An attempt deadline of
+    /// `confirm_timeout` here would cut that wait short: during a leader election every
+    /// attempt in flight would time out together, be sent again, and open the breaker.
+    fn amqp_attempt_deadline(&self) -> Duration {
+        self.config.publish_timeout
+    }
+
     /// The default delivery stack, outermost first: overall deadline → fair share per
-    /// organization → retry → circuit breaker → per-attempt deadline → transport.
+    /// organization → retry → circuit breaker → per-attempt deadline (`attempt`) →
+    /// transport.
     ///
     /// Returned unboxed: `publish` boxes it once together with the front.
     fn delivery<T>(
@@ -296,6 +319,7 @@ impl EventPublisherBuilder {
         breaker: &CircuitBreakerLayer,
         fair: &FairShareLayer,
         transport: T,
+        attempt: Duration,
     ) -> impl Service<Event, Response = Receipt, Error = PublishError, Future: Send>
     + Clone
     + Send
@@ -315,7 +339,7 @@ impl EventPublisherBuilder {
                 config.retry_max_delay,
             ))
             .layer(breaker.clone())
-            .layer(TimeoutLayer::attempt(config.confirm_timeout))
+            .layer(TimeoutLayer::attempt(attempt))
             .service(transport)
     }
 

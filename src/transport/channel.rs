@@ -19,8 +19,14 @@ use lapin::{
 use tokio::sync::{Semaphore, TryAcquireError};
 use uuid::Uuid;
 
-use super::confirm::{ConfirmTracker, Outcome, PublishFuture};
-use crate::{error::PublishError, telemetry::SentGuard};
+use super::{
+    confirm::{ConfirmTracker, Outcome, PublishFuture},
+    liveness::{self, Liveness},
+};
+use crate::{
+    error::{ErrorKind, PublishError},
+    telemetry::SentGuard,
+};
 
 /// How long closing a channel may take (a silent broker never answers close-ok).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -41,6 +47,18 @@ pub(crate) struct Message {
     pub(crate) routing_key: ShortString,
     pub(crate) body: Vec<u8>,
     pub(crate) properties: BasicProperties,
+}
+
+/// What a channel knows of the connection it is opened on.
+pub(crate) struct OpenOn {
+    /// The connection's generation.
+    pub(crate) generation: u64,
+    /// Whether the broker blocks that connection.
+    pub(crate) blocked: Arc<AtomicBool>,
+    /// The `host:port` of that connection's node.
+    pub(crate) node: Arc<str>,
+    /// The connection's liveness checks.
+    pub(crate) liveness: Arc<Liveness>,
 }
 
 /// An open channel in confirm mode; see the [module docs](self).
@@ -68,6 +86,11 @@ struct Inner {
     opened: Instant,
     /// Whether the broker has acked a publish on it.
     acked: AtomicBool,
+    /// How long a confirm may be late before the connection is asked whether the
+    /// broker is still there.
+    confirm_timeout: Duration,
+    /// The connection's liveness checks.
+    liveness: Arc<Liveness>,
 }
 
 impl fmt::Debug for ConfirmChannel {
@@ -81,15 +104,19 @@ impl fmt::Debug for ConfirmChannel {
 }
 
 impl ConfirmChannel {
-    /// Opens a channel on `connection` (of generation `generation`) and puts it in
-    /// confirm mode.
+    /// Opens a channel on `connection` and puts it in confirm mode.
     pub(crate) async fn open(
         connection: &Connection,
-        generation: u64,
-        blocked: Arc<AtomicBool>,
-        node: Arc<str>,
+        on: OpenOn,
         max_in_flight: usize,
+        confirm_timeout: Duration,
     ) -> Result<Self, PublishError> {
+        let OpenOn {
+            generation,
+            blocked,
+            node,
+            liveness,
+        } = on;
         let channel = connection.create_channel().await.map_err(|e| {
             PublishError::connection("could not open a channel", e).on_connection(generation)
         })?;
@@ -122,6 +149,8 @@ impl ConfirmChannel {
                 retired: AtomicBool::new(false),
                 opened: Instant::now(),
                 acked: AtomicBool::new(false),
+                confirm_timeout,
+                liveness,
             }),
         })
     }
@@ -192,8 +221,13 @@ impl ConfirmChannel {
     /// publishes are already in flight on the channel, and (within the caller's
     /// deadline) while the same event id is still in flight on it.
     ///
+    /// A late confirm is waited for as long as the broker answers on the connection
+    /// (see `liveness.rs`): the caller's deadline bounds that wait.
+    ///
     /// # Errors
-    /// [`ErrorKind::Shutdown`](crate::error::ErrorKind::Shutdown) when the channel is closed for publishing.
+    /// [`ErrorKind::Shutdown`] when the channel is closed for publishing;
+    /// [`ErrorKind::Timeout`] (outcome unknown) when the confirm is late and the broker
+    /// does not answer a round trip on the connection.
     pub(crate) async fn publish(
         &self,
         message: Message,
@@ -244,9 +278,26 @@ impl ConfirmChannel {
         // channel (an earlier attempt whose confirm is due).
         let tracked = inner.tracker.track_when_free(event_id, publish).await;
         sent.written();
-        let outcome = tracked.await;
+        let confirm_timeout = inner.confirm_timeout;
+        let bound = liveness::check_timeout(confirm_timeout);
+        let outcome = liveness::await_confirm(tracked, confirm_timeout, |since| {
+            inner.liveness.answered_since(since, bound)
+        })
+        .await;
         drop(permit);
-        Ok(outcome)
+        outcome.map_err(|unanswered| {
+            PublishError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no confirm after {} ms, and the broker at {} did not answer a round trip \
+                     on the connection within {} ms",
+                    unanswered.waited.as_millis(),
+                    inner.node,
+                    bound.as_millis()
+                ),
+            )
+            .mark_maybe_delivered()
+        })
     }
 
     /// Closes the channel, without waiting long for the broker.

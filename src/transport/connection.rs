@@ -22,6 +22,7 @@ use lapin::{Connection, ConnectionProperties};
 use super::{
     exchange::Exchange,
     health::Health,
+    liveness::Liveness,
     tls::{self, Tls},
 };
 use crate::error::{ErrorKind, PublishError};
@@ -62,7 +63,9 @@ static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 /// the errors of publishes on it carry, so that the circuit breaker counts one lost
 /// connection once however many publishes were in flight on it.
 pub(crate) struct Generation {
-    connection: Connection,
+    connection: Arc<Connection>,
+    /// Round trips that tell a broker holding confirms from a dead connection.
+    liveness: Arc<Liveness>,
     generation: u64,
     blocked: Arc<AtomicBool>,
     /// The node's `host:port`.
@@ -77,6 +80,11 @@ impl Generation {
 
     pub(crate) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The connection's liveness checks, for its channels' late confirms.
+    pub(crate) fn liveness(&self) -> Arc<Liveness> {
+        self.liveness.clone()
     }
 
     /// Whether the broker blocks this connection (`connection.blocked`).
@@ -199,11 +207,14 @@ impl managed::Manager for ConnectionManager {
                 let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
                 let blocked = self.health.opened(&connection, generation, &node.address);
                 tracing::debug!(node = %node.address, generation, "connected to the broker");
+                let connection = Arc::new(connection);
+                let node: Arc<str> = Arc::from(node.address.as_str());
                 Ok(Generation {
+                    liveness: Arc::new(Liveness::new(&connection, node.clone())),
                     connection,
                     generation,
                     blocked,
-                    node: Arc::from(node.address.as_str()),
+                    node,
                 })
             }
             Err(error) => {

@@ -8,21 +8,29 @@
 //! | `basic.nack` | [`ErrorKind::Nacked`] |
 //! | channel or connection lost after the event was written | [`ErrorKind::Connection`], [`maybe_delivered`](PublishError::maybe_delivered) |
 //! | channel already closed: not written | [`ErrorKind::Connection`] |
+//! | no confirm after `confirm_timeout`, and no answer to a round trip on the connection within `min(confirm_timeout, 2 s)` | [`ErrorKind::Timeout`], [`maybe_delivered`](PublishError::maybe_delivered) |
+//!
+//! A late confirm on a connection whose broker still answers is waited for: a quorum
+//! queue electing a new leader holds confirms for seconds, and the confirm comes (see
+//! `liveness.rs`). Sending the event again instead would add a duplicate and load on a
+//! cluster that is electing.
 //!
 //! A connection error carries the connection's
 //! [generation](PublishError::connection_generation), so that the circuit breaker
 //! counts a lost connection once, however many publishes were in flight on it.
 //!
 //! Outcomes are exact even with hundreds of confirms in flight per channel (see
-//! `confirm/mod.rs` for how returns are attributed). The transport has no deadline
-//! of its own: put a timeout layer around it (the
-//! [`EventPublisher`](crate::EventPublisher) does). It sends events as they are: the
+//! `confirm/mod.rs` for how returns are attributed). The transport bounds its waits for
+//! a channel and a connection, but not the wait for a confirm from a broker that still
+//! answers: put a timeout layer around it (the [`EventPublisher`](crate::EventPublisher)
+//! does). It sends events as they are: the
 //! publisher's front has already validated and stamped them.
 //!
 //! Inside, each file has one job: `encode` turns an event into a message,
 //! `exchange` declares the exchange, `connection` opens connections (`tls` those
 //! over TLS), `pool` shares confirm-mode channels, `channel` publishes on one of
-//! them, `confirm` tracks its confirms.
+//! them, `confirm` tracks its confirms, `liveness` asks a connection whether the
+//! broker is still there when a confirm is late.
 
 mod channel;
 mod confirm;
@@ -30,6 +38,7 @@ mod connection;
 mod encode;
 pub(crate) mod exchange;
 mod health;
+mod liveness;
 mod pool;
 mod reconnect;
 mod tls;
@@ -155,6 +164,7 @@ impl AmqpPublish {
             &PoolSettings {
                 pool_size: config.pool_size,
                 max_in_flight: config.max_in_flight,
+                confirm_timeout: config.confirm_timeout,
                 connection_timeout: config.connection_timeout,
                 wait_timeout: config.pool_wait_timeout,
                 frame_max: frame_max.clone(),

@@ -28,7 +28,7 @@ use futures_util::future::join_all;
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::{
-    channel::ConfirmChannel,
+    channel::{ConfirmChannel, OpenOn},
     connection::{self, ConnectionManager},
 };
 use crate::error::{ErrorKind, PublishError};
@@ -40,6 +40,8 @@ const CONNECTIONS: usize = 2;
 pub(crate) struct PoolSettings {
     pub(crate) pool_size: usize,
     pub(crate) max_in_flight: usize,
+    /// How long a confirm may be late before its connection is checked.
+    pub(crate) confirm_timeout: Duration,
     pub(crate) connection_timeout: Duration,
     pub(crate) wait_timeout: Duration,
     /// Set to the negotiated `frame_max` of each channel opened.
@@ -50,6 +52,7 @@ pub(crate) struct PoolSettings {
 pub(crate) struct ChannelManager {
     connections: managed::Pool<ConnectionManager>,
     max_in_flight: usize,
+    confirm_timeout: Duration,
     frame_max: Arc<AtomicUsize>,
 }
 
@@ -68,14 +71,14 @@ impl managed::Manager for ChannelManager {
 
     async fn create(&self) -> Result<ConfirmChannel, PublishError> {
         let connection = self.connections.get().await.map_err(pool_error)?;
-        let channel = ConfirmChannel::open(
-            &connection,
-            connection.generation(),
-            connection.blocked_flag(),
-            connection.node(),
-            self.max_in_flight,
-        )
-        .await?;
+        let on = OpenOn {
+            generation: connection.generation(),
+            blocked: connection.blocked_flag(),
+            node: connection.node(),
+            liveness: connection.liveness(),
+        };
+        let channel =
+            ConfirmChannel::open(&connection, on, self.max_in_flight, self.confirm_timeout).await?;
         self.frame_max.store(channel.frame_max(), Ordering::Relaxed);
         Ok(channel)
     }
@@ -176,6 +179,7 @@ impl ChannelPool {
         let manager = ChannelManager {
             connections: connections.clone(),
             max_in_flight: settings.max_in_flight,
+            confirm_timeout: settings.confirm_timeout,
             frame_max: settings.frame_max.clone(),
         };
         let channels = managed::Pool::builder(manager)

@@ -196,6 +196,47 @@ pub async fn consume_ids(
     (seen, messages)
 }
 
+/// Reads `queue` (auto-ack) until every id of `expected` was seen, then on until the
+/// queue has been quiet for a second: every message, duplicates included, is counted.
+/// Returns the ids seen and the number of messages read.
+pub async fn drain_ids(
+    channel: &Channel,
+    queue: &str,
+    expected: &HashSet<String>,
+) -> (HashSet<String>, usize) {
+    channel
+        .basic_qos(1000, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "fitviz-test-drain".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume the queue");
+    let (mut seen, mut messages) = (HashSet::new(), 0);
+    loop {
+        let idle = if expected.is_subset(&seen) { 1 } else { 5 };
+        match tokio::time::timeout(Duration::from_secs(idle), consumer.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                messages += 1;
+                if let Some(id) = delivery.properties.message_id() {
+                    seen.insert(id.to_string());
+                }
+            }
+            Ok(Some(Err(e))) => panic!("consumer: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    (seen, messages)
+}
+
 /// A name unique to this test run.
 pub fn unique(test: &str) -> String {
     format!("fvtest.{test}.{}", uuid::Uuid::now_v7().simple())
