@@ -711,13 +711,13 @@ async fn failover(fault: Fault, target: Target) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the cluster harness: scripts/rabbitmq-cluster.sh run cargo test --test cluster -- --ignored --test-threads=1"]
-async fn stop_node_under_load_fails_over_without_failures_or_loss() {
+async fn election_stop_connected_leader_node_defaults_fail_nothing() {
     failover(Fault::Stop, Target::ConnectedAndLeader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the cluster harness: scripts/rabbitmq-cluster.sh run cargo test --test cluster -- --ignored --test-threads=1"]
-async fn kill_node_under_load_fails_over_without_failures_or_loss() {
+async fn election_kill_connected_leader_node_defaults_fail_nothing() {
     failover(Fault::Kill, Target::ConnectedAndLeader).await;
 }
 
@@ -962,6 +962,7 @@ async fn memory_alarm_blocks_reported_bounded_breaker_opens_unblock_resumes_same
         // The default threshold (5) and 4 attempts per publish (retry_attempts 3): the
         // first publish fails on its own attempts (Timeout, then Blocked), the breaker
         // opens during the second.
+        retry_attempts: 3,
         breaker_failure_threshold: 5,
         breaker_open_duration: Duration::from_secs(2),
         ..config(&name)

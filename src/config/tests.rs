@@ -46,7 +46,7 @@ fn defaults() {
     assert_eq!(c.max_in_flight, 256);
     assert_eq!(c.confirm_timeout, Duration::from_secs(5));
     assert_eq!(c.publish_timeout, Duration::from_secs(15));
-    assert_eq!(c.retry_attempts, 3);
+    assert_eq!(c.retry_attempts, 5);
     assert_eq!(c.retry_base_delay, Duration::from_millis(100));
     assert_eq!(c.retry_max_delay, Duration::from_secs(2));
     assert!(c.validation);
