@@ -22,11 +22,14 @@ use fitviz_events::{Event, EventPublisher, OrganizationId, PublisherConfig, even
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    // `RUST_LOG` (default `info`), with lapin's frame dumps (which carry the password at
+    // TRACE) kept out.
+    let mut filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    for directive in fitviz_events::telemetry::LAPIN_FRAME_LOGS_OFF {
+        filter = filter.add_directive(directive.parse()?);
+    }
+    tracing_subscriber::fmt().with_env_filter(filter).init();
 
     let config = PublisherConfig::from_env()?;
     println!(

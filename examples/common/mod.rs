@@ -289,13 +289,18 @@ pub fn init_tracing_with(provider: opentelemetry_sdk::trace::SdkTracerProvider) 
     }
 }
 
-/// The log output: stderr, filtered by `RUST_LOG` (default `info`).
+/// The log output: stderr, filtered by `RUST_LOG` (default `info`), with lapin's frame
+/// dumps kept out at any level: they carry the broker password
+/// ([`LAPIN_FRAME_LOGS_OFF`](fitviz_events::telemetry::LAPIN_FRAME_LOGS_OFF)).
 fn log_layer<S>() -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     use tracing_subscriber::{EnvFilter, Layer as _};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    for directive in fitviz_events::telemetry::LAPIN_FRAME_LOGS_OFF {
+        filter = filter.add_directive(directive.parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_filter(filter)

@@ -17,12 +17,12 @@ use std::{path::PathBuf, time::Duration};
 use serde::Deserialize;
 use serde_with::{As, DurationMilliSeconds, DurationSeconds};
 
-pub(crate) use self::tls::TlsClient;
 use self::{
     env::{flag, unknown_fields},
     names::Naming,
 };
 pub use self::{error::ConfigError, unroutable::UnroutablePolicy, url::BrokerUrl};
+pub(crate) use self::{tls::TlsClient, unroutable::UNROUTED_SUFFIX};
 use crate::schema::UnknownFields;
 
 /// The prefix of every environment variable [`PublisherConfig::from_env`] reads.
@@ -159,7 +159,11 @@ pub struct PublisherConfig {
     #[garde(skip)]
     pub url: BrokerUrl,
     /// The topic exchange events are published to.
-    #[garde(custom(rules::exchange_name), custom(rules::not_reserved(self.declare_exchange)))]
+    #[garde(
+        custom(rules::exchange_name),
+        custom(rules::not_reserved(self.declare_exchange)),
+        custom(rules::leaves_room_for_unrouted(self.unroutable))
+    )]
     pub exchange: String,
     /// Whether to declare the exchange (durable topic) on connect; `false` only checks it exists.
     #[serde(deserialize_with = "flag")]

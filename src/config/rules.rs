@@ -5,7 +5,7 @@ use std::{fmt::Display, time::Duration};
 
 use garde::{Error, Result};
 
-use super::{error::got, names::Naming};
+use super::{UnroutablePolicy, error::got, names::Naming, unroutable::UNROUTED_SUFFIX};
 
 /// AMQP short strings (exchange names, property values) hold at most 255 bytes.
 const MAX_NAME_LEN: usize = 255;
@@ -82,6 +82,22 @@ pub(super) fn exchange_name(name: &str, _: &Naming) -> Result {
         && (name.bytes()).all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
     let reason = format_args!("expected 1 to {MAX_NAME_LEN} letters, digits, `-`, `_`, `.` or `:`");
     check(ok, reason, name)
+}
+
+/// An exchange name short enough that `<exchange>.unrouted` fits an AMQP short string,
+/// when the unroutable policy keeps events there.
+pub(super) fn leaves_room_for_unrouted(
+    policy: UnroutablePolicy,
+) -> impl FnOnce(&String, &Naming) -> Result {
+    move |name, naming| {
+        let max = MAX_NAME_LEN - UNROUTED_SUFFIX.len();
+        let unroutable = naming.name("unroutable");
+        let reason = format_args!(
+            "expected at most {max} bytes while {unroutable} is `{policy}` (`<exchange>.unrouted` must fit in {MAX_NAME_LEN})"
+        );
+        let ok = policy != UnroutablePolicy::AlternateExchange || name.len() <= max;
+        check(ok, reason, name)
+    }
 }
 
 /// No broker-reserved `amq.*` exchange name while the exchange is to be declared.

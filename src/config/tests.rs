@@ -1123,6 +1123,18 @@ fn raw_redaction() {
         ("x:y@://u:p@host", "x:***@host"),
         ("amqp://u:p:q@r@host", "amqp://u:***@host"),
         ("", ""),
+        // No `@`: a password with the host forgotten (or a port: it is hidden too).
+        ("amqp://u:S3cr3t", "amqp://u:***"),
+        (
+            "amqp://u:S3cr3t/vhost?heartbeat=5",
+            "amqp://u:***/vhost?heartbeat=5",
+        ),
+        ("amqps://host/vhost", "amqps://host/vhost"),
+        (
+            "amqp://a:b@h,amqp://u:S3cr3t",
+            "amqp://a:***@h,amqp://u:***",
+        ),
+        ("amqp://u:pa,ss@host", "amqp://u:***@host"),
     ] {
         assert_eq!(redact_raw(raw), redacted);
     }
@@ -1399,4 +1411,59 @@ fn the_unroutable_policy_is_named_in_errors() {
             .contains("expected `alternate-exchange`, `error` or `ignore`, got `drop`"),
         "{err}"
     );
+}
+
+/// `<exchange>.unrouted` must fit in an AMQP short string while the unroutable policy
+/// keeps events there: a longer exchange is refused at validation, naming the setting,
+/// instead of panicking on the first unroutable event (issue 19).
+#[test]
+fn the_exchange_leaves_room_for_its_unrouted_queue() {
+    let named = |len: usize, unroutable: UnroutablePolicy| PublisherConfig {
+        exchange: "x".repeat(len),
+        unroutable,
+        ..PublisherConfig::default()
+    };
+    assert_eq!(
+        named(246, UnroutablePolicy::AlternateExchange).validate(),
+        Ok(())
+    );
+    let err = named(247, UnroutablePolicy::AlternateExchange)
+        .validate()
+        .unwrap_err();
+    assert_eq!(err.field(), "exchange");
+    assert!(
+        err.to_string().starts_with(
+            "exchange: expected at most 246 bytes while unroutable is `alternate-exchange` \
+             (`<exchange>.unrouted` must fit in 255)"
+        ),
+        "{err}"
+    );
+    for policy in [UnroutablePolicy::Error, UnroutablePolicy::Ignore] {
+        assert_eq!(named(255, policy).validate(), Ok(()));
+    }
+    // From the environment, the setting is named by its variable.
+    let err =
+        PublisherConfig::from_vars([("FITVIZ_EVENTS_EXCHANGE", "e".repeat(250))]).unwrap_err();
+    assert_eq!(err.field(), "FITVIZ_EVENTS_EXCHANGE");
+    assert!(
+        err.to_string()
+            .contains("while FITVIZ_EVENTS_UNROUTABLE is `alternate-exchange`"),
+        "{err}"
+    );
+}
+
+/// A URL whose `@host` was forgotten (`amqp://user:secret`) is refused without showing
+/// the secret (issue 19).
+#[test]
+fn a_url_without_an_at_sign_is_refused_without_its_password() {
+    for raw in [
+        "amqp://u:S3cr3tMark",
+        "amqp://u:S3cr3tMark/vhost",
+        "amqp://a:b@h,amqp://u:S3cr3tMark",
+    ] {
+        let err = raw.parse::<BrokerUrl>().unwrap_err();
+        assert!(!err.to_string().contains("S3cr3tMark"), "{err}");
+        let err = PublisherConfig::from_vars([("FITVIZ_EVENTS_URL", raw)]).unwrap_err();
+        assert!(!err.to_string().contains("S3cr3tMark"), "{err}");
+    }
 }

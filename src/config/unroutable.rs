@@ -6,6 +6,10 @@ use serde::{Deserialize, Deserializer, de};
 
 use super::error::got;
 
+/// What `<exchange>.unrouted` adds to the exchange's name (the configuration leaves room
+/// for it: AMQP names hold at most 255 bytes).
+pub(crate) const UNROUTED_SUFFIX: &str = ".unrouted";
+
 /// What happens to an event the broker returns because no queue is bound for its
 /// routing key (`FITVIZ_EVENTS_UNROUTABLE`).
 ///

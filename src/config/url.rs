@@ -294,12 +294,40 @@ pub(super) fn redact(raw: &str) -> String {
 }
 
 /// Redacts without parsing: everything between the first `:` of what could be the userinfo
-/// and the last `@`. Errs on the side of hiding too much.
+/// and the last `@`. Without an `@`, whatever follows a `:` in the authority of a
+/// `scheme://…` string (`amqp://user:secret` is a user and a password with the `@host`
+/// forgotten, or a host and a port: it cannot be told which). Errs on the side of hiding
+/// too much.
 pub(super) fn redact_raw(raw: &str) -> String {
-    let Some(at) = raw.rfind('@') else {
-        return raw.to_owned();
-    };
     let scheme = |s: &str| (s.bytes()).all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    // In a list, the entries after the last `@` are redacted on their own (one of them
+    // may have forgotten its `@host`).
+    if let Some(split) = raw
+        .rfind('@')
+        .and_then(|at| raw[at..].find(',').map(|c| at + c))
+    {
+        return format!(
+            "{},{}",
+            redact_raw(&raw[..split]),
+            redact_raw(&raw[split + 1..])
+        );
+    }
+    let Some(at) = raw.rfind('@') else {
+        let Some(start) = raw
+            .find("://")
+            .filter(|&i| scheme(&raw[..i]))
+            .map(|i| i + 3)
+        else {
+            return raw.to_owned();
+        };
+        let end = raw[start..]
+            .find(['/', '?', '#'])
+            .map_or(raw.len(), |i| start + i);
+        return match raw[start..end].find(':') {
+            Some(colon) => format!("{}{REDACTED}{}", &raw[..start + colon + 1], &raw[end..]),
+            None => raw.to_owned(),
+        };
+    };
     let start = match raw.find("://") {
         Some(i) if i < at && scheme(&raw[..i]) => i + 3,
         _ => 0,

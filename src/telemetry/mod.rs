@@ -130,6 +130,30 @@ pub const CONNECTIONS_BLOCKED: &str = "fitviz.events.connections.blocked";
 /// Counter: returned messages given back to their own event.
 pub const RETURNS_REATTRIBUTED: &str = "fitviz.events.returns.reattributed";
 
+/// `tracing` filter directives that keep lapin's frame dumps out of the logs while
+/// keeping its debug lines, warnings and errors. At `TRACE`, lapin logs every frame it
+/// writes and reads, and the `connection.start-ok` frame carries the SASL PLAIN response
+/// `\0user\0password` (as a list of byte values); `connection.update-secret` would carry
+/// a refreshed secret. Add them to your filter **after** `RUST_LOG`, as the examples do:
+/// a directive for the same target replaces the one from the environment, so even
+/// `RUST_LOG=trace` or `RUST_LOG=lapin=trace` then shows no credential.
+///
+/// ```
+/// use tracing_subscriber::EnvFilter;
+///
+/// let mut filter = EnvFilter::new("trace");
+/// for directive in fitviz_events::telemetry::LAPIN_FRAME_LOGS_OFF {
+///     filter = filter.add_directive(directive.parse().expect("a valid directive"));
+/// }
+/// assert!(filter.to_string().contains("lapin::io_loop=debug"));
+/// ```
+pub const LAPIN_FRAME_LOGS_OFF: [&str; 4] = [
+    "lapin::io_loop=debug",
+    "lapin::internal_rpc=debug",
+    "lapin::frames=debug",
+    "lapin::channels=debug",
+];
+
 /// The `event_type` label of every event type the publisher's registry does not know.
 pub const OTHER_EVENT_TYPE: &str = "other";
 

@@ -11,6 +11,8 @@ use lapin::{
 };
 use serde::Serialize;
 
+use crate::config::UNROUTED_SUFFIX;
+
 /// The declaration that failed, and why.
 pub(crate) type DeclareError = (String, lapin::Error);
 
@@ -49,7 +51,7 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 
 /// `<exchange>.unrouted`: the name of both the exchange and the queue.
 pub fn unrouted_name(exchange: &str) -> String {
-    format!("{exchange}.unrouted")
+    format!("{exchange}{UNROUTED_SUFFIX}")
 }
 
 impl UnroutedQueue {

@@ -157,12 +157,33 @@ pub async fn declare_bound_queue(
         .expect("bind queue");
 }
 
-/// Consumes `queue` until every message id of `expected` was seen or nothing arrived
-/// for 5 s; returns the message ids seen (duplicates folded) and the messages read.
+/// Reads `queue` (auto-ack) until every id of `expected` was seen (or nothing came for
+/// 5 s); returns the ids seen and the number of messages read.
 pub async fn consume_ids(
     channel: &Channel,
     queue: &str,
     expected: &HashSet<String>,
+) -> (HashSet<String>, usize) {
+    read_ids(channel, queue, expected, None).await
+}
+
+/// Like [`consume_ids`], then reads on until the queue has been quiet for a second:
+/// every message, duplicates included, is counted.
+pub async fn drain_ids(
+    channel: &Channel,
+    queue: &str,
+    expected: &HashSet<String>,
+) -> (HashSet<String>, usize) {
+    read_ids(channel, queue, expected, Some(Duration::from_secs(1))).await
+}
+
+/// Reads `queue` until every id of `expected` was seen, then, with `quiet`, on until
+/// nothing came for that long.
+async fn read_ids(
+    channel: &Channel,
+    queue: &str,
+    expected: &HashSet<String>,
+    quiet: Option<Duration>,
 ) -> (HashSet<String>, usize) {
     channel
         .basic_qos(1000, BasicQosOptions::default())
@@ -181,49 +202,13 @@ pub async fn consume_ids(
         .await
         .expect("consume the queue");
     let (mut seen, mut messages) = (HashSet::new(), 0);
-    while !expected.is_subset(&seen) {
-        match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
-            Ok(Some(Ok(delivery))) => {
-                messages += 1;
-                if let Some(id) = delivery.properties.message_id() {
-                    seen.insert(id.to_string());
-                }
-            }
-            Ok(Some(Err(e))) => panic!("consumer: {e}"),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    (seen, messages)
-}
-
-/// Reads `queue` (auto-ack) until every id of `expected` was seen, then on until the
-/// queue has been quiet for a second: every message, duplicates included, is counted.
-/// Returns the ids seen and the number of messages read.
-pub async fn drain_ids(
-    channel: &Channel,
-    queue: &str,
-    expected: &HashSet<String>,
-) -> (HashSet<String>, usize) {
-    channel
-        .basic_qos(1000, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "fitviz-test-drain".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume the queue");
-    let (mut seen, mut messages) = (HashSet::new(), 0);
     loop {
-        let idle = if expected.is_subset(&seen) { 1 } else { 5 };
-        match tokio::time::timeout(Duration::from_secs(idle), consumer.next()).await {
+        let idle = match (expected.is_subset(&seen), quiet) {
+            (false, _) => Duration::from_secs(5),
+            (true, Some(quiet)) => quiet,
+            (true, None) => break,
+        };
+        match tokio::time::timeout(idle, consumer.next()).await {
             Ok(Some(Ok(delivery))) => {
                 messages += 1;
                 if let Some(id) = delivery.properties.message_id() {
