@@ -349,3 +349,85 @@ async fn topology_declare_then_a_rejected_event_is_replayed_from_the_dlq_exactly
     delete_declared(&fx, &queue).await;
     fx.cleanup().await;
 }
+
+/// Names too long for AMQP once the crate's suffixes are added, or empty, or with white
+/// space, are refused with exit 3 and one line naming them — never a panic (issue 19).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_do_not_fit_exit_3_naming_them_without_a_panic() {
+    require_broker!();
+    let fx = Fixture::new("cli-names", "#").await;
+    let url = support::broker_url();
+    let vars = vars_for(&fx, &url);
+    let long = |n: usize| "q".repeat(n);
+    let (q252, q256) = (long(252), long(256));
+    let exchange247 = "e".repeat(247);
+    let cases: Vec<(Vec<(&str, &str)>, Vec<&str>, &str)> = vec![
+        (
+            vars.clone(),
+            vec!["topology", "declare", "--consumer-queue", &q252],
+            "has 252 bytes, more than 251",
+        ),
+        (
+            vars.clone(),
+            vec!["topology", "declare", "--consumer-queue", ""],
+            "is empty",
+        ),
+        (
+            vars.clone(),
+            vec!["topology", "declare", "--consumer-queue", "a b"],
+            "white-space",
+        ),
+        (
+            vars.clone(),
+            vec![
+                "topology",
+                "declare",
+                "--consumer-queue",
+                "cli-names-ok",
+                "--bind",
+                &q256,
+            ],
+            "binding pattern",
+        ),
+        (
+            vars.clone(),
+            vec!["dlq", "list", &q256],
+            "has 256 bytes, more than 255",
+        ),
+        (
+            vars.clone(),
+            vec!["dlq", "replay", &q256],
+            "has 256 bytes, more than 255",
+        ),
+        (
+            vec![
+                ("FITVIZ_EVENTS_URL", url.as_str()),
+                ("FITVIZ_EVENTS_EXCHANGE", exchange247.as_str()),
+            ],
+            vec!["topology", "declare"],
+            "FITVIZ_EVENTS_EXCHANGE",
+        ),
+        (
+            vec![
+                ("FITVIZ_EVENTS_URL", url.as_str()),
+                ("FITVIZ_EVENTS_EXCHANGE", exchange247.as_str()),
+            ],
+            vec!["publish", "workout.created", "{}", "--org", "org-1"],
+            "FITVIZ_EVENTS_EXCHANGE",
+        ),
+    ];
+    for (vars, args, says) in cases {
+        let output = run(&vars, &args);
+        let message = stderr(&output);
+        let shown: Vec<String> = args.iter().map(|a| a.chars().take(20).collect()).collect();
+        assert_eq!(code(&output), 3, "{shown:?}: {message}");
+        assert!(
+            message.starts_with("fitviz-events: config: "),
+            "{shown:?}: {message}"
+        );
+        assert!(message.contains(says), "{shown:?}: {message}");
+        assert!(!message.contains("panicked"), "{shown:?}: {message}");
+        assert_eq!(message.lines().count(), 1, "{shown:?}: one line: {message}");
+    }
+    fx.cleanup().await;
+}

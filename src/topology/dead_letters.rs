@@ -52,7 +52,7 @@ use serde::Serialize;
 
 use super::{
     error::{TopologyError, TopologyErrorKind},
-    queue::short,
+    queue::{check_name, short},
 };
 
 /// A dead-lettered message, as listed.
@@ -136,6 +136,7 @@ pub async fn list(
     queue: &str,
     limit: usize,
 ) -> Result<Vec<DeadLetter>, TopologyError> {
+    check_name("queue", queue, "")?;
     let mut held = Vec::new();
     let result = async {
         while held.len() < limit {
@@ -167,6 +168,7 @@ pub async fn replay(
     to: ReplayTo,
     limit: Option<usize>,
 ) -> Result<ReplayReport, TopologyError> {
+    check_name("queue", queue, "")?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -226,7 +228,7 @@ pub async fn replay(
 
 async fn get(channel: &Channel, queue: &str) -> Result<Option<Delivery>, TopologyError> {
     channel
-        .basic_get(short(queue), BasicGetOptions { no_ack: false })
+        .basic_get(short(queue)?, BasicGetOptions { no_ack: false })
         .await
         .map(|message| message.map(|m| m.delivery))
         .map_err(|e| TopologyError::broker(&format!("getting from queue `{queue}`"), e))
@@ -254,8 +256,8 @@ async fn publish(
     let what = || format!("replaying to exchange `{exchange}` with routing key `{routing_key}`");
     let confirm = channel
         .basic_publish(
-            short(exchange),
-            short(routing_key),
+            short(exchange)?,
+            short(routing_key)?,
             BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()

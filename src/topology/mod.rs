@@ -79,7 +79,7 @@ use lapin::{
 };
 use serde::Serialize;
 
-use self::queue::short;
+use self::queue::{check_name, short};
 use crate::{config::PublisherConfig, transport::exchange::Exchange};
 
 /// How long closing the declaring channel may take.
@@ -152,6 +152,22 @@ impl Topology {
         self
     }
 
+    /// Checks every name before anything is declared: the exchange (with
+    /// `<exchange>.unrouted` when it is declared), each consumer queue (with the `.dlx`,
+    /// `.dlq` and `.retry` names derived from it) and binding pattern — 1 to 255 bytes
+    /// with the suffixes, no control or white-space character.
+    ///
+    /// # Errors
+    /// [`TopologyErrorKind::Config`] naming the first name that does not fit.
+    pub fn check(&self) -> Result<(), TopologyError> {
+        let suffix = match self.unrouted {
+            Some(_) => unrouted_name(""),
+            None => String::new(),
+        };
+        check_name("exchange", &self.exchange, &suffix)?;
+        self.queues.iter().try_for_each(ConsumerQueue::check)
+    }
+
     /// The events exchange's name.
     pub fn exchange(&self) -> &str {
         &self.exchange
@@ -201,6 +217,7 @@ impl Topology {
     /// # Errors
     /// As [`declare`](Self::declare).
     pub async fn declare_on(&self, channel: &Channel) -> Result<TopologyReport, TopologyError> {
+        self.check()?;
         let mut declared = Vec::new();
         let exchange = Exchange::new(&self.exchange, true)?;
         exchange
@@ -254,7 +271,7 @@ async fn declare_queue(
     let dlq = queue.dlq_name();
     channel
         .exchange_declare(
-            short(&dlx),
+            short(&dlx)?,
             ExchangeKind::Fanout,
             ExchangeDeclareOptions {
                 durable: true,
@@ -300,7 +317,7 @@ async fn declare_queue(
 async fn declare_one(channel: &Channel, name: &str, args: FieldTable) -> Result<(), TopologyError> {
     channel
         .queue_declare(
-            short(name),
+            short(name)?,
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -320,9 +337,9 @@ async fn bind(
 ) -> Result<(), TopologyError> {
     channel
         .queue_bind(
-            short(queue),
-            short(exchange),
-            short(pattern),
+            short(queue)?,
+            short(exchange)?,
+            short(pattern)?,
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -348,4 +365,48 @@ pub async fn connect(config: &PublisherConfig) -> Result<Connection, TopologyErr
         config.connection_name.as_deref().unwrap_or(&config.source)
     );
     Ok(crate::transport::open_connection(config, &name).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn refused(topology: &Topology) -> String {
+        let err = topology.check().unwrap_err();
+        assert_eq!(err.kind(), TopologyErrorKind::Config, "{err}");
+        err.to_string()
+    }
+
+    /// Every name is checked with the suffixes the crate adds, before any I/O
+    /// (issue 19: these panicked in lapin's `ShortString::from`).
+    #[test]
+    fn names_are_checked_with_their_suffixes() {
+        let e = |n: usize| "e".repeat(n);
+        let q = |n: usize| "q".repeat(n);
+        assert!(Topology::new(e(246)).check().is_ok());
+        assert!(refused(&Topology::new(e(247))).contains("`<name>.unrouted` must fit in 255"));
+        assert!(Topology::new(e(255)).without_unrouted().check().is_ok());
+        assert!(refused(&Topology::new(e(256)).without_unrouted()).contains("more than 255"));
+        assert!(refused(&Topology::new("")).contains("exchange `` is empty"));
+
+        let with = |queue: ConsumerQueue| Topology::new("fitviz.events").consumer_queue(queue);
+        assert!(with(ConsumerQueue::new(q(251))).check().is_ok());
+        assert!(refused(&with(ConsumerQueue::new(q(252)))).contains("`<name>.dlq` must fit"));
+        let retry = |n| ConsumerQueue::new(q(n)).retry_delay(Duration::from_secs(1));
+        assert!(with(retry(249)).check().is_ok());
+        assert!(refused(&with(retry(250))).contains("`<name>.retry` must fit"));
+        assert!(refused(&with(ConsumerQueue::new(""))).contains("consumer queue `` is empty"));
+        for bad in ["a b", "tab\there", "nl\n", "nbsp\u{a0}"] {
+            let text = refused(&with(ConsumerQueue::new(bad)));
+            assert!(text.contains("control or white-space"), "{text}");
+        }
+        let bound = |pattern: &str| ConsumerQueue::new("orders").bind(pattern);
+        assert!(with(bound("workout.*")).check().is_ok());
+        assert!(refused(&with(bound(&q(256)))).contains("binding pattern of queue `orders`"));
+        assert!(refused(&with(bound(""))).contains("is empty"));
+        // A long name is shortened in the message.
+        assert!(refused(&with(ConsumerQueue::new(q(300)))).len() < 200);
+    }
 }

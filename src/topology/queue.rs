@@ -5,7 +5,10 @@ use std::time::Duration;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde::Serialize;
 
-use super::policy::{Policy, exact};
+use super::{
+    TopologyError, TopologyErrorKind,
+    policy::{Policy, exact},
+};
 
 /// Where a consumer queue's dead-lettering settings live.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -115,6 +118,24 @@ impl ConsumerQueue {
         self
     }
 
+    /// Checks the queue's name (with the `.dlx`, `.dlq` and `.retry` names derived from
+    /// it) and its binding patterns before anything is declared.
+    pub(crate) fn check(&self) -> Result<(), TopologyError> {
+        let suffix = match self.retry_delay {
+            Some(_) => ".retry",
+            None => ".dlq",
+        };
+        check_name("consumer queue", &self.name, suffix)?;
+        for pattern in &self.bindings {
+            check_name(
+                &format!("binding pattern of queue `{}`", self.name),
+                pattern,
+                "",
+            )?;
+        }
+        Ok(())
+    }
+
     /// The queue's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -219,8 +240,48 @@ pub(crate) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-pub(crate) fn short(name: &str) -> ShortString {
-    ShortString::from(name)
+/// An AMQP name; the names given to the broker were checked first ([`check_name`]), so
+/// this never fails on them, and a name from a message (a dead letter's `x-death`) that
+/// is too long is an error, not a panic.
+pub(crate) fn short(name: &str) -> Result<ShortString, TopologyError> {
+    ShortString::try_new(name).map_err(|_| {
+        TopologyError::new(
+            TopologyErrorKind::Config,
+            format!(
+                "`{}…` ({} bytes) is longer than the 255 bytes an AMQP name may have",
+                name.chars().take(32).collect::<String>(),
+                name.len()
+            ),
+        )
+    })
+}
+
+/// Checks a name the crate is given (`what`: ``queue `…` ``, "binding pattern") before
+/// any I/O: 1 to `255 - suffix` bytes (`suffix`: the longest of the names the crate
+/// derives from it, such as `.dlq`), without control characters or white space.
+pub(crate) fn check_name(what: &str, name: &str, suffix: &str) -> Result<(), TopologyError> {
+    let max = 255 - suffix.len();
+    let shown = || match name.chars().count() > 64 {
+        true => format!("{}…", name.chars().take(64).collect::<String>()),
+        false => name.to_owned(),
+    };
+    let reason = if name.is_empty() {
+        "is empty".to_owned()
+    } else if name.len() > max {
+        let derived = match suffix {
+            "" => String::new(),
+            _ => format!(" (`<name>{suffix}` must fit in 255)"),
+        };
+        format!("has {} bytes, more than {max}{derived}", name.len())
+    } else if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        "contains a control or white-space character".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(TopologyError::new(
+        TopologyErrorKind::Config,
+        format!("{what} `{}` {reason}", shown()),
+    ))
 }
 
 mod opt_millis {

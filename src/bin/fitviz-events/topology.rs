@@ -50,6 +50,8 @@ pub(crate) async fn run(command: Command, json: bool) -> Result<(), Failure> {
         }
         topology = topology.consumer_queue(queue);
     }
+    // Every name is checked before connecting.
+    topology.check()?;
     let connection = topology::connect(&config).await?;
     let report = topology.declare(&connection).await;
     let _ = connection
