@@ -361,7 +361,9 @@ async fn names_that_do_not_fit_exit_3_naming_them_without_a_panic() {
     let long = |n: usize| "q".repeat(n);
     let (q252, q256) = (long(252), long(256));
     let exchange247 = "e".repeat(247);
-    let cases: Vec<(Vec<(&str, &str)>, Vec<&str>, &str)> = vec![
+    // (variables, arguments, what the message says)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vars.clone(),
             vec!["topology", "declare", "--consumer-queue", &q252],
