@@ -409,4 +409,23 @@ mod tests {
         // A long name is shortened in the message.
         assert!(refused(&with(ConsumerQueue::new(q(300)))).len() < 200);
     }
+
+    proptest::proptest! {
+        /// Whatever the names, checking them never panics, and what it accepts fits
+        /// AMQP with every suffix (so declaring cannot panic in lapin).
+        #[test]
+        fn checking_any_names_never_panics(
+            exchange in proptest::prelude::any::<String>(),
+            queue in "\\PC{0,300}",
+            pattern in proptest::prelude::any::<String>(),
+        ) {
+            let topology = Topology::new(exchange.clone())
+                .consumer_queue(ConsumerQueue::new(queue.clone()).bind(pattern.clone()));
+            if topology.check().is_ok() {
+                proptest::prop_assert!(unrouted_name(&exchange).len() <= 255);
+                proptest::prop_assert!(queue.len() + ".dlq".len() <= 255);
+                proptest::prop_assert!(!pattern.is_empty() && pattern.len() <= 255);
+            }
+        }
+    }
 }
