@@ -253,3 +253,103 @@ async fn replay_to_the_exchange_reaches_every_bound_queue() {
     assert_eq!(eventually(&connection, &queue.dlq_name(), 0).await, 0);
     let _ = connection.close(200, "done".into()).await;
 }
+
+/// A queue replayed into itself is not replayed forever (issue 19): after a replay from
+/// the DLQ back into the queue, the message's `x-death` names that queue. Replaying the
+/// queue itself to that queue leaves the message in place; replaying it to the exchange
+/// the queue is bound to moves it once (the copy lands back in the queue) and stops.
+#[tokio::test]
+async fn a_queue_replayed_into_itself_is_replayed_at_most_once() {
+    require_broker!();
+    let name = unique("dead_letters_self");
+    let exchange = format!("{name}.x");
+    let queue = ConsumerQueue::new(format!("{name}.q"))
+        .bind("workout.*")
+        .expires(Duration::from_secs(300));
+    let _leftovers = Leftovers {
+        exchanges: vec![
+            exchange.clone(),
+            queue.dlx_name(),
+            format!("{exchange}.unrouted"),
+        ],
+        queues: vec![
+            queue.name().to_owned(),
+            queue.dlq_name(),
+            format!("{exchange}.unrouted"),
+        ],
+    };
+    let connection = Connection::connect(&broker_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    Topology::new(&exchange)
+        .consumer_queue(queue.clone())
+        .declare(&connection)
+        .await
+        .expect("declare");
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            exchange.as_str().into(),
+            "workout.created".into(),
+            BasicPublishOptions::default(),
+            br#"{"event_type":"workout.created"}"#,
+            BasicProperties::default()
+                .with_message_id("evt-self".into())
+                .with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let got = channel
+        .basic_get(queue.name().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the event");
+    got.delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    let dlq = queue.dlq_name();
+    assert_eq!(eventually(&connection, &dlq, 1).await, 1);
+    let admin = connection.create_channel().await.unwrap();
+    let back = dead_letters::replay(&admin, &dlq, ReplayTo::Queue, None)
+        .await
+        .unwrap();
+    assert_eq!(back.replayed.len(), 1);
+    assert_eq!(eventually(&connection, queue.name(), 1).await, 1);
+
+    // Its x-death names the queue: replaying the queue to "its queue" would loop.
+    let bounded = Duration::from_secs(10);
+    let report = tokio::time::timeout(
+        bounded,
+        dead_letters::replay(&admin, queue.name(), ReplayTo::Queue, Some(200)),
+    )
+    .await
+    .expect("the replay ends")
+    .unwrap();
+    assert!(report.replayed.is_empty(), "{report:?}");
+    assert_eq!(report.into_itself, vec![Some("evt-self".to_owned())]);
+    assert_eq!(eventually(&connection, queue.name(), 1).await, 1);
+
+    // To the exchange the queue is bound to: moved once, the copy is not moved again.
+    let report = tokio::time::timeout(
+        bounded,
+        dead_letters::replay(&admin, queue.name(), ReplayTo::Exchange, None),
+    )
+    .await
+    .expect("the replay ends")
+    .unwrap();
+    assert_eq!(report.replayed.len(), 1, "{report:?}");
+    assert_eq!(
+        eventually(&connection, queue.name(), 1).await,
+        1,
+        "one copy"
+    );
+    let _ = connection.close(200, "done".into()).await;
+}

@@ -111,6 +111,15 @@ pub struct ReplayReport {
     /// Messages left in the dead-letter queue because they have no `x-death` header
     /// (they were not dead-lettered), by `message_id`.
     pub skipped: Vec<Option<String>>,
+    /// Messages left in the queue because their target is the queue being replayed
+    /// (with [`ReplayTo::Queue`], their newest `x-death` names it: a queue replayed
+    /// after an earlier replay into it): a copy would land at its tail and be replayed
+    /// again, forever. Replay the queue they were dead-lettered into instead.
+    pub into_itself: Vec<Option<String>>,
+    /// Whether the replay stopped because a message it had moved came back into the
+    /// queue (replayed to an exchange the queue itself is bound to). A replay also never
+    /// handles more messages than the queue held when it started.
+    pub came_back: bool,
 }
 
 /// One replayed message.
@@ -175,17 +184,41 @@ pub async fn replay(
         .map_err(|e| TopologyError::broker("enabling publisher confirms", e))?;
     let mut report = ReplayReport::default();
     let mut skipped = Vec::new();
+    // What the queue held when the replay started: copies landing at its tail (a target
+    // that routes back into it) are never replayed again.
+    let mut budget: Option<u32> = None;
+    let mut moved = std::collections::HashSet::new();
     let result = async {
         while limit.is_none_or(|limit| report.replayed.len() < limit) {
-            let Some(delivery) = get(channel, queue).await? else {
+            let Some((delivery, left)) = get_counted(channel, queue).await? else {
                 break;
             };
+            let budget = budget.get_or_insert(left.saturating_add(1));
+            if *budget == 0 {
+                skipped.push(delivery);
+                break;
+            }
+            *budget -= 1;
             let letter = describe(&delivery);
             let Some(death) = letter.deaths.first() else {
                 report.skipped.push(letter.message_id.clone());
                 skipped.push(delivery); // held until the end, so it is not got again
                 continue;
             };
+            if to == ReplayTo::Queue && death.queue == queue {
+                report.into_itself.push(letter.message_id.clone());
+                skipped.push(delivery);
+                continue;
+            }
+            if letter
+                .message_id
+                .as_ref()
+                .is_some_and(|id| moved.contains(id))
+            {
+                report.came_back = true;
+                skipped.push(delivery);
+                break;
+            }
             let (exchange, routing_key) = match to {
                 ReplayTo::Queue => (String::new(), death.queue.clone()),
                 ReplayTo::Exchange => (
@@ -211,6 +244,9 @@ pub async fn replay(
                 .ack(BasicAckOptions::default())
                 .await
                 .map_err(|e| TopologyError::broker("acking the replayed dead letter", e))?;
+            if let Some(id) = &letter.message_id {
+                moved.insert(id.clone());
+            }
             report.replayed.push(Replayed {
                 message_id: letter.message_id,
                 exchange,
@@ -227,10 +263,20 @@ pub async fn replay(
 }
 
 async fn get(channel: &Channel, queue: &str) -> Result<Option<Delivery>, TopologyError> {
+    Ok(get_counted(channel, queue)
+        .await?
+        .map(|(delivery, _)| delivery))
+}
+
+/// The next message, unacked, and how many were left in the queue after it.
+async fn get_counted(
+    channel: &Channel,
+    queue: &str,
+) -> Result<Option<(Delivery, u32)>, TopologyError> {
     channel
         .basic_get(short(queue)?, BasicGetOptions { no_ack: false })
         .await
-        .map(|message| message.map(|m| m.delivery))
+        .map(|message| message.map(|m| (m.delivery, m.message_count)))
         .map_err(|e| TopologyError::broker(&format!("getting from queue `{queue}`"), e))
 }
 

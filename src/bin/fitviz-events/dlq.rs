@@ -81,11 +81,21 @@ pub(crate) async fn run(command: Command, json: bool) -> Result<(), Failure> {
                 let report = dead_letters::replay(&channel, &queue, to, limit).await?;
                 let value = serde_json::to_value(&report).unwrap_or_default();
                 print_result(json, &value, || {
-                    format!(
+                    let mut text = format!(
                         "replayed {} dead letter(s) from {queue}; {} without x-death left in place",
                         report.replayed.len(),
                         report.skipped.len()
-                    )
+                    );
+                    if !report.into_itself.is_empty() {
+                        text += &format!(
+                            "; {} left in place: their x-death names {queue} itself (replay the queue they were dead-lettered into)",
+                            report.into_itself.len()
+                        );
+                    }
+                    if report.came_back {
+                        text += "; stopped: a replayed message came back into the queue";
+                    }
+                    text
                 });
             }
         }
