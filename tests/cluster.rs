@@ -1050,9 +1050,15 @@ async fn memory_alarm_blocks_reported_bounded_breaker_opens_unblock_resumes_same
         state.blocked.is_some(),
         "the connection is not reported blocked: {state:?}"
     );
+    // The monitor samples every 2 ms, but the publishes after the breaker opened are
+    // refused within microseconds, so it can miss the open state (seen once in CI): a
+    // `CircuitOpen` answer is the breaker's own word that it was open.
     assert!(
-        seen.breaker_states().contains(&BreakerState::Open),
-        "the breaker never opened: {:?}",
+        seen.breaker_states().contains(&BreakerState::Open)
+            || outcomes
+                .iter()
+                .any(|(outcome, _)| matches!(outcome, Err(ErrorKind::CircuitOpen))),
+        "the breaker never opened: {:?}; publishes {outcomes:?}",
         seen.breaker
     );
     let text = logs.captured.text();
