@@ -93,6 +93,12 @@ pub fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
         }
         ErrorKind::Unroutable => (StatusCode::INTERNAL_SERVER_ERROR, "unroutable"),
         ErrorKind::Nacked => (StatusCode::INTERNAL_SERVER_ERROR, "nacked"),
+        // The broker refuses this service's publishes: a deployment problem (permissions,
+        // a missing or different exchange) the client cannot fix and retrying will not
+        // cure, so a 500, not a 503 with Retry-After.
+        ErrorKind::AccessRefused => (StatusCode::INTERNAL_SERVER_ERROR, "access_refused"),
+        ErrorKind::NotFound => (StatusCode::INTERNAL_SERVER_ERROR, "not_found"),
+        ErrorKind::PreconditionFailed => (StatusCode::INTERNAL_SERVER_ERROR, "precondition_failed"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "publish_failed"),
     }
 }

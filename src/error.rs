@@ -29,6 +29,20 @@ pub enum ErrorKind {
     Nacked,
     /// The broker returned the event: no queue is bound for its routing key.
     Unroutable,
+    /// The broker refused the publish with `403 ACCESS_REFUSED`: the user may not write
+    /// to the exchange, or the exchange is `internal`. The broker closes the channel
+    /// and stores nothing; a configuration problem, so not retried and not counted
+    /// by the circuit breaker.
+    AccessRefused,
+    /// The broker answered `404 NOT_FOUND`: the exchange does not exist (deleted, or
+    /// never declared with `declare_exchange = false`). Nothing stored, not retried,
+    /// not counted by the circuit breaker.
+    NotFound,
+    /// The broker answered `406 PRECONDITION_FAILED` to the publish or to the
+    /// exchange's declaration (an exchange of that name exists with another type or
+    /// other arguments; a message over the broker's `max_message_size`). Nothing
+    /// stored, not retried, not counted by the circuit breaker.
+    PreconditionFailed,
     /// No confirm arrived within the deadline.
     Timeout,
     /// The circuit breaker is open: the broker has been failing and the event was not sent.
@@ -57,7 +71,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in the order of the README's error table.
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::Validation,
         ErrorKind::MissingOrganization,
         ErrorKind::OrganizationMismatch,
@@ -65,6 +79,9 @@ impl ErrorKind {
         ErrorKind::Config,
         ErrorKind::Nacked,
         ErrorKind::Unroutable,
+        ErrorKind::AccessRefused,
+        ErrorKind::NotFound,
+        ErrorKind::PreconditionFailed,
         ErrorKind::Timeout,
         ErrorKind::Connection,
         ErrorKind::PoolTimeout,
@@ -86,6 +103,9 @@ impl ErrorKind {
             ErrorKind::Config => "config",
             ErrorKind::Nacked => "nacked",
             ErrorKind::Unroutable => "unroutable",
+            ErrorKind::AccessRefused => "access_refused",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::PreconditionFailed => "precondition_failed",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Connection => "connection",
             ErrorKind::PoolTimeout => "pool_timeout",
@@ -113,7 +133,11 @@ impl ErrorKind {
     /// attempt may have reached it; [`PublishError::delivery`] also accounts for that.
     pub fn delivery(self) -> Delivery {
         match self {
-            ErrorKind::Nacked | ErrorKind::Unroutable => Delivery::Refused,
+            ErrorKind::Nacked
+            | ErrorKind::Unroutable
+            | ErrorKind::AccessRefused
+            | ErrorKind::NotFound
+            | ErrorKind::PreconditionFailed => Delivery::Refused,
             ErrorKind::Timeout => Delivery::Unknown,
             _ => Delivery::NotSent,
         }
@@ -128,7 +152,8 @@ pub enum Delivery {
     /// circuit, a closed publisher, a connection that failed before the event was
     /// written). Publishing it again cannot create a duplicate.
     NotSent,
-    /// The broker answered and did not store it (a nack, or returned as unroutable).
+    /// The broker answered and did not store it (a nack, returned as unroutable, or
+    /// refused with 403, 404 or 406).
     Refused,
     /// The event may have been stored: an attempt was written and its confirm was lost
     /// or timed out. Publish it again only with the same `event_id`, so consumers can
@@ -337,7 +362,8 @@ impl PublishError {
     /// Whether trying the same event again after a backoff may succeed: connection
     /// and channel failures, timeouts, an exhausted pool, a blocked connection and a
     /// nack (see [`ErrorKind::Nacked`]) are; validation, missing organization, an event
-    /// too large, unroutable, an open circuit and shutdown are not.
+    /// too large, unroutable, the broker's refusals (403, 404, 406), an open circuit
+    /// and shutdown are not.
     pub fn is_retryable(&self) -> bool {
         self.inner.kind.is_retryable()
     }

@@ -44,7 +44,10 @@
 //! - a success is a confirm, or a refusal of one message: [`Unroutable`](ErrorKind::Unroutable)
 //!   or [`Nacked`](ErrorKind::Nacked) (a queue full with `x-overflow: reject-publish`)
 //!   — the broker answered, it is healthy. A full queue is that event's outcome, not
-//!   the bus's: it must not refuse the events of every other routing key;
+//!   the bus's: it must not refuse the events of every other routing key. The broker's
+//!   refusals ([`AccessRefused`](ErrorKind::AccessRefused),
+//!   [`NotFound`](ErrorKind::NotFound), [`PreconditionFailed`](ErrorKind::PreconditionFailed))
+//!   are answers too: a configuration problem that waiting would not cure;
 //! - any other error (validation, missing organization, shutdown, …) says nothing
 //!   about the broker and is not recorded; a probe that ends so is simply released,
 //!   and the next call becomes the probe;
@@ -164,7 +167,8 @@ use crate::{
 /// What a finished call says about the broker: the one place that decides what the
 /// breaker counts (see "What counts" above).
 ///
-/// - a confirm, `Unroutable` or `Nacked`: success — the broker answered, it is healthy;
+/// - a confirm, `Unroutable`, `Nacked` or a refusal (403, 404, 406): success — the
+///   broker answered, it is healthy;
 /// - a connection error tagged with its connection's generation: a failure counted
 ///   once per generation;
 /// - any other error for which [`PublishError::is_broker_failure`] holds (connection,
@@ -182,7 +186,18 @@ fn verdict(result: &Result<Receipt, PublishError>) -> Verdict {
             }
             _ => Verdict::Failure,
         },
-        Err(e) if matches!(e.kind(), ErrorKind::Unroutable | ErrorKind::Nacked) => Verdict::Success,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::Unroutable
+                    | ErrorKind::Nacked
+                    | ErrorKind::AccessRefused
+                    | ErrorKind::NotFound
+                    | ErrorKind::PreconditionFailed
+            ) =>
+        {
+            Verdict::Success
+        }
         Err(_) => Verdict::Ignore,
     }
 }
@@ -212,6 +227,9 @@ mod tests {
             (ErrorKind::OrganizationMismatch, Verdict::Ignore),
             (ErrorKind::Nacked, Verdict::Success),
             (ErrorKind::Unroutable, Verdict::Success),
+            (ErrorKind::AccessRefused, Verdict::Success),
+            (ErrorKind::NotFound, Verdict::Success),
+            (ErrorKind::PreconditionFailed, Verdict::Success),
             (ErrorKind::Timeout, Verdict::Failure),
             (ErrorKind::CircuitOpen, Verdict::Ignore),
             (ErrorKind::Connection, Verdict::Failure),

@@ -150,6 +150,11 @@ impl ConnectionManager {
                 }
             }
         }
+        // A node that answered with a refusal (no such exchange, no permission) said
+        // more than the ones that could not be reached: report it, with its kind.
+        if let Some(at) = (failures.iter()).position(|(_, error)| is_refusal(error.kind())) {
+            return Err(failures.swap_remove(at).1);
+        }
         let error = match failures.len() {
             1 => failures.pop().map(|(_, error)| error),
             n => {
@@ -245,4 +250,12 @@ pub(crate) async fn close(connection: &Connection, reason: &str) {
     if connection.status().connected() {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;
     }
+}
+
+/// Whether `kind` is one of the broker's refusals (see `refusal.rs`).
+fn is_refusal(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::AccessRefused | ErrorKind::NotFound | ErrorKind::PreconditionFailed
+    )
 }

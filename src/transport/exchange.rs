@@ -80,6 +80,19 @@ impl Exchange {
             .await;
         }
         result.map_err(|e| {
+            let refused = super::refusal::refused(
+                || {
+                    if self.passive {
+                        format!("the check that the exchange `{}` exists", self.name)
+                    } else {
+                        format!("the declaration of the exchange `{}`", self.name)
+                    }
+                },
+                &e,
+            );
+            if let Some(refused) = refused {
+                return refused;
+            }
             let what = if self.passive {
                 format!("the exchange `{}` does not exist", self.name)
             } else {

@@ -7,6 +7,7 @@
 //! | `basic.ack` with a `basic.return` for this event (`mandatory`, no queue bound) | by [`UnroutablePolicy`]: kept in `<exchange>.unrouted` (`Ok`, [`Routing::Kept`]), [`ErrorKind::Unroutable`], or `Ok` with [`Routing::Dropped`] |
 //! | `basic.nack` | [`ErrorKind::Nacked`] |
 //! | channel or connection lost after the event was written | [`ErrorKind::Connection`], [`maybe_delivered`](PublishError::maybe_delivered) |
+//! | channel closed by the broker with `403`, `404` or `406` after the event was written (no write permission or an `internal` exchange; no such exchange; a message over `max_message_size`) | [`ErrorKind::AccessRefused`], [`ErrorKind::NotFound`], [`ErrorKind::PreconditionFailed`]: not stored, not retried, not counted by the breaker |
 //! | channel already closed: not written | [`ErrorKind::Connection`] |
 //! | no confirm after `confirm_timeout`, and no answer to a round trip on the connection within `min(confirm_timeout, 2 s)` | [`ErrorKind::Timeout`], [`maybe_delivered`](PublishError::maybe_delivered) |
 //!
@@ -41,6 +42,7 @@ mod health;
 mod liveness;
 mod pool;
 mod reconnect;
+mod refusal;
 mod tls;
 mod unrouted;
 
@@ -277,7 +279,8 @@ impl AmqpPublish {
             Outcome::Routed => sent.finish(None),
             Outcome::Unroutable { .. } => sent.finish(Some(ErrorKind::Unroutable)),
             Outcome::Nacked => sent.finish(Some(ErrorKind::Nacked)),
-            Outcome::Failed(_) | Outcome::Unknown => sent.finish(Some(ErrorKind::Connection)),
+            Outcome::Failed(error) => sent.finish(Some(failed_kind(error.as_ref()))),
+            Outcome::Unknown => sent.finish(Some(ErrorKind::Connection)),
         }
         match outcome {
             // A channel may nack whatever it carries (a quorum queue whose leader is
@@ -352,7 +355,8 @@ impl AmqpPublish {
             Outcome::Routed => sent.finish(None),
             Outcome::Unroutable { .. } => sent.finish(Some(ErrorKind::Unroutable)),
             Outcome::Nacked => sent.finish(Some(ErrorKind::Nacked)),
-            Outcome::Failed(_) | Outcome::Unknown => sent.finish(Some(ErrorKind::Connection)),
+            Outcome::Failed(error) => sent.finish(Some(failed_kind(error.as_ref()))),
+            Outcome::Unknown => sent.finish(Some(ErrorKind::Connection)),
         }
         match outcome {
             Outcome::Nacked => channel.retire_after_nack(),
@@ -514,6 +518,14 @@ impl Future for ResponseFuture {
     }
 }
 
+/// The kind a channel failure after the event was written ends with: a refusal's own
+/// kind when the broker closed the channel with 403, 404 or 406, `Connection` otherwise.
+fn failed_kind(error: Option<&lapin::Error>) -> ErrorKind {
+    error
+        .and_then(refusal::refusal)
+        .map_or(ErrorKind::Connection, |(kind, _, _)| kind)
+}
+
 /// The broker's answer as the publish's result; `generation` is the connection's,
 /// which connection errors carry for the circuit breaker.
 fn outcome_to_result(
@@ -541,6 +553,12 @@ fn outcome_to_result(
             "the broker refused the event (basic.nack)",
         )),
         Outcome::Failed(error) => {
+            let refused = error.as_ref().and_then(|error| {
+                refusal::refused(|| format!("the publish to exchange `{exchange}`"), error)
+            });
+            if let Some(refused) = refused {
+                return Err(refused);
+            }
             let err = PublishError::new(
                 ErrorKind::Connection,
                 "the channel closed before the broker confirmed the event",

@@ -80,7 +80,11 @@ impl From<PublishError> for Failure {
             | ErrorKind::MissingOrganization
             | ErrorKind::OrganizationMismatch
             | ErrorKind::TooLarge => INVALID,
-            ErrorKind::Unroutable | ErrorKind::Nacked => REFUSED,
+            ErrorKind::Unroutable
+            | ErrorKind::Nacked
+            | ErrorKind::AccessRefused
+            | ErrorKind::NotFound
+            | ErrorKind::PreconditionFailed => REFUSED,
             ErrorKind::Timeout
             | ErrorKind::CircuitOpen
             | ErrorKind::Connection

@@ -12,7 +12,7 @@
 //! | 2 | usage: unknown command, missing or malformed argument (clap) |
 //! | 3 | configuration: an invalid `FITVIZ_EVENTS_*` variable |
 //! | 4 | invalid event: validation, organization, too large — nothing was sent |
-//! | 5 | refused by the broker: unroutable, nacked, a conflicting or missing queue, access refused |
+//! | 5 | refused by the broker: unroutable, nacked, a conflicting or missing queue or exchange, access refused (403), precondition failed (406) |
 //! | 6 | broker unavailable: connection, timeout, blocked, circuit open, queue full, shutdown |
 
 mod dlq;
@@ -32,7 +32,7 @@ use clap::{Parser, Subcommand};
 ///
 /// Exit codes: 0 success, 1 other failure, 2 usage, 3 configuration, 4 invalid event
 /// (nothing sent), 5 refused by the broker (unroutable, nacked, conflicting or missing
-/// queue), 6 broker unavailable.
+/// queue or exchange, access refused), 6 broker unavailable.
 #[derive(Debug, Parser)]
 #[command(name = "fitviz-events", version)]
 struct Cli {
