@@ -24,6 +24,7 @@
 //!   producer span in every message, through `opentelemetry` 0.33 and
 //!   `tracing-opentelemetry` 0.34 (see [`telemetry`]).
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(
     missing_docs,
     missing_debug_implementations,
