@@ -10,11 +10,29 @@
 //!   text format, `GET /ready` (200, or 503 with the reasons while the publisher cannot
 //!   publish: not connected, blocked by the broker, circuit open), `GET /live` (always
 //!   200: it never looks at the broker), `GET /health` (the circuit breaker's and the
-//!   connection's state, always 200); a tower-http `TraceLayer` opens a span per request,
-//!   and with `--features opentelemetry` that span continues an incoming W3C
+//!   connection's state and counts, always 200); a tower-http `TraceLayer` opens a span
+//!   per request, and with `--features opentelemetry` that span continues an incoming W3C
 //!   `traceparent`, so the events a request publishes carry its trace id;
+//! - the probe and metrics routes need no organization, so they show no secret: `/health`
+//!   and `/ready` show states, counts and what is wrong, never the broker's user,
+//!   addresses or URL (the last connection error names them: it is in the logs, not in
+//!   the answers);
+//! - a slow client cannot hold a connection: its request's headers must arrive within
+//!   [`HEADER_READ_TIMEOUT`] (also the longest a keep-alive connection stays idle), its
+//!   body may not stall for more than [`BODY_READ_TIMEOUT`], and a whole request takes at
+//!   most [`REQUEST_TIMEOUT`] (408) — `axum::serve` has no header timeout, so the app
+//!   serves its connections with hyper's HTTP/1 builder itself ([`serve`]);
 //! - SIGTERM (how containers and systemd stop a service) or Ctrl-C shuts down gracefully:
-//!   requests in progress finish, then `publisher.close()` flushes the detached queue.
+//!   no new connection is accepted, requests in progress get [`SHUTDOWN_GRACE`] to
+//!   finish, the connections still open then are closed, and `publisher.close()` always
+//!   runs, flushing the detached queue (for at most the publish deadline,
+//!   `FITVIZ_EVENTS_PUBLISH_TIMEOUT_MS`, 15 s by default). From SIGTERM to exit takes at
+//!   most the grace plus that deadline (25 s by default) and the demo queue's deletion:
+//!   give the container runtime a longer stop timeout (Kubernetes waits 30 s by default;
+//!   `docker stop` 10 s unless `--time` or Compose's `stop_grace_period` says more).
+//!
+//! `DEMO_HEADER_READ_TIMEOUT_MS`, `DEMO_BODY_READ_TIMEOUT_MS` and `DEMO_SHUTDOWN_GRACE_MS`
+//! override the three for a test (`.ci/smoke-examples` shortens them).
 //!
 //! ```sh
 //! cargo run --example axum_app            # listens on 127.0.0.1:3000, or $PORT
@@ -35,6 +53,8 @@
 
 mod common;
 
+use std::{pin::pin, time::Duration};
+
 use axum::{
     Json, Router,
     extract::Request,
@@ -50,8 +70,48 @@ use fitviz_events::{
     events::{BookingConfirmed, WorkoutCreated},
     http::{EventPublishLayer, Publisher},
 };
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+
+/// How long a client may take to send a request's headers, from when the server starts
+/// reading them: on a new connection, and after each response of a keep-alive connection
+/// (so an idle keep-alive connection is closed after this long too). Hyper then closes
+/// the connection. `DEMO_HEADER_READ_TIMEOUT_MS` overrides it.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request body may stall: tower-http's `RequestBodyTimeoutLayer` fails the
+/// body when no byte of it arrived for this long (the handler answers 400 and the
+/// connection is closed). It bounds each wait, not the whole body: [`REQUEST_TIMEOUT`]
+/// does. `DEMO_BODY_READ_TIMEOUT_MS` overrides it.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest a request may take, its body and its publish included: tower-http's
+/// `TimeoutLayer` answers 408 then, so a client trickling its body a byte at a time
+/// cannot hold a request forever. Raised to the publish deadline plus
+/// [`BODY_READ_TIMEOUT`] when that is longer, so it does not cut a publish short.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After SIGTERM or Ctrl-C, how long the open connections get to finish their requests
+/// before they are closed; the publisher is closed (and the detached events flushed)
+/// after, whatever the clients do. `DEMO_SHUTDOWN_GRACE_MS` overrides it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// `default`, or the milliseconds in the environment variable `name`.
+fn millis_from_env(name: &str, default: Duration) -> Result<Duration, String> {
+    match std::env::var(name) {
+        Ok(ms) => ms
+            .parse()
+            .map(Duration::from_millis)
+            .map_err(|error| format!("{name}: {error} (milliseconds expected), got `{ms}`")),
+        Err(_) => Ok(default),
+    }
+}
 
 /// The routes a probe or a scraper calls, without an organization.
 const UNAUTHENTICATED: &[&str] = &["/health", "/live", "/ready", "/metrics"];
@@ -133,15 +193,18 @@ async fn payment_failed(
     Ok(StatusCode::CREATED)
 }
 
+/// States and counts only: the probe routes need no organization, so they show nothing
+/// an attacker could use — not the broker's user, addresses (`node`) or URL, nor the
+/// last connection error, which names them (the publisher logs it).
 async fn health(
     axum::extract::State(publisher): axum::extract::State<EventPublisher>,
 ) -> Json<Value> {
     let connection = publisher.connection_state().map(|c| {
         json!({
             "connected": c.connected,
-            "node": c.node,
-            "blocked": c.blocked,
-            "last_error": c.last_error,
+            "blocked": c.blocked.is_some(),
+            "failed_attempts": c.failed_attempts,
+            "connections_lost": c.connections_lost,
         })
     });
     Json(json!({
@@ -153,15 +216,28 @@ async fn health(
 }
 
 /// Readiness: can this instance publish now? 503 with the reasons when it cannot, so
-/// that the load balancer sends the requests to another instance meanwhile.
+/// that the load balancer sends the requests to another instance meanwhile. Each reason
+/// up to its first colon: what is wrong ("not connected to the broker"), without the
+/// detail, which names the broker's user and address.
 async fn ready(axum::extract::State(publisher): axum::extract::State<EventPublisher>) -> Response {
     match publisher.readiness() {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
-        Err(not_ready) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not ready", "reasons": not_ready.reasons })),
-        )
-            .into_response(),
+        Err(not_ready) => {
+            let reasons: Vec<&str> = not_ready
+                .reasons
+                .iter()
+                .map(|reason| {
+                    reason
+                        .split_once(':')
+                        .map_or(reason.as_str(), |(what, _)| what)
+                })
+                .collect();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "not ready", "reasons": reasons })),
+            )
+                .into_response()
+        }
     }
 }
 
@@ -171,9 +247,73 @@ async fn live() -> &'static str {
     "ok"
 }
 
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting, gives the
+/// open connections `grace` to finish their requests and closes those still open.
+///
+/// `axum::serve` sets no header read timeout (hyper has one, but only with a timer) and
+/// waits for every connection on shutdown, however long a client keeps one open; this
+/// is its accept loop with both, on hyper's HTTP/1 connection (`hyper-util`'s
+/// `GracefulShutdown` asks each connection to close once its request is answered).
+async fn serve(
+    mut listener: tokio::net::TcpListener,
+    app: Router,
+    header_read_timeout: Duration,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        tokio::select! {
+            // axum's `Listener::accept` retries on errors (a full file table, ...).
+            (stream, _peer) = axum::serve::Listener::accept(&mut listener) => {
+                let service = TowerToHyperService::new(app.clone());
+                let connection =
+                    graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                connections.spawn(async move {
+                    if let Err(error) = connection.await {
+                        // A header read timeout, a client gone, ...
+                        tracing::debug!(%error, "connection closed with an error");
+                    }
+                });
+            }
+            // Reaps the finished connections' tasks.
+            Some(_) = connections.join_next() => {}
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        ?grace,
+        "shutting down: no new connections, the open ones get the grace to finish"
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        connections.abort_all();
+        let mut closed = 0;
+        while let Some(ended) = connections.join_next().await {
+            closed += usize::from(ended.is_err_and(|error| error.is_cancelled()));
+        }
+        tracing::warn!(
+            closed,
+            "closed the connections still open after the shutdown grace"
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     common::init_tracing();
+    let header_read_timeout = millis_from_env("DEMO_HEADER_READ_TIMEOUT_MS", HEADER_READ_TIMEOUT)?;
+    let body_read_timeout = millis_from_env("DEMO_BODY_READ_TIMEOUT_MS", BODY_READ_TIMEOUT)?;
+    let shutdown_grace = millis_from_env("DEMO_SHUTDOWN_GRACE_MS", SHUTDOWN_GRACE)?;
     // Before the publisher is built: it registers its instruments on first use.
     let metrics = common::install_prometheus()?;
     let config = PublisherConfig::from_env()?;
@@ -181,6 +321,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let demo_queue =
         std::sync::Arc::new(DemoQueue::declare_new("fitviz.events.axum_app", "#", &config).await?);
     let renew = demo_queue.renew_in_background();
+    let request_timeout = REQUEST_TIMEOUT.max(config.publish_timeout + body_read_timeout);
 
     let app = Router::new()
         .route("/workouts", post(create_workout))
@@ -204,17 +345,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .with_state(publisher.clone())
         .layer(EventPublishLayer::new(publisher.clone()))
         .layer(middleware::from_fn(toy_auth))
-        // Outermost: the request span covers the auth and the publish.
+        .layer(RequestBodyTimeoutLayer::new(body_read_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        // Outermost: the request span covers the auth, the publish and a 408.
         .layer(common::http_trace_layer());
 
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    serve(
+        listener,
+        app,
+        header_read_timeout,
+        shutdown_grace,
+        shutdown_signal(),
+    )
+    .await;
 
-    // Flush the detached queue: an event accepted just before the signal is published.
+    // Always, even when a client held its connection past the grace: flush the detached
+    // queue, so an event accepted just before the signal is published.
     let report = publisher.close().await;
     tracing::info!(
         published = report.published,
