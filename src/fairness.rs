@@ -11,10 +11,8 @@
 //! `try_acquire`: no await, no allocation (an organization's counter is created on its
 //! first publish and kept; idle ones are dropped when a shard has many).
 //!
-//! The default stack puts it inside the overall deadline, outside the retry, so a
-//! publish holds its share across retries and backoff:
-//! overall deadline → **fair share** → retry → circuit breaker → attempt deadline →
-//! transport. Its limit is `max_in_flight_per_organization_percent` of the transport's
+//! The default stack ([the map](crate::stack)) puts it inside the overall deadline,
+//! outside the retry, so a publish holds its share across retries and backoff. Its limit is `max_in_flight_per_organization_percent` of the transport's
 //! in-flight capacity (`pool_size × max_in_flight`). Detached events are delivered
 //! through the same stack, so they share their organization's limit; the detached
 //! queue has a share of its own (`detached_share_per_organization_percent`).

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | crate root | [`EventPublisher`], [`PublisherConfig`], [`Event`], [`PublishError`], [`SchemaRegistry`], … |
 //! | [`events`] | the eleven built-in FitViz events |
+//! | [`stack`] | the map: every layer of the publish stack in order, and what each needs from the ones outside it |
 //! | [`validate`], [`organization`], [`envelope`] | the front of the stack: one Tower middleware each |
 //! | [`timeout`], [`fairness`], [`retry`], [`circuit_breaker`] | the delivery stack: one Tower middleware each |
 //! | [`transport`] | [`AmqpPublish`](transport::AmqpPublish): the confirmed publish on a pool of channels |
@@ -50,6 +51,7 @@ pub mod organization;
 mod publisher;
 pub mod retry;
 mod schema;
+pub mod stack;
 pub mod telemetry;
 pub mod testing;
 pub mod timeout;

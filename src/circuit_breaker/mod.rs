@@ -67,11 +67,8 @@
 //! soon as the open period is over, before a probe arrives.
 //!
 //! # Where it goes
-//! The recommended order, outermost first:
-//!
-//! ```text
-//! Validation → Organization → Timeout(overall) → Retry → CircuitBreaker → Timeout(attempt) → transport
-//! ```
+//! Where the default stack puts it: inside the retry, outside the attempt deadline
+//! (see [the map](crate::stack) for the whole order). Why:
 //!
 //! - Validation and organization first: a bad event is rejected before it costs a
 //!   retry or counts against the broker.

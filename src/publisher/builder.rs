@@ -55,7 +55,7 @@ struct Parts {
     fair: Option<FairShareLayer>,
 }
 
-/// The front of the stack: validation → organization → envelope. Every event passes
+/// The front of the stack (stages 2–4 of the [map](crate::stack)). Every event passes
 /// it once, before it is published or queued.
 #[derive(Clone)]
 pub(super) struct Front {
@@ -82,7 +82,24 @@ impl Front {
         S: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
     {
-        BoxCloneSyncService::new(telemetry.layer(self.layer(inner)))
+        BoxCloneSyncService::new(self.observed(telemetry, inner))
+    }
+
+    /// Stages 1–4 of the [map](crate::stack) over `inner`, unboxed.
+    fn observed<S>(
+        &self,
+        telemetry: &TelemetryLayer,
+        inner: S,
+    ) -> impl Service<Event, Response = Receipt, Error = PublishError, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+    where
+        S: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        telemetry.layer(self.layer(inner))
     }
 
     fn layer<S>(
@@ -309,9 +326,8 @@ impl EventPublisherBuilder {
         self.config.publish_timeout
     }
 
-    /// The default delivery stack, outermost first: overall deadline → fair share per
-    /// organization → retry → circuit breaker → per-attempt deadline (`attempt`) →
-    /// transport.
+    /// The default delivery stack: stages 5–10 of the [map](crate::stack), with
+    /// `attempt` as the attempt deadline.
     ///
     /// Returned unboxed: `publish` boxes it once together with the front.
     fn delivery<T>(
@@ -376,5 +392,27 @@ impl EventPublisherBuilder {
             breaker.map(|b| b.handle()),
             fair,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{stack, testing::MemorySink};
+
+    /// The stack the builder composes is the map in `stack.rs`, stage for stage.
+    #[tokio::test]
+    async fn the_default_stack_is_the_map() {
+        let builder = EventPublisher::builder(PublisherConfig::default());
+        let telemetry = builder.telemetry_layer(Arc::new(Instruments::new("fitviz.events")));
+        let delivery = builder.delivery(
+            &builder.breaker_layer(),
+            &builder.fair_share_layer(),
+            MemorySink::new(),
+            Duration::from_secs(1),
+        );
+        let service = builder.front().observed(&telemetry, delivery);
+        let composed = stack::stages_of(std::any::type_name_of_val(&service));
+        assert_eq!(composed, stack::PUBLISH);
     }
 }

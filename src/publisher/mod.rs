@@ -1,10 +1,9 @@
 //! [`EventPublisher`]: the cheap-to-clone handle web handlers publish through.
 //!
-//! Data flows one way. Every event passes the *front* once — validation →
-//! organization → envelope — and then:
+//! Data flows one way, through the layers of the [map](crate::stack). Every event
+//! passes the *front* once, and then:
 //!
-//! - [`publish`](EventPublisher::publish): the *delivery* stack — telemetry → overall
-//!   deadline → fair share → retry → circuit breaker → per-attempt deadline → transport;
+//! - [`publish`](EventPublisher::publish): the *delivery* stack;
 //! - [`spawn`](EventPublisher::spawn): a bounded queue, drained in the background
 //!   through the same delivery stack.
 

@@ -1,0 +1,192 @@
+//! The map of the publish stack: every layer an event passes, outermost first, and what
+//! each needs from the layers outside it. This is the one place the order is written;
+//! the [`EventPublisher`](crate::EventPublisher)'s builder composes exactly this (a test
+//! reads the composed service's type and compares it with [`PUBLISH`]), and every other
+//! page links here.
+//!
+//! | # | stage | module | part | what it does | what it needs from the layers outside it |
+//! |---|---|---|---|---|---|
+//! | 1 | telemetry | [`telemetry`](crate::telemetry) | front | the producer span, the duration and outcome metrics — outermost, so they cover validation too | nothing |
+//! | 2 | validation | [`validate`](crate::validate) | front | checks the type name, ids, headers and the data against the schema registry (skipped with `validation = false`) | nothing |
+//! | 3 | organization | [`organization`](crate::organization) | front | gives the event its organization id: its own, the request's (put there by [`http::EventPublishLayer`](crate::http::EventPublishLayer)), or the builder's source; refuses a missing or mismatched one | a valid event |
+//! | 4 | envelope | [`envelope`](crate::envelope) | front | stamps source, schema version and correlation id | the event's organization |
+//! | 5 | deadline | [`timeout`](crate::timeout) | delivery | bounds the whole publish by `publish_timeout`, retries included | a complete event |
+//! | 6 | fair share | [`fairness`](crate::fairness) | delivery | caps each organization's share of the publishes in flight, held across retries | the organization id |
+//! | 7 | retry | [`retry`](crate::retry) | delivery | tries a retryable failure again with exponential backoff and jitter, the same `event_id` | the overall deadline outside it, so backoff never outlives the publish |
+//! | 8 | circuit breaker | [`circuit_breaker`](crate::circuit_breaker) | delivery | counts broker failures per attempt (a lost connection once) and refuses at once while open | the retry outside it: `CircuitOpen` is not retryable, so the retry stops at once |
+//! | 9 | attempt deadline | [`timeout`](crate::timeout) | delivery | bounds one attempt (over AMQP: a backstop at `publish_timeout`; the transport bounds its own waits) | nothing |
+//! | 10 | transport | [`transport`](crate::transport) | delivery | publishes on a pooled confirm-mode channel and resolves with the broker's answer for this event | an encoded-ready event: validated, stamped, with its organization |
+//!
+//! The **front** (1–4) runs once per event, before [`publish`](crate::EventPublisher::publish)
+//! delivers it or [`spawn`](crate::EventPublisher::spawn) queues it; the **delivery**
+//! (5–10) publishes it, for `spawn` from a background worker (in its own producer span).
+//! [`build_with_delivery`](crate::EventPublisherBuilder::build_with_delivery) replaces
+//! 5–10 with a stack of your own behind the same front.
+//!
+//! ```
+//! use fitviz_events::stack::{PUBLISH, Part, Stage};
+//!
+//! let names: Vec<&str> = PUBLISH.iter().map(|stage| stage.name()).collect();
+//! assert_eq!(names, [
+//!     "telemetry", "validation", "organization", "envelope",
+//!     "deadline", "fair share", "retry", "circuit breaker", "attempt deadline", "transport",
+//! ]);
+//! assert_eq!(PUBLISH.iter().filter(|stage| stage.part() == Part::Front).count(), 4);
+//! assert_eq!(PUBLISH.last(), Some(&Stage::Transport));
+//! ```
+
+/// One layer of the publish stack.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// The producer span and the metrics ([`crate::telemetry`]).
+    Telemetry,
+    /// Schema and field checks ([`crate::validate`]).
+    Validation,
+    /// The organization id ([`crate::organization`]).
+    Organization,
+    /// Source, schema version, correlation id ([`crate::envelope`]).
+    Envelope,
+    /// The whole publish's deadline ([`crate::timeout`]).
+    Deadline,
+    /// Each organization's share of the publishes in flight ([`crate::fairness`]).
+    FairShare,
+    /// Retries with backoff ([`crate::retry`]).
+    Retry,
+    /// The circuit breaker ([`crate::circuit_breaker`]).
+    CircuitBreaker,
+    /// One attempt's deadline ([`crate::timeout`]).
+    AttemptDeadline,
+    /// The confirmed publish ([`crate::transport`]).
+    Transport,
+}
+
+/// Which part of the stack a stage belongs to.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// Runs once per event, before it is published or queued (telemetry wraps it too).
+    Front,
+    /// Publishes the event; replaceable with `build_with_delivery`.
+    Delivery,
+}
+
+/// The default stack, outermost first.
+pub const PUBLISH: [Stage; 10] = [
+    Stage::Telemetry,
+    Stage::Validation,
+    Stage::Organization,
+    Stage::Envelope,
+    Stage::Deadline,
+    Stage::FairShare,
+    Stage::Retry,
+    Stage::CircuitBreaker,
+    Stage::AttemptDeadline,
+    Stage::Transport,
+];
+
+impl Stage {
+    /// The stage's name, as the table above writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Telemetry => "telemetry",
+            Stage::Validation => "validation",
+            Stage::Organization => "organization",
+            Stage::Envelope => "envelope",
+            Stage::Deadline => "deadline",
+            Stage::FairShare => "fair share",
+            Stage::Retry => "retry",
+            Stage::CircuitBreaker => "circuit breaker",
+            Stage::AttemptDeadline => "attempt deadline",
+            Stage::Transport => "transport",
+        }
+    }
+
+    /// The front or the delivery.
+    pub fn part(self) -> Part {
+        match self {
+            Stage::Telemetry | Stage::Validation | Stage::Organization | Stage::Envelope => {
+                Part::Front
+            }
+            _ => Part::Delivery,
+        }
+    }
+}
+
+/// The stages a composed service's type nests, outermost first, read from its type
+/// name (`Telemetry<Validate<Organization<…>>>`): how the builder's test checks that
+/// what it composes is [`PUBLISH`]. An optional layer (`Either<A, B>`) is followed into
+/// `A`; tower's `Retry<Policy, S>` into `S`; any other layer into its first parameter.
+#[cfg(test)]
+pub(crate) fn stages_of(type_name: &str) -> Vec<Stage> {
+    /// The type's last path segment and its generic parameters, as text.
+    fn split(ty: &str) -> (&str, Vec<&str>) {
+        let ty = ty.trim();
+        let Some(open) = ty.find('<') else {
+            return (ty.rsplit("::").next().unwrap_or(ty), Vec::new());
+        };
+        let head = &ty[..open];
+        let inner = &ty[open + 1..ty.len() - 1];
+        let (mut params, mut depth, mut from) = (Vec::new(), 0, 0);
+        for (at, c) in inner.char_indices() {
+            match c {
+                '<' => depth += 1,
+                '>' => depth -= 1,
+                ',' if depth == 0 => {
+                    params.push(&inner[from..at]);
+                    from = at + 1;
+                }
+                _ => {}
+            }
+        }
+        params.push(&inner[from..]);
+        (head.rsplit("::").next().unwrap_or(head), params)
+    }
+    let mut stages = Vec::new();
+    let mut ty = type_name;
+    loop {
+        let (name, params) = split(ty);
+        let (stage, inner) = match name {
+            "Telemetry" => (Some(Stage::Telemetry), params.first()),
+            "Either" => (None, params.first()),
+            "Validate" => (Some(Stage::Validation), params.first()),
+            "Organization" => (Some(Stage::Organization), params.first()),
+            "Envelope" => (Some(Stage::Envelope), params.first()),
+            "Timeout" if stages.contains(&Stage::Deadline) => {
+                (Some(Stage::AttemptDeadline), params.first())
+            }
+            "Timeout" => (Some(Stage::Deadline), params.first()),
+            "FairShare" => (Some(Stage::FairShare), params.first()),
+            "Retry" => (Some(Stage::Retry), params.last()),
+            "CircuitBreaker" => (Some(Stage::CircuitBreaker), params.first()),
+            "MemorySink" | "AmqpPublish" => (Some(Stage::Transport), None),
+            other => panic!("an unknown layer `{other}` in {type_name}"),
+        };
+        stages.extend(stage);
+        match inner {
+            Some(inner) => ty = inner,
+            None => return stages,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_are_read_from_a_type_name_outermost_first() {
+        let name = "a::Telemetry<tower::util::either::Either<b::Validate<c::Organization<d::Envelope<e::Timeout<f::FairShare<tower::retry::Retry<g::Policy, h::CircuitBreaker<e::Timeout<t::MemorySink>>>>>>>>, c::Organization<d::Envelope<x>>>>";
+        assert_eq!(stages_of(name), PUBLISH);
+        assert_eq!(
+            stages_of("a::Retry<b::Timeout<t::AmqpPublish>>"),
+            [Stage::Retry, Stage::Deadline, Stage::Transport]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "an unknown layer `Mystery`")]
+    fn an_unknown_layer_is_not_skipped() {
+        stages_of("a::Retry<b::Mystery<t::AmqpPublish>>");
+    }
+}
