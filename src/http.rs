@@ -251,9 +251,9 @@ impl OrganizationHeaderLayer {
         let reason = match std::str::from_utf8(value.as_bytes()) {
             Ok(text) => match OrganizationId::parse(text) {
                 Ok(org) => return Ok(Some(org)),
-                Err(invalid) => invalid.reason(),
+                Err(invalid) => invalid.reason().to_owned(),
             },
-            Err(_) => "is not UTF-8",
+            Err(_) => "is not UTF-8".to_owned(),
         };
         let message = format!("invalid {} header: {reason}", self.header);
         Err(serde_json::json!({
