@@ -446,3 +446,37 @@ async fn an_invisible_character_in_the_organization_header_is_400_naming_it() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(sink.count(), 1);
 }
+
+/// A request with two `X-Organization-Id` headers — even two valid ones, even the same
+/// one twice — is 400 naming the header: never silently the first (issue 19).
+#[tokio::test]
+async fn a_duplicated_organization_header_is_400_naming_it() {
+    let sink = MemorySink::new();
+    let publisher =
+        EventPublisher::builder(PublisherConfig::default()).build_with_transport(sink.clone());
+    let app = app(publisher);
+    for (first, second) in [("org-1", "org-2"), ("org-1", "org-1"), ("org-1", " ")] {
+        let request = Request::post("/workouts")
+            .header("x-organization-id", first)
+            .header("X-Organization-Id", second)
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{first:?} {second:?}"
+        );
+        let body = body_json(response).await;
+        assert_eq!(body["error"], "invalid_header", "{body}");
+        assert_eq!(body["header"], "x-organization-id", "{body}");
+        assert_eq!(
+            body["message"], "invalid x-organization-id header: is given more than once",
+            "{body}"
+        );
+    }
+    assert_eq!(sink.count(), 0);
+    let response = app.oneshot(post_as("org-1")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(sink.count(), 1);
+}
