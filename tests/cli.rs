@@ -85,6 +85,75 @@ fn a_usage_error_exits_2_and_a_bad_setting_exits_3() {
     assert_eq!(message.lines().count(), 1, "one line: {message}");
 }
 
+/// With `--json` anywhere — also after the argument clap failed at — a usage error is
+/// one JSON line on stdout, `"error":"usage"` with a one-line message, and exit 2; without
+/// it, clap's text on stderr (issue 19).
+#[test]
+fn with_json_a_usage_error_is_one_json_line_exiting_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--json", "publsh"], "unrecognized subcommand 'publsh'"),
+        (&["publsh", "--json"], "unrecognized subcommand 'publsh'"),
+        (
+            &["publish", "workout.created", "{}", "--bogus", "--json"],
+            "unexpected argument '--bogus' found",
+        ),
+        (
+            &["--json", "publish", "workout.created"],
+            "the following required arguments were not provided: <DATA>",
+        ),
+        (
+            &[
+                "publish",
+                "workout.created",
+                "{}",
+                "--version",
+                "x",
+                "--json",
+            ],
+            "invalid value 'x' for '--version <V>'",
+        ),
+        (&["--json", "dlq"], "a subcommand is required"),
+        (
+            &["dlq", "list", "q", "--limit", "many", "--json"],
+            "invalid value 'many'",
+        ),
+    ];
+    for (args, says) in cases {
+        let output = run(&[], args);
+        assert_eq!(code(&output), 2, "{args:?}: {}", stderr(&output));
+        let out = stdout(&output);
+        assert_eq!(out.lines().count(), 1, "{args:?}: one line: {out}");
+        let error: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"));
+        assert_eq!(error["error"], "usage", "{args:?}: {error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(says), "{args:?}: {message}");
+        assert!(!message.contains('\n'), "{args:?}: {message}");
+        assert!(!message.starts_with("error:"), "{args:?}: {message}");
+        assert_eq!(error.as_object().unwrap().len(), 2, "{error}");
+        assert!(stderr(&output).is_empty(), "{args:?}: {}", stderr(&output));
+    }
+    // Without `--json`, or with it only after `--` (a value, not the flag): clap's text.
+    for args in [
+        &["publsh"][..],
+        &["publish", "t", "{}", "--bogus"],
+        &["publsh", "--", "--json"],
+    ] {
+        let output = run(&[], args);
+        assert_eq!(code(&output), 2, "{args:?}");
+        assert!(stdout(&output).is_empty(), "{args:?}: {}", stdout(&output));
+        assert!(
+            stderr(&output).starts_with("error: "),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+    // Help and version still print as text and succeed.
+    let output = run(&[], &["--json", "--help"]);
+    assert_eq!(code(&output), 0);
+    assert!(stdout(&output).contains("Usage:"), "{}", stdout(&output));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_prints_the_receipt_of_a_confirmed_event() {
     require_broker!();
