@@ -21,6 +21,32 @@ fn run(vars: &[(&str, &str)], args: &[&str]) -> Output {
     command.output().expect("run fitviz-events")
 }
 
+/// [`run`], with `input` on stdin.
+fn run_with_stdin(vars: &[(&str, &str)], args: &[&str], input: &[u8]) -> Output {
+    use std::{io::Write, process::Stdio};
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fitviz-events"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FITVIZ_EVENTS_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(vars.iter().copied()).args(args);
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("run fitviz-events");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // Written from another thread: the child may answer before reading it all.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let output = child.wait_with_output().expect("wait for fitviz-events");
+    writer.join().unwrap();
+    output
+}
+
 fn code(output: &Output) -> i32 {
     output.status.code().expect("exited")
 }
@@ -252,6 +278,120 @@ async fn invalid_refused_and_unavailable_have_their_own_exit_codes() {
         "{}",
         stderr(&output)
     );
+    fx.cleanup().await;
+}
+
+/// Data over the 128 KiB a single argument may hold on Linux is published from stdin
+/// (`-`) or a file (`@PATH`); an unreadable file is exit 1 naming it, invalid JSON exit
+/// 4, data over `max_body_bytes` exit 4 `too_large` (issue 19).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reads_data_over_the_argument_limit_from_stdin_or_a_file() {
+    require_broker!();
+    let fx = Fixture::new("cli_bigdata", "#").await;
+    let url = support::broker_url();
+    let vars = vars_for(&fx, &url);
+    // Unknown fields are forwarded: a 200 KiB note, between the 128 KiB argument limit
+    // and the publisher's default `max_body_bytes` (1 MiB).
+    let mut data = workout();
+    data["notes"] = "n".repeat(200 * 1024).into();
+    let text = data.to_string();
+    assert!(text.len() > 128 * 1024 && text.len() < 1024 * 1024);
+    #[cfg(target_os = "linux")]
+    {
+        // As an argument, it cannot even be passed.
+        let err = Command::new(env!("CARGO_BIN_EXE_fitviz-events"))
+            .args(["publish", "workout.created", &text])
+            .output()
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(7), "E2BIG: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.json");
+    std::fs::write(&file, &text).unwrap();
+    let at_file = format!("@{}", file.display());
+    let stdin_args = [
+        "--json",
+        "publish",
+        "workout.created",
+        "-",
+        "--org",
+        "org-1",
+    ];
+    let file_args = [
+        "--json",
+        "publish",
+        "workout.created",
+        &at_file,
+        "--org",
+        "org-1",
+    ];
+    let mut ids = Vec::new();
+    for output in [
+        run_with_stdin(&vars, &stdin_args, text.as_bytes()),
+        run(&vars, &file_args),
+    ] {
+        assert_eq!(code(&output), 0, "{}{}", stdout(&output), stderr(&output));
+        let receipt: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+        assert_eq!(receipt["routing"], "routed");
+        ids.push(receipt["event_id"].as_str().unwrap().to_owned());
+    }
+    let messages = fx.drain().await;
+    assert_eq!(messages.len(), 2);
+    for (message, id) in messages.iter().zip(&ids) {
+        assert_eq!(message.1.message_id().as_ref().unwrap().as_str(), id);
+        let body: serde_json::Value = serde_json::from_slice(&message.0).unwrap();
+        assert_eq!(body["data"], data);
+    }
+
+    // Over `max_body_bytes`: refused as too large, nothing sent.
+    let mut small = vars.clone();
+    small.push(("FITVIZ_EVENTS_MAX_BODY_BYTES", "131072"));
+    for output in [
+        run_with_stdin(&small, &stdin_args, text.as_bytes()),
+        run(&small, &file_args),
+    ] {
+        assert_eq!(code(&output), 4, "{}{}", stdout(&output), stderr(&output));
+        let error: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+        assert_eq!(error["error"], "too_large", "{error}");
+    }
+
+    // An unreadable file: exit 1, one line naming the path.
+    let missing = dir.path().join("missing.json");
+    let at_missing = format!("@{}", missing.display());
+    let output = run(
+        &vars,
+        &["publish", "workout.created", &at_missing, "--org", "o"],
+    );
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.starts_with("fitviz-events: io: "), "{message}");
+    assert!(
+        message.contains(&missing.display().to_string()),
+        "{message}"
+    );
+    assert_eq!(message.lines().count(), 1, "{message}");
+    let output = run(
+        &vars,
+        &[
+            "--json",
+            "publish",
+            "workout.created",
+            &format!("@{}", dir.path().display()),
+        ],
+    );
+    assert_eq!(code(&output), 1, "{}", stdout(&output));
+    let error: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(error["error"], "io");
+
+    // Invalid JSON, from stdin or a file (here not UTF-8 either): exit 4.
+    std::fs::write(&file, b"{\"workout_id\": \xff").unwrap();
+    let output = run(&vars, &file_args);
+    assert_eq!(code(&output), 4, "{}", stdout(&output));
+    let output = run_with_stdin(&vars, &stdin_args, b"not json");
+    assert_eq!(code(&output), 4, "{}", stdout(&output));
+    let error: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(error["error"], "validation", "{error}");
+    assert_eq!(fx.queue_len().await, 0);
     fx.cleanup().await;
 }
 

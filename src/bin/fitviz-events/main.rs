@@ -51,7 +51,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate an event and publish it with a broker confirm; prints the receipt.
+    /// Validate an event and publish it with a broker confirm; prints the receipt. The
+    /// data is an argument, `-` (stdin) or `@PATH` (a file).
     Publish(publish::Args),
     /// The event types and their schemas.
     #[command(subcommand)]
