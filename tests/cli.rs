@@ -559,6 +559,66 @@ async fn topology_declare_then_a_rejected_event_is_replayed_from_the_dlq_exactly
     fx.cleanup().await;
 }
 
+/// `--json dlq list` shows a body that is not UTF-8 whole, in base64 (`body_base64`),
+/// and a UTF-8 one as text (`body`), never both and never lossily (issue 19).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_shows_a_binary_body_in_base64_and_a_text_body_as_text() {
+    use lapin::{
+        BasicProperties,
+        options::{BasicPublishOptions, ConfirmSelectOptions},
+    };
+    require_broker!();
+    let fx = Fixture::new("cli_dlq_binary", "nothing.binds.this").await;
+    let url = support::broker_url();
+    let vars = vars_for(&fx, &url);
+    let channel = fx.connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let binary: &[u8] = &[0xff, 0x00, 0xfe, b'{', 0x80, b'"', 0xc3];
+    let text = "{\"note\":\"café ☕\"}";
+    for (id, body) in [
+        ("bin-1", binary),
+        ("text-1", text.as_bytes()),
+        ("empty-1", b""),
+    ] {
+        channel
+            .basic_publish(
+                "".into(),
+                fx.queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                BasicProperties::default().with_message_id(id.into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let output = run(&vars, &["--json", "dlq", "list", &fx.queue]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let letters: Vec<serde_json::Value> = (stdout(&output).lines())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert_eq!(letters[0]["message_id"], "bin-1");
+    // Standard base64 of ff 00 fe 7b 80 22 c3.
+    assert_eq!(letters[0]["body_base64"], "/wD+e4Aiww==", "{}", letters[0]);
+    assert!(letters[0].get("body").is_none(), "{}", letters[0]);
+    assert_eq!(letters[1]["message_id"], "text-1");
+    assert_eq!(letters[1]["body"], text, "{}", letters[1]);
+    assert!(letters[1].get("body_base64").is_none(), "{}", letters[1]);
+    assert_eq!(letters[2]["body"], "", "{}", letters[2]);
+    // Listed, not consumed.
+    assert_eq!(fx.queue_len().await, 3);
+    let _ = channel.close(200, "done".into()).await;
+    fx.cleanup().await;
+}
+
 /// Names too long for AMQP once the crate's suffixes are added, or empty, or with white
 /// space, are refused with exit 3 and one line naming them — never a panic (issue 19).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
