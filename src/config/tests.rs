@@ -775,6 +775,24 @@ fn url_errors_never_show_the_password() {
             format!("amqp://app:{PW}%ff@rabbit/"),
             "amqp://app:***@rabbit/",
         ),
+        // A raw `/`, `?` or `#` in the password ends the authority: the URL would be the
+        // host `app` and a virtual host, query or fragment holding the password.
+        (
+            format!("amqp://app:/{PW}@rabbit/%2f"),
+            "amqp://app:***@rabbit/%2f",
+        ),
+        (
+            format!("amqp://app:?{PW}@rabbit/"),
+            "amqp://app:***@rabbit/",
+        ),
+        (
+            format!("amqp://app:#{PW}@rabbit/"),
+            "amqp://app:***@rabbit/",
+        ),
+        (
+            format!("amqp://app:5/{PW}@rabbit/"),
+            "amqp://app:***@rabbit/",
+        ),
     ];
     for (url, shown) in cases {
         let env = env_err(&[("FITVIZ_EVENTS_URL", &url)]);
@@ -900,6 +918,22 @@ fn malformed_url_parts_and_query_parameters_are_named() {
             assert_hidden(&format!("{err:?}"), &[PW]);
         }
     }
+    // An `@` after the host is refused, naming the cause.
+    let err = format!("amqp://app:/{PW}@rabbit/")
+        .parse::<BrokerUrl>()
+        .unwrap_err();
+    assert!(err.to_string().contains("an `@` after the host"), "{err}");
+    // An unknown parameter the redaction hid (a user holding `?`, a password holding
+    // `,`: the list splits inside it) is not named.
+    let err = format!("amqp://a?:{PW},@rabbit/%2f")
+        .parse::<BrokerUrl>()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("url: entry 1 of 2: an unknown query parameter, expected heartbeat"),
+        "{err}"
+    );
+    assert_hidden(&err.to_string(), &[PW]);
     // What the client reads is accepted: every known parameter in range, escapes that
     // are well formed, any case of a mechanism.
     for good in [

@@ -22,7 +22,9 @@ const KEY: &str = "url";
 /// entry as the AMQP client will read it, and the list as a whole: all entries use one
 /// scheme (a list mixing `amqp` and `amqps` is refused: it would let a connection fall
 /// back to plain text), one user and one virtual host. A password holding a comma must
-/// percent-encode it (`%2C`). A malformed percent-escape (`%ZZ`, a trailing `%4`) in the
+/// percent-encode it (`%2C`), and one holding `/`, `?` or `#` too: a URL with an `@`
+/// after its host (`amqp://app:/s3cret@rabbit` is the host `app` and the virtual host
+/// `s3cret@rabbit`) is refused, and redacted up to that `@`. A malformed percent-escape (`%ZZ`, a trailing `%4`) in the
 /// user, password, host, virtual host or query is refused, naming the part; so is a query
 /// parameter the client does not read (`heartbeet=5`), one given twice, or a value it
 /// cannot read (`heartbeat=abc`, `channel_max=70000`, `auth_mechanism=magic`), naming
@@ -169,7 +171,7 @@ impl FromStr for BrokerUrl {
             if entry.is_empty() {
                 return Err(fail(which("expected a url, the entry is empty".into())));
             }
-            let (node, uri) = parse_node(entry).map_err(|reason| fail(which(reason)))?;
+            let (node, uri) = parse_node(entry, &redacted).map_err(|reason| fail(which(reason)))?;
             nodes.push(node);
             parsed.push(uri);
         }
@@ -195,8 +197,8 @@ impl FromStr for BrokerUrl {
 }
 
 /// Checks one entry as the AMQP client will read it. An error is a reason that quotes
-/// no part of the URL.
-fn parse_node(raw: &str) -> Result<(Node, AMQPUri), String> {
+/// no part of the URL that `visible`, the redacted list the error will show, hides.
+fn parse_node(raw: &str, visible: &str) -> Result<(Node, AMQPUri), String> {
     let url = Url::parse(raw).map_err(|e| format!("invalid url ({e})"))?;
     match url.host() {
         _ if !matches!(url.scheme(), "amqp" | "amqps") => {
@@ -213,8 +215,14 @@ fn parse_node(raw: &str) -> Result<(Node, AMQPUri), String> {
         }
         Some(_) => {}
     }
+    if has_at_after_host(&url) {
+        return Err(
+            "an `@` after the host: a user or password holding `/`, `?` or `#` must percent-encode it (`%2F`, `%3F`, `%23`), and an `@` in the virtual host or query too (`%40`)"
+                .into(),
+        );
+    }
     check_percent_encoding(&url)?;
-    check_query(&url)?;
+    check_query(&url, visible)?;
     // Parse it as lapin will, so whatever else it refuses is a config error and not a
     // connect error.
     let uri = with_timeouts(raw, Duration::from_secs(10), Duration::from_secs(5));
@@ -302,22 +310,31 @@ fn check_percent_encoding(url: &Url) -> Result<(), String> {
 /// Refuses an unknown query parameter (a misspelt one would be ignored silently by the
 /// AMQP client), one given twice, and a value the client cannot read: a numeric one out
 /// of its range or not a whole number, an unknown `auth_mechanism`. The error names the
-/// parameter, never its value.
-fn check_query(url: &Url) -> Result<(), String> {
-    let mut seen: Vec<String> = Vec::new();
-    for (key, value) in url.query_pairs() {
-        let Some(&(name, max)) = QUERY_PARAMETERS.iter().find(|(name, _)| *name == key) else {
-            let shown: String = key.chars().take(40).flat_map(char::escape_debug).collect();
-            let known: Vec<&str> = QUERY_PARAMETERS.iter().map(|(name, _)| *name).collect();
-            return Err(format!(
-                "unknown query parameter `{shown}`, expected {}",
-                known.join(", ")
-            ));
+/// parameter, never its value; an unknown one only when `visible` (the redacted URL the
+/// error shows) holds it as written — a mangled URL can put part of a password there.
+fn check_query(url: &Url, visible: &str) -> Result<(), String> {
+    let mut seen: Vec<&str> = Vec::new();
+    let segments = url.query().unwrap_or_default().split('&');
+    for segment in segments.filter(|segment| !segment.is_empty()) {
+        let Some((key, value)) = url::form_urlencoded::parse(segment.as_bytes()).next() else {
+            continue;
         };
-        if seen.iter().any(|s| s == name) {
+        let Some(&(name, max)) = QUERY_PARAMETERS.iter().find(|(name, _)| *name == key) else {
+            let known: Vec<&str> = QUERY_PARAMETERS.iter().map(|(name, _)| *name).collect();
+            let written = segment.split('=').next().unwrap_or_default();
+            let which = match visible.contains(written) {
+                true => {
+                    let shown: String = key.chars().take(40).flat_map(char::escape_debug).collect();
+                    format!("unknown query parameter `{shown}`")
+                }
+                false => "an unknown query parameter".to_owned(),
+            };
+            return Err(format!("{which}, expected {}", known.join(", ")));
+        };
+        if seen.contains(&name) {
             return Err(format!("query parameter `{name}` is given more than once"));
         }
-        seen.push(name.to_owned());
+        seen.push(name);
         let fits = match max {
             Some(max) => value.parse::<u64>().is_ok_and(|n| n <= max),
             None => AUTH_MECHANISMS.contains(&value.to_lowercase().as_str()),
@@ -391,9 +408,20 @@ pub(super) fn redact_list(raw: &str) -> String {
     }
 }
 
+/// Whether an `@` follows the host (in the path, query or fragment): what a password
+/// holding a raw `/`, `?` or `#` becomes (`amqp://app:/s3cret@rabbit` is the host `app`
+/// and the virtual host `s3cret@rabbit`), so such a URL is refused and redacted as text.
+fn has_at_after_host(url: &Url) -> bool {
+    url.path().contains('@')
+        || url.query().is_some_and(|q| q.contains('@'))
+        || url.fragment().is_some_and(|f| f.contains('@'))
+}
+
 /// Replaces the password of a URL, which may be invalid, by `***`.
 pub(super) fn redact(raw: &str) -> String {
     match Url::parse(raw) {
+        // Maybe a password that ended the authority early: hide up to the last `@`.
+        Ok(url) if has_at_after_host(&url) => redact_raw(raw),
         Ok(url) if url.has_host() && url.password().is_none() => raw.to_owned(),
         Ok(mut url) if url.has_host() => match url.set_password(Some(REDACTED)) {
             Ok(()) => url.into(),
