@@ -23,9 +23,13 @@ use crate::{
 ///   the caller, and silently trimming would make two spellings name one tenant);
 /// - no control character anywhere (Unicode category Cc: `\0`, `\t`, `\r`, `\n`, DEL, …),
 ///   which rules out header injection (`"org-1\r\nX-Injected: yes"`);
-/// - no bidirectional-formatting character (U+061C, U+200E, U+200F, U+202A–U+202E,
-///   U+2066–U+2069: `"\u{202e}gro-1"` displays as `1-org`) nor line or paragraph separator
-///   (U+2028, U+2029).
+/// - no invisible format character (Unicode category Cf) anywhere: zero-width space
+///   U+200B, zero-width non-joiner and joiner U+200C/U+200D, word joiner U+2060, byte
+///   order mark U+FEFF, soft hyphen U+00AD, bidirectional formatting (U+061C, U+200E,
+///   U+200F, U+202A–U+202E, U+2066–U+2069), tags, … — `"org\u{200b}-1"` displays as
+///   `org-1`, `"\u{202e}gro-1"` as `1-org`; the error names the character
+///   (`contains U+200B ZERO WIDTH SPACE, …`);
+/// - no line or paragraph separator (U+2028, U+2029).
 ///
 /// Letters of any script, digits, punctuation and inner spaces are allowed.
 ///
@@ -51,6 +55,8 @@ use crate::{
 /// assert!(OrganizationId::parse("   ").is_err());
 /// assert!(OrganizationId::try_from("org-1\r\nX-Injected: yes").is_err());
 /// assert!(OrganizationId::try_from("x".repeat(256)).is_err());
+/// let zwsp = OrganizationId::parse("org\u{200b}-1").unwrap_err();
+/// assert!(zwsp.to_string().contains("U+200B ZERO WIDTH SPACE"), "{zwsp}");
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OrganizationId(Arc<str>);
@@ -60,15 +66,18 @@ pub const MAX_ORGANIZATION_ID_BYTES: usize = 255;
 
 /// Why a string is not a valid [`OrganizationId`] (or correlation id). It never
 /// contains the rejected input, which may be huge or contain control characters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvalidId {
     field: &'static str,
-    reason: &'static str,
+    reason: Cow<'static, str>,
 }
 
 impl InvalidId {
-    pub(crate) fn new(field: &'static str, reason: &'static str) -> Self {
-        Self { field, reason }
+    pub(crate) fn new(field: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
     }
 
     /// The field the value was meant for: `organization_id` or `correlation_id`.
@@ -76,9 +85,11 @@ impl InvalidId {
         self.field
     }
 
-    /// Why it was refused, in lowercase words (`"contains a control character"`).
-    pub fn reason(&self) -> &'static str {
-        self.reason
+    /// Why it was refused, in lowercase words (`"contains a control character"`),
+    /// naming a refused invisible character by its code point
+    /// (`"contains U+200B ZERO WIDTH SPACE, an invisible format character …"`).
+    pub fn reason(&self) -> &str {
+        &self.reason
     }
 }
 
@@ -347,9 +358,9 @@ impl Event {
     /// Why the ids given to this event were refused: the organization's, then the
     /// correlation id's.
     pub(crate) fn rejected_ids(&self) -> impl Iterator<Item = InvalidId> {
-        self.rejected_organization
-            .into_iter()
-            .chain(self.rejected_correlation)
+        (self.rejected_organization.iter())
+            .chain(&self.rejected_correlation)
+            .cloned()
     }
 
     /// Adds an AMQP header of your own to the message: a string, an integer, a boolean

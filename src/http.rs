@@ -17,7 +17,9 @@
 //! - **Organization from a header.** [`EventPublishLayer::organization_header`] reads
 //!   the organization from a request header (set by a trusted gateway) and checks it
 //!   with [`OrganizationId::parse`]. A request whose header is invalid (empty,
-//!   whitespace-only, control characters, over 255 bytes, not UTF-8, …) is answered
+//!   whitespace-only, control or invisible format characters, over 255 bytes, not
+//!   UTF-8, …) or that is given more than once (a second `X-Organization-Id` is never
+//!   silently ignored: which one names the tenant would be ambiguous) is answered
 //!   **400 Bad Request** at once, with a JSON body naming the header — 400 and not 422
 //!   because it is the request's framing that is wrong (like a malformed
 //!   `Authorization` header), not the content of an entity the handler would process;
@@ -66,7 +68,9 @@ use std::{
 };
 
 use futures_util::future::{Either, Ready, ready};
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header, request::Parts};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header, request::Parts,
+};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -245,15 +249,24 @@ pub struct OrganizationHeaderLayer {
 
 impl OrganizationHeaderLayer {
     /// The organization in `headers`: `Ok(None)` when the header is absent, the
-    /// checked id when valid, the 400 answer's message when not.
-    fn organization(&self, value: Option<&HeaderValue>) -> Result<Option<OrganizationId>, String> {
-        let Some(value) = value else { return Ok(None) };
-        let reason = match std::str::from_utf8(value.as_bytes()) {
-            Ok(text) => match OrganizationId::parse(text) {
-                Ok(org) => return Ok(Some(org)),
-                Err(invalid) => invalid.reason(),
-            },
-            Err(_) => "is not UTF-8",
+    /// checked id when valid, the 400 answer's message when not — or when the header is
+    /// given more than once (which one would be the tenant is ambiguous: a proxy that
+    /// appends instead of replacing, or a client smuggling a second value).
+    fn organization(&self, headers: &HeaderMap) -> Result<Option<OrganizationId>, String> {
+        let mut values = headers.get_all(&self.header).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        let reason = if values.next().is_some() {
+            "is given more than once".to_owned()
+        } else {
+            match std::str::from_utf8(value.as_bytes()) {
+                Ok(text) => match OrganizationId::parse(text) {
+                    Ok(org) => return Ok(Some(org)),
+                    Err(invalid) => invalid.reason().to_owned(),
+                },
+                Err(_) => "is not UTF-8".to_owned(),
+            }
         };
         let message = format!("invalid {} header: {reason}", self.header);
         Err(serde_json::json!({
@@ -297,10 +310,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        match self
-            .layer
-            .organization(request.headers().get(&self.layer.header))
-        {
+        match self.layer.organization(request.headers()) {
             Ok(organization) => {
                 if let Some(org) = organization {
                     request.extensions_mut().insert(org);

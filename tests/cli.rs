@@ -21,6 +21,32 @@ fn run(vars: &[(&str, &str)], args: &[&str]) -> Output {
     command.output().expect("run fitviz-events")
 }
 
+/// [`run`], with `input` on stdin.
+fn run_with_stdin(vars: &[(&str, &str)], args: &[&str], input: &[u8]) -> Output {
+    use std::{io::Write, process::Stdio};
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fitviz-events"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FITVIZ_EVENTS_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(vars.iter().copied()).args(args);
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("run fitviz-events");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // Written from another thread: the child may answer before reading it all.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let output = child.wait_with_output().expect("wait for fitviz-events");
+    writer.join().unwrap();
+    output
+}
+
 fn code(output: &Output) -> i32 {
     output.status.code().expect("exited")
 }
@@ -83,6 +109,75 @@ fn a_usage_error_exits_2_and_a_bad_setting_exits_3() {
     assert!(message.starts_with("fitviz-events: config: "), "{message}");
     assert!(message.contains("FITVIZ_EVENTS_POOL_SIZE"), "{message}");
     assert_eq!(message.lines().count(), 1, "one line: {message}");
+}
+
+/// With `--json` anywhere — also after the argument clap failed at — a usage error is
+/// one JSON line on stdout, `"error":"usage"` with a one-line message, and exit 2; without
+/// it, clap's text on stderr (issue 19).
+#[test]
+fn with_json_a_usage_error_is_one_json_line_exiting_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--json", "publsh"], "unrecognized subcommand 'publsh'"),
+        (&["publsh", "--json"], "unrecognized subcommand 'publsh'"),
+        (
+            &["publish", "workout.created", "{}", "--bogus", "--json"],
+            "unexpected argument '--bogus' found",
+        ),
+        (
+            &["--json", "publish", "workout.created"],
+            "the following required arguments were not provided: <DATA>",
+        ),
+        (
+            &[
+                "publish",
+                "workout.created",
+                "{}",
+                "--version",
+                "x",
+                "--json",
+            ],
+            "invalid value 'x' for '--version <V>'",
+        ),
+        (&["--json", "dlq"], "a subcommand is required"),
+        (
+            &["dlq", "list", "q", "--limit", "many", "--json"],
+            "invalid value 'many'",
+        ),
+    ];
+    for (args, says) in cases {
+        let output = run(&[], args);
+        assert_eq!(code(&output), 2, "{args:?}: {}", stderr(&output));
+        let out = stdout(&output);
+        assert_eq!(out.lines().count(), 1, "{args:?}: one line: {out}");
+        let error: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"));
+        assert_eq!(error["error"], "usage", "{args:?}: {error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(says), "{args:?}: {message}");
+        assert!(!message.contains('\n'), "{args:?}: {message}");
+        assert!(!message.starts_with("error:"), "{args:?}: {message}");
+        assert_eq!(error.as_object().unwrap().len(), 2, "{error}");
+        assert!(stderr(&output).is_empty(), "{args:?}: {}", stderr(&output));
+    }
+    // Without `--json`, or with it only after `--` (a value, not the flag): clap's text.
+    for args in [
+        &["publsh"][..],
+        &["publish", "t", "{}", "--bogus"],
+        &["publsh", "--", "--json"],
+    ] {
+        let output = run(&[], args);
+        assert_eq!(code(&output), 2, "{args:?}");
+        assert!(stdout(&output).is_empty(), "{args:?}: {}", stdout(&output));
+        assert!(
+            stderr(&output).starts_with("error: "),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+    // Help and version still print as text and succeed.
+    let output = run(&[], &["--json", "--help"]);
+    assert_eq!(code(&output), 0);
+    assert!(stdout(&output).contains("Usage:"), "{}", stdout(&output));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,6 +278,120 @@ async fn invalid_refused_and_unavailable_have_their_own_exit_codes() {
         "{}",
         stderr(&output)
     );
+    fx.cleanup().await;
+}
+
+/// Data over the 128 KiB a single argument may hold on Linux is published from stdin
+/// (`-`) or a file (`@PATH`); an unreadable file is exit 1 naming it, invalid JSON exit
+/// 4, data over `max_body_bytes` exit 4 `too_large` (issue 19).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reads_data_over_the_argument_limit_from_stdin_or_a_file() {
+    require_broker!();
+    let fx = Fixture::new("cli_bigdata", "#").await;
+    let url = support::broker_url();
+    let vars = vars_for(&fx, &url);
+    // Unknown fields are forwarded: a 200 KiB note, between the 128 KiB argument limit
+    // and the publisher's default `max_body_bytes` (1 MiB).
+    let mut data = workout();
+    data["notes"] = "n".repeat(200 * 1024).into();
+    let text = data.to_string();
+    assert!(text.len() > 128 * 1024 && text.len() < 1024 * 1024);
+    #[cfg(target_os = "linux")]
+    {
+        // As an argument, it cannot even be passed.
+        let err = Command::new(env!("CARGO_BIN_EXE_fitviz-events"))
+            .args(["publish", "workout.created", &text])
+            .output()
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(7), "E2BIG: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.json");
+    std::fs::write(&file, &text).unwrap();
+    let at_file = format!("@{}", file.display());
+    let stdin_args = [
+        "--json",
+        "publish",
+        "workout.created",
+        "-",
+        "--org",
+        "org-1",
+    ];
+    let file_args = [
+        "--json",
+        "publish",
+        "workout.created",
+        &at_file,
+        "--org",
+        "org-1",
+    ];
+    let mut ids = Vec::new();
+    for output in [
+        run_with_stdin(&vars, &stdin_args, text.as_bytes()),
+        run(&vars, &file_args),
+    ] {
+        assert_eq!(code(&output), 0, "{}{}", stdout(&output), stderr(&output));
+        let receipt: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+        assert_eq!(receipt["routing"], "routed");
+        ids.push(receipt["event_id"].as_str().unwrap().to_owned());
+    }
+    let messages = fx.drain().await;
+    assert_eq!(messages.len(), 2);
+    for (message, id) in messages.iter().zip(&ids) {
+        assert_eq!(message.1.message_id().as_ref().unwrap().as_str(), id);
+        let body: serde_json::Value = serde_json::from_slice(&message.0).unwrap();
+        assert_eq!(body["data"], data);
+    }
+
+    // Over `max_body_bytes`: refused as too large, nothing sent.
+    let mut small = vars.clone();
+    small.push(("FITVIZ_EVENTS_MAX_BODY_BYTES", "131072"));
+    for output in [
+        run_with_stdin(&small, &stdin_args, text.as_bytes()),
+        run(&small, &file_args),
+    ] {
+        assert_eq!(code(&output), 4, "{}{}", stdout(&output), stderr(&output));
+        let error: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+        assert_eq!(error["error"], "too_large", "{error}");
+    }
+
+    // An unreadable file: exit 1, one line naming the path.
+    let missing = dir.path().join("missing.json");
+    let at_missing = format!("@{}", missing.display());
+    let output = run(
+        &vars,
+        &["publish", "workout.created", &at_missing, "--org", "o"],
+    );
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.starts_with("fitviz-events: io: "), "{message}");
+    assert!(
+        message.contains(&missing.display().to_string()),
+        "{message}"
+    );
+    assert_eq!(message.lines().count(), 1, "{message}");
+    let output = run(
+        &vars,
+        &[
+            "--json",
+            "publish",
+            "workout.created",
+            &format!("@{}", dir.path().display()),
+        ],
+    );
+    assert_eq!(code(&output), 1, "{}", stdout(&output));
+    let error: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(error["error"], "io");
+
+    // Invalid JSON, from stdin or a file (here not UTF-8 either): exit 4.
+    std::fs::write(&file, b"{\"workout_id\": \xff").unwrap();
+    let output = run(&vars, &file_args);
+    assert_eq!(code(&output), 4, "{}", stdout(&output));
+    let output = run_with_stdin(&vars, &stdin_args, b"not json");
+    assert_eq!(code(&output), 4, "{}", stdout(&output));
+    let error: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(error["error"], "validation", "{error}");
+    assert_eq!(fx.queue_len().await, 0);
     fx.cleanup().await;
 }
 
@@ -347,6 +556,66 @@ async fn topology_declare_then_a_rejected_event_is_replayed_from_the_dlq_exactly
     assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
 
     delete_declared(&fx, &queue).await;
+    fx.cleanup().await;
+}
+
+/// `--json dlq list` shows a body that is not UTF-8 whole, in base64 (`body_base64`),
+/// and a UTF-8 one as text (`body`), never both and never lossily (issue 19).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_shows_a_binary_body_in_base64_and_a_text_body_as_text() {
+    use lapin::{
+        BasicProperties,
+        options::{BasicPublishOptions, ConfirmSelectOptions},
+    };
+    require_broker!();
+    let fx = Fixture::new("cli_dlq_binary", "nothing.binds.this").await;
+    let url = support::broker_url();
+    let vars = vars_for(&fx, &url);
+    let channel = fx.connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let binary: &[u8] = &[0xff, 0x00, 0xfe, b'{', 0x80, b'"', 0xc3];
+    let text = "{\"note\":\"café ☕\"}";
+    for (id, body) in [
+        ("bin-1", binary),
+        ("text-1", text.as_bytes()),
+        ("empty-1", b""),
+    ] {
+        channel
+            .basic_publish(
+                "".into(),
+                fx.queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                BasicProperties::default().with_message_id(id.into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let output = run(&vars, &["--json", "dlq", "list", &fx.queue]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let letters: Vec<serde_json::Value> = (stdout(&output).lines())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert_eq!(letters[0]["message_id"], "bin-1");
+    // Standard base64 of ff 00 fe 7b 80 22 c3.
+    assert_eq!(letters[0]["body_base64"], "/wD+e4Aiww==", "{}", letters[0]);
+    assert!(letters[0].get("body").is_none(), "{}", letters[0]);
+    assert_eq!(letters[1]["message_id"], "text-1");
+    assert_eq!(letters[1]["body"], text, "{}", letters[1]);
+    assert!(letters[1].get("body_base64").is_none(), "{}", letters[1]);
+    assert_eq!(letters[2]["body"], "", "{}", letters[2]);
+    // Listed, not consumed.
+    assert_eq!(fx.queue_len().await, 3);
+    let _ = channel.close(200, "done".into()).await;
     fx.cleanup().await;
 }
 

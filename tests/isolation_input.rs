@@ -54,11 +54,21 @@ async fn body_json(response: axum::response::Response) -> Value {
 
 /// The independent statement of the organization id rule the tests check against.
 fn satisfies_the_rule(id: &str) -> bool {
-    let bidi = |c: char| matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}');
+    // Unicode 16.0's category Cf (invisible format characters: zero-width, joiners,
+    // BOM, bidirectional formatting, tags, …), and the line and paragraph separators.
+    let invisible = |c: char| {
+        matches!(c,
+            '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}' | '\u{070F}'
+            | '\u{0890}'..='\u{0891}' | '\u{08E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}' | '\u{E0020}'..='\u{E007F}' | '\u{2028}' | '\u{2029}')
+    };
     !id.is_empty()
         && id.len() <= 255
         && id.trim() == id
-        && !id.chars().any(|c| c.is_control() || bidi(c))
+        && !id.chars().any(|c| c.is_control() || invisible(c))
 }
 
 /// (a) Eight tenants post for ~3 s while one request carries a 140,000-byte
@@ -305,6 +315,9 @@ fn arb_id() -> impl Strategy<Value = String> {
             "\0",
             "\u{202e}x",
             "x\u{2066}",
+            "org\u{200b}-1",
+            "\u{feff}org-1",
+            "org\u{2060}1",
             "a\r\nb: c",
             "\u{3000}",
         ])
@@ -400,4 +413,70 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+/// An organization header holding an invisible character (zero-width space, byte order
+/// mark, word joiner: it displays as another tenant's id) is 400 naming the header and
+/// the character; nothing is published (issue 19).
+#[tokio::test]
+async fn an_invisible_character_in_the_organization_header_is_400_naming_it() {
+    let sink = MemorySink::new();
+    let publisher =
+        EventPublisher::builder(PublisherConfig::default()).build_with_transport(sink.clone());
+    let app = app(publisher);
+    for (bad, named) in [
+        ("org\u{200b}-1", "U+200B ZERO WIDTH SPACE"),
+        (
+            "\u{feff}org-1",
+            "U+FEFF ZERO WIDTH NO-BREAK SPACE (BYTE ORDER MARK)",
+        ),
+        ("org\u{2060}1", "U+2060 WORD JOINER"),
+        ("org\u{200d}1", "U+200D ZERO WIDTH JOINER"),
+    ] {
+        let response = app.clone().oneshot(post_as(bad)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        let body = body_json(response).await;
+        assert_eq!(body["header"], "x-organization-id", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(named), "{bad:?}: {message}");
+        assert!(OrganizationId::parse(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(sink.count(), 0);
+    let response = app.oneshot(post_as("org-1")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(sink.count(), 1);
+}
+
+/// A request with two `X-Organization-Id` headers — even two valid ones, even the same
+/// one twice — is 400 naming the header: never silently the first (issue 19).
+#[tokio::test]
+async fn a_duplicated_organization_header_is_400_naming_it() {
+    let sink = MemorySink::new();
+    let publisher =
+        EventPublisher::builder(PublisherConfig::default()).build_with_transport(sink.clone());
+    let app = app(publisher);
+    for (first, second) in [("org-1", "org-2"), ("org-1", "org-1"), ("org-1", " ")] {
+        let request = Request::post("/workouts")
+            .header("x-organization-id", first)
+            .header("X-Organization-Id", second)
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{first:?} {second:?}"
+        );
+        let body = body_json(response).await;
+        assert_eq!(body["error"], "invalid_header", "{body}");
+        assert_eq!(body["header"], "x-organization-id", "{body}");
+        assert_eq!(
+            body["message"], "invalid x-organization-id header: is given more than once",
+            "{body}"
+        );
+    }
+    assert_eq!(sink.count(), 0);
+    let response = app.oneshot(post_as("org-1")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(sink.count(), 1);
 }

@@ -433,7 +433,7 @@ fn env_error_messages() {
         ),
         (
             ("FITVIZ_EVENTS_URL", "amqp://h/?frame_max=x"),
-            "FITVIZ_EVENTS_URL: rejected by the amqp client (invalid digit found in string), got `amqp://h/?frame_max=x`",
+            "FITVIZ_EVENTS_URL: query parameter `frame_max`: expected a whole number from 0 to 4294967295, got `amqp://h/?frame_max=x`",
         ),
         (
             ("FITVIZ_EVENTS_URL", "amqp://u:p@[::1]/"),
@@ -775,6 +775,24 @@ fn url_errors_never_show_the_password() {
             format!("amqp://app:{PW}%ff@rabbit/"),
             "amqp://app:***@rabbit/",
         ),
+        // A raw `/`, `?` or `#` in the password ends the authority: the URL would be the
+        // host `app` and a virtual host, query or fragment holding the password.
+        (
+            format!("amqp://app:/{PW}@rabbit/%2f"),
+            "amqp://app:***@rabbit/%2f",
+        ),
+        (
+            format!("amqp://app:?{PW}@rabbit/"),
+            "amqp://app:***@rabbit/",
+        ),
+        (
+            format!("amqp://app:#{PW}@rabbit/"),
+            "amqp://app:***@rabbit/",
+        ),
+        (
+            format!("amqp://app:5/{PW}@rabbit/"),
+            "amqp://app:***@rabbit/",
+        ),
     ];
     for (url, shown) in cases {
         let env = env_err(&[("FITVIZ_EVENTS_URL", &url)]);
@@ -804,6 +822,128 @@ fn url_errors_never_show_the_password() {
         .parse::<BrokerUrl>()
         .unwrap_err();
     assert_hidden(&err.to_string(), &["p%40ss", "p@ss", "word"]);
+}
+
+/// A malformed percent-encoding in any part, an unknown or repeated query parameter and a
+/// value the AMQP client cannot read are config errors naming the part or parameter,
+/// the password hidden (issue 19: `?heartbeat=abc` and `%ZZ` were accepted silently).
+#[test]
+fn malformed_url_parts_and_query_parameters_are_named() {
+    let number = |name: &str, max: u64| {
+        format!("query parameter `{name}`: expected a whole number from 0 to {max}")
+    };
+    let malformed = |part: &str| {
+        format!(
+            "the {part} has a malformed percent-encoding (`%` must be followed by two hexadecimal digits)"
+        )
+    };
+    let cases = [
+        ("rabbit/%2f?heartbeat=abc", number("heartbeat", 65_535)),
+        ("rabbit/%2f?heartbeat=65536", number("heartbeat", 65_535)),
+        ("rabbit/%2f?heartbeat=-1", number("heartbeat", 65_535)),
+        ("rabbit/%2f?heartbeat", number("heartbeat", 65_535)),
+        (
+            "rabbit/%2f?connection_timeout=1.5",
+            number("connection_timeout", u64::MAX),
+        ),
+        ("rabbit/%2f?channel_max=70000", number("channel_max", 65_535)),
+        ("rabbit/%2f?frame_max=4294967296", number("frame_max", 4_294_967_295)),
+        (
+            "rabbit/%2f?auth_mechanism=magic",
+            "query parameter `auth_mechanism`: expected one of plain, amqplain, external, anonymous, rabbit-cr-demo".to_owned(),
+        ),
+        (
+            "rabbit/%2f?heartbeat=5&heartbeat=6",
+            "query parameter `heartbeat` is given more than once".to_owned(),
+        ),
+        (
+            "rabbit/%2f?heartbeat=5&heart%62eat=6",
+            "query parameter `heartbeat` is given more than once".to_owned(),
+        ),
+        (
+            "rabbit/%2f?heartbeet=5",
+            "unknown query parameter `heartbeet`, expected heartbeat, connection_timeout, channel_max, frame_max, auth_mechanism".to_owned(),
+        ),
+        (
+            "rabbit/%2f?a%0Ab=1",
+            "unknown query parameter `a\\nb`, expected heartbeat, connection_timeout, channel_max, frame_max, auth_mechanism".to_owned(),
+        ),
+        ("rabbit/%ZZ", malformed("virtual host")),
+        ("rabbit/v%4", malformed("virtual host")),
+        ("rabbit/%2f?heartbeat=%ZZ", malformed("query")),
+        ("rabbit/%2f?x%4", malformed("query")),
+        ("rabbit/%ff", "the virtual host is not UTF-8 once percent-decoded".to_owned()),
+    ];
+    for (rest, reason) in &cases {
+        let raw = format!("amqp://app:{PW}@{rest}");
+        let shown = format!("amqp://app:***@{rest}");
+        let err = raw.parse::<BrokerUrl>().unwrap_err();
+        assert_eq!(err.to_string(), format!("url: {reason}, got `{shown}`"));
+        assert_hidden(&format!("{err:?}"), &[PW]);
+        let env = env_err(&[("FITVIZ_EVENTS_URL", &raw)]);
+        assert_eq!(env.field(), "FITVIZ_EVENTS_URL");
+        assert!(env.to_string().contains(reason.as_str()), "{env}");
+        // In a list, the entry is named.
+        let list = format!("amqp://app:{PW}@other/%2f,{raw}");
+        let err = list.parse::<BrokerUrl>().unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("url: entry 2 of 2: {reason}, got `")),
+            "{err}"
+        );
+        assert_hidden(&err.to_string(), &[PW]);
+    }
+    // The user and the password: named, never shown.
+    for (raw, reason) in [
+        (format!("amqp://a%ZZ:{PW}@rabbit/"), malformed("user")),
+        (format!("amqp://app:{PW}%ZZ@rabbit/"), malformed("password")),
+        (format!("amqp://app:{PW}%4@rabbit/"), malformed("password")),
+        (format!("amqp://app:%{PW}@rabbit/"), malformed("password")),
+        (
+            format!("amqp://app:{PW}%ff@rabbit/"),
+            "the password is not UTF-8 once percent-decoded".to_owned(),
+        ),
+        (
+            format!("amqp://a%ff:{PW}@rabbit/"),
+            "the user is not UTF-8 once percent-decoded".to_owned(),
+        ),
+    ] {
+        for err in [
+            raw.parse::<BrokerUrl>().unwrap_err(),
+            env_err(&[("FITVIZ_EVENTS_URL", &raw)]),
+        ] {
+            assert!(err.to_string().contains(&reason), "{err}");
+            assert!(err.to_string().ends_with("@rabbit/`"), "{err}");
+            assert_hidden(&err.to_string(), &[PW]);
+            assert_hidden(&format!("{err:?}"), &[PW]);
+        }
+    }
+    // An `@` after the host is refused, naming the cause.
+    let err = format!("amqp://app:/{PW}@rabbit/")
+        .parse::<BrokerUrl>()
+        .unwrap_err();
+    assert!(err.to_string().contains("an `@` after the host"), "{err}");
+    // An unknown parameter the redaction hid (a user holding `?`, a password holding
+    // `,`: the list splits inside it) is not named.
+    let err = format!("amqp://a?:{PW},@rabbit/%2f")
+        .parse::<BrokerUrl>()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("url: entry 1 of 2: an unknown query parameter, expected heartbeat"),
+        "{err}"
+    );
+    assert_hidden(&err.to_string(), &[PW]);
+    // What the client reads is accepted: every known parameter in range, escapes that
+    // are well formed, any case of a mechanism.
+    for good in [
+        "amqp://app:p%40ss@rabbit/%2f?channel_max=10&frame_max=131072&auth_mechanism=EXTERNAL&heartbeat=0&connection_timeout=1",
+        "amqp://app:pw@rabbit/v%C3%A9?heartbeat=65535&channel_max=65535&frame_max=4294967295",
+        "amqp://rabbit?",
+        "amqp://rabbit/?&",
+    ] {
+        assert!(good.parse::<BrokerUrl>().is_ok(), "{good}");
+    }
 }
 
 #[test]
@@ -841,7 +981,7 @@ fn from_env_reads_the_process_environment() {
 fn amqp_uri_sets_heartbeat_and_connection_timeout() {
     let c = PublisherConfig {
         url: url(
-            "amqp://u:p@rabbit/vh?channel_max=10&heartbeat=0&connection_timeout=1&auth_mechanism=plain&heart%62eat=3",
+            "amqp://u:p@rabbit/vh?channel_max=10&heart%62eat=0&connection_timeout=1&auth_mechanism=plain",
         ),
         heartbeat: Duration::from_secs(20),
         connection_timeout: Duration::from_millis(1500),

@@ -22,7 +22,15 @@ const KEY: &str = "url";
 /// entry as the AMQP client will read it, and the list as a whole: all entries use one
 /// scheme (a list mixing `amqp` and `amqps` is refused: it would let a connection fall
 /// back to plain text), one user and one virtual host. A password holding a comma must
-/// percent-encode it (`%2C`).
+/// percent-encode it (`%2C`), and one holding `/`, `?` or `#` too: a URL with an `@`
+/// after its host (`amqp://app:/s3cret@rabbit` is the host `app` and the virtual host
+/// `s3cret@rabbit`) is refused, and redacted up to that `@`. A malformed percent-escape (`%ZZ`, a trailing `%4`) in the
+/// user, password, host, virtual host or query is refused, naming the part; so is a query
+/// parameter the client does not read (`heartbeet=5`), one given twice, or a value it
+/// cannot read (`heartbeat=abc`, `channel_max=70000`, `auth_mechanism=magic`), naming
+/// the parameter. The known ones are `heartbeat`, `connection_timeout`, `channel_max`,
+/// `frame_max` and `auth_mechanism`; `heartbeat` and `connection_timeout` are replaced
+/// by the settings of the same name when connecting.
 ///
 /// The URLs are held as a [`SecretString`]: [`Debug`] and [`Display`](fmt::Display)
 /// show them [redacted](Self::redacted), and only [`expose_secret`](Self::expose_secret)
@@ -47,6 +55,11 @@ const KEY: &str = "url";
 /// assert!(!err.to_string().contains("s3cret"));
 /// let err = "amqps://app:s3cret@a/,amqp://app:s3cret@b/".parse::<BrokerUrl>().unwrap_err();
 /// assert!(err.to_string().contains("mixes `amqp` and `amqps`"));
+/// let err = "amqp://app:s3cret@rabbit/?heartbeat=abc".parse::<BrokerUrl>().unwrap_err();
+/// assert!(err.to_string().contains("query parameter `heartbeat`"));
+/// let err = "amqp://app:s3cret%ZZ@rabbit/".parse::<BrokerUrl>().unwrap_err();
+/// assert!(err.to_string().contains("the password has a malformed percent-encoding"));
+/// assert!(!err.to_string().contains("s3cret"));
 /// # Ok::<(), fitviz_events::ConfigError>(())
 /// ```
 #[derive(Clone)]
@@ -158,7 +171,7 @@ impl FromStr for BrokerUrl {
             if entry.is_empty() {
                 return Err(fail(which("expected a url, the entry is empty".into())));
             }
-            let (node, uri) = parse_node(entry).map_err(|reason| fail(which(reason)))?;
+            let (node, uri) = parse_node(entry, &redacted).map_err(|reason| fail(which(reason)))?;
             nodes.push(node);
             parsed.push(uri);
         }
@@ -184,8 +197,8 @@ impl FromStr for BrokerUrl {
 }
 
 /// Checks one entry as the AMQP client will read it. An error is a reason that quotes
-/// no part of the URL.
-fn parse_node(raw: &str) -> Result<(Node, AMQPUri), String> {
+/// no part of the URL that `visible`, the redacted list the error will show, hides.
+fn parse_node(raw: &str, visible: &str) -> Result<(Node, AMQPUri), String> {
     let url = Url::parse(raw).map_err(|e| format!("invalid url ({e})"))?;
     match url.host() {
         _ if !matches!(url.scheme(), "amqp" | "amqps") => {
@@ -202,8 +215,16 @@ fn parse_node(raw: &str) -> Result<(Node, AMQPUri), String> {
         }
         Some(_) => {}
     }
-    // Parse it as lapin will, so a bad query parameter (`frame_max=x`, an unknown
-    // `auth_mechanism`, …) is a config error and not a connect error.
+    if has_at_after_host(&url) {
+        return Err(
+            "an `@` after the host: a user or password holding `/`, `?` or `#` must percent-encode it (`%2F`, `%3F`, `%23`), and an `@` in the virtual host or query too (`%40`)"
+                .into(),
+        );
+    }
+    check_percent_encoding(&url)?;
+    check_query(&url, visible)?;
+    // Parse it as lapin will, so whatever else it refuses is a config error and not a
+    // connect error.
     let uri = with_timeouts(raw, Duration::from_secs(10), Duration::from_secs(5));
     let message = match uri.parse::<AMQPUri>() {
         Ok(uri) => {
@@ -225,6 +246,112 @@ fn parse_node(raw: &str) -> Result<(Node, AMQPUri), String> {
         true => "rejected by the amqp client".to_owned(),
         false => format!("rejected by the amqp client ({})", message.to_lowercase()),
     })
+}
+
+/// The query parameters the AMQP client reads (amq-protocol-uri), with the largest value
+/// of the numeric ones (the integer type it parses them into). `heartbeat` and
+/// `connection_timeout` are replaced by the settings of the same name when connecting,
+/// but a malformed one is refused all the same: it is a mistake either way.
+const QUERY_PARAMETERS: &[(&str, Option<u64>)] = &[
+    ("heartbeat", Some(u16::MAX as u64)),
+    ("connection_timeout", Some(u64::MAX)),
+    ("channel_max", Some(u16::MAX as u64)),
+    ("frame_max", Some(u32::MAX as u64)),
+    ("auth_mechanism", None),
+];
+
+/// The SASL mechanisms `auth_mechanism` may name (case-insensitive), as the AMQP client
+/// reads them.
+const AUTH_MECHANISMS: &[&str] = &[
+    "plain",
+    "amqplain",
+    "external",
+    "anonymous",
+    "rabbit-cr-demo",
+];
+
+/// Refuses a `%` not followed by two hexadecimal digits (`%ZZ`, a trailing `%4`) in the
+/// user, password, host, virtual host or query, and a user, password or virtual host
+/// that is not UTF-8 once decoded. The AMQP client would pass a malformed escape
+/// through as it is (`%ZZ` stays three characters), so a password or virtual host would
+/// silently not be the one meant. Names the part; quotes none of it.
+fn check_percent_encoding(url: &Url) -> Result<(), String> {
+    let vhost = url.path().get(1..).unwrap_or_default();
+    let parts = [
+        ("user", url.username(), true),
+        ("password", url.password().unwrap_or_default(), true),
+        ("host", url.host_str().unwrap_or_default(), false),
+        ("virtual host", vhost, true),
+        ("query", url.query().unwrap_or_default(), false),
+    ];
+    for (part, raw, text) in parts {
+        let bytes = raw.as_bytes();
+        let malformed = (bytes.iter().enumerate()).any(|(i, &b)| {
+            b == b'%'
+                && !(bytes.get(i + 1..i + 3))
+                    .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+        });
+        if malformed {
+            return Err(format!(
+                "the {part} has a malformed percent-encoding (`%` must be followed by two hexadecimal digits)"
+            ));
+        }
+        if text
+            && percent_encoding::percent_decode_str(raw)
+                .decode_utf8()
+                .is_err()
+        {
+            return Err(format!("the {part} is not UTF-8 once percent-decoded"));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an unknown query parameter (a misspelt one would be ignored silently by the
+/// AMQP client), one given twice, and a value the client cannot read: a numeric one out
+/// of its range or not a whole number, an unknown `auth_mechanism`. The error names the
+/// parameter, never its value; an unknown one only when `visible` (the redacted URL the
+/// error shows) holds it as written — a mangled URL can put part of a password there.
+fn check_query(url: &Url, visible: &str) -> Result<(), String> {
+    let mut seen: Vec<&str> = Vec::new();
+    let segments = url.query().unwrap_or_default().split('&');
+    for segment in segments.filter(|segment| !segment.is_empty()) {
+        let Some((key, value)) = url::form_urlencoded::parse(segment.as_bytes()).next() else {
+            continue;
+        };
+        let Some(&(name, max)) = QUERY_PARAMETERS.iter().find(|(name, _)| *name == key) else {
+            let known: Vec<&str> = QUERY_PARAMETERS.iter().map(|(name, _)| *name).collect();
+            let written = segment.split('=').next().unwrap_or_default();
+            let which = match visible.contains(written) {
+                true => {
+                    let shown: String = key.chars().take(40).flat_map(char::escape_debug).collect();
+                    format!("unknown query parameter `{shown}`")
+                }
+                false => "an unknown query parameter".to_owned(),
+            };
+            return Err(format!("{which}, expected {}", known.join(", ")));
+        };
+        if seen.contains(&name) {
+            return Err(format!("query parameter `{name}` is given more than once"));
+        }
+        seen.push(name);
+        let fits = match max {
+            Some(max) => value.parse::<u64>().is_ok_and(|n| n <= max),
+            None => AUTH_MECHANISMS.contains(&value.to_lowercase().as_str()),
+        };
+        if !fits {
+            return Err(match max {
+                Some(max) => {
+                    format!("query parameter `{name}`: expected a whole number from 0 to {max}")
+                }
+                None => format!(
+                    "query parameter `{name}`: expected one of {}",
+                    AUTH_MECHANISMS.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Default for BrokerUrl {
@@ -281,9 +408,20 @@ pub(super) fn redact_list(raw: &str) -> String {
     }
 }
 
+/// Whether an `@` follows the host (in the path, query or fragment): what a password
+/// holding a raw `/`, `?` or `#` becomes (`amqp://app:/s3cret@rabbit` is the host `app`
+/// and the virtual host `s3cret@rabbit`), so such a URL is refused and redacted as text.
+fn has_at_after_host(url: &Url) -> bool {
+    url.path().contains('@')
+        || url.query().is_some_and(|q| q.contains('@'))
+        || url.fragment().is_some_and(|f| f.contains('@'))
+}
+
 /// Replaces the password of a URL, which may be invalid, by `***`.
 pub(super) fn redact(raw: &str) -> String {
     match Url::parse(raw) {
+        // Maybe a password that ended the authority early: hide up to the last `@`.
+        Ok(url) if has_at_after_host(&url) => redact_raw(raw),
         Ok(url) if url.has_host() && url.password().is_none() => raw.to_owned(),
         Ok(mut url) if url.has_host() => match url.set_password(Some(REDACTED)) {
             Ok(()) => url.into(),

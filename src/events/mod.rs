@@ -9,7 +9,8 @@
 //!
 //! Rules shared by all events: every `*_id` field (and `workout_type`,
 //! `changed_fields`, `failure_code`) is an *identifier*: 1–64 characters, no
-//! control character (`\0`, `\t`, `\n`, …) nor bidirectional-formatting character
+//! control character (`\0`, `\t`, `\n`, …) nor invisible format character (Unicode
+//! category Cf: zero-width space, joiners, byte order mark, bidirectional formatting, …)
 //! anywhere, and no whitespace at either end — so an id made only of spaces, tabs,
 //! newlines or NULs is refused. Every timestamp is a UTC RFC 3339 string in JSON,
 //! within 1970-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999999999Z, and never a leap
@@ -110,7 +111,7 @@ pub const BUILTIN_EVENT_TYPES: [&str; 11] = [
 ];
 
 /// Rules of every identifier field that a JSON Schema cannot express.
-const ID_RULE: &str = "every identifier field (`*_id`, `workout_type`, `activity`, `changed_fields`, `failure_code`) has no control character and no bidirectional-formatting or line-separator character anywhere, and no whitespace at either end";
+const ID_RULE: &str = "every identifier field (`*_id`, `workout_type`, `activity`, `changed_fields`, `failure_code`) has no control character, no invisible format character (Unicode category Cf: zero-width space, joiners, word joiner, byte order mark, soft hyphen, bidirectional formatting, …) and no line or paragraph separator anywhere, and no whitespace at either end";
 /// Rules of every timestamp field that a JSON Schema cannot express.
 const TIMESTAMP_RULE: &str = "every timestamp is within 1970-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999999999Z (UTC) and never a leap second (`:60`)";
 /// The currency rule.
@@ -421,7 +422,11 @@ mod tests {
             ("m-1 ", "starts or ends with whitespace"),
             (
                 "\u{202e}1-m",
-                "contains a bidirectional-formatting or line-separator character",
+                "contains U+202E RIGHT-TO-LEFT OVERRIDE, a bidirectional-formatting character",
+            ),
+            (
+                "w\u{200b}-1",
+                "contains U+200B ZERO WIDTH SPACE, an invisible format character (Unicode category Cf)",
             ),
         ] {
             let err = identifier(bad, &()).unwrap_err();

@@ -64,7 +64,7 @@ pub fn envelope_schema() -> Value {
         "$schema": JSON_SCHEMA_DIALECT,
         "$id": format!("{SCHEMA_ID_PREFIX}envelope:v1"),
         "title": "FitViz event envelope",
-        "description": "The JSON body of every FitViz event message. `data` is described by the schema of `event_type` at `version` (`<event type>.v<version>.json`, `$id` `urn:fitviz:events:schema:<event type>:v<version>`).\n\nRules this schema cannot express, enforced by the publisher:\n- `organization_id` and `correlation_id` are at most 255 bytes of UTF-8, with no control or bidirectional-formatting character and no whitespace at either end.\n- `event_type` is at most 255 bytes.",
+        "description": "The JSON body of every FitViz event message. `data` is described by the schema of `event_type` at `version` (`<event type>.v<version>.json`, `$id` `urn:fitviz:events:schema:<event type>:v<version>`).\n\nRules this schema cannot express, enforced by the publisher:\n- `organization_id` and `correlation_id` are at most 255 bytes of UTF-8, with no control character, no invisible format character (Unicode category Cf: zero-width space, joiners, word joiner, byte order mark, soft hyphen, bidirectional formatting, …), no line or paragraph separator and no whitespace at either end.\n- `event_type` is at most 255 bytes.",
         "type": "object",
         "properties": {
             "event_id": {

@@ -5,7 +5,9 @@
 //! it has seen them; replaying puts the channel in confirm mode).
 //!
 //! **Listing** gets up to `limit` messages with `basic.get` (not acknowledged), reads
-//! each one's `x-death` header, then gives them all back (`basic.nack`, requeue). The
+//! each one's `x-death` header and body (as text when it is UTF-8, in base64 otherwise:
+//! [`DeadLetter::body`], [`DeadLetter::body_base64`]), then gives them all back
+//! (`basic.nack`, requeue). The
 //! queue is unchanged afterwards, but its messages are redelivered (`redelivered` set)
 //! and, while listed, invisible to other consumers. A dead-letter queue must therefore
 //! have no delivery limit ([`ConsumerQueue`](super::ConsumerQueue) declares it without
@@ -67,8 +69,15 @@ pub struct DeadLetter {
     pub routing_key: String,
     /// Its `x-death` entries, newest first.
     pub deaths: Vec<Death>,
-    /// The body, as text (invalid UTF-8 replaced).
-    pub body: String,
+    /// The body, when it is valid UTF-8 (as this crate's JSON events are); `None`
+    /// otherwise, and left out of the JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The body in standard base64 (RFC 4648, with padding) when it is not valid UTF-8,
+    /// so a binary body is shown whole rather than with its bytes replaced; `None`
+    /// otherwise, and left out of the JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
 }
 
 /// One `x-death` entry: where and why a message was dead-lettered.
@@ -340,7 +349,15 @@ async fn publish(
 
 /// The listing of a delivery.
 fn describe(delivery: &Delivery) -> DeadLetter {
+    use base64::Engine as _;
     let properties = &delivery.properties;
+    let (body, body_base64) = match std::str::from_utf8(&delivery.data) {
+        Ok(text) => (Some(text.to_owned()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(&delivery.data)),
+        ),
+    };
     DeadLetter {
         message_id: properties.message_id().as_ref().map(ToString::to_string),
         event_type: properties.kind().as_ref().map(ToString::to_string),
@@ -350,7 +367,8 @@ fn describe(delivery: &Delivery) -> DeadLetter {
             .as_ref()
             .map(deaths)
             .unwrap_or_default(),
-        body: String::from_utf8_lossy(&delivery.data).into_owned(),
+        body,
+        body_base64,
     }
 }
 

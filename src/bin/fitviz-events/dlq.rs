@@ -16,7 +16,8 @@ use crate::{
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
     /// Shows the dead letters of QUEUE (a `….dlq`) with their `x-death` reasons,
-    /// without consuming them.
+    /// without consuming them. With `--json`, one object a message, its body as `body`
+    /// when it is UTF-8 text, as `body_base64` (standard base64) when it is not.
     List {
         /// The dead-letter queue.
         queue: String,

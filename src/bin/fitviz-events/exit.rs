@@ -18,6 +18,9 @@ pub(crate) struct Failure {
 
 /// Another failure.
 pub(crate) const OTHER: u8 = 1;
+/// A usage error: unknown command or flag, missing or malformed argument (clap's own
+/// code, kept when `--json` reports it).
+pub(crate) const USAGE: u8 = 2;
 /// An invalid `FITVIZ_EVENTS_*` variable.
 pub(crate) const CONFIG: u8 = 3;
 /// An invalid event: nothing was sent.

@@ -3,13 +3,17 @@
 //! the library's configuration (`FITVIZ_EVENTS_*` environment variables).
 //!
 //! Human output by default, one JSON object per result with `--json`. Errors are one
-//! line on stderr (a JSON object on stdout with `--json`) and a non-zero exit code:
+//! line on stderr (a JSON object on stdout with `--json`,
+//! `{"error":"<kind>","message":"<one line>"}`) and a non-zero exit code. Usage errors
+//! too: with `--json` anywhere on the command line — even after the argument clap
+//! stopped at — they are `{"error":"usage","message":…}` on stdout instead of clap's
+//! text, still with exit code 2:
 //!
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
 //! | 1 | another failure (I/O, an unexpected error) |
-//! | 2 | usage: unknown command, missing or malformed argument (clap) |
+//! | 2 | usage: unknown command or flag, missing or malformed argument (clap); `"error":"usage"` with `--json` |
 //! | 3 | configuration: an invalid `FITVIZ_EVENTS_*` variable |
 //! | 4 | invalid event: validation, organization, too large — nothing was sent |
 //! | 5 | refused by the broker: unroutable, nacked, a conflicting or missing queue or exchange, access refused (403), precondition failed (406) |
@@ -24,6 +28,7 @@ mod topology;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use exit::{Failure, USAGE};
 
 /// Publish FitViz domain events to RabbitMQ and inspect their contract.
 ///
@@ -36,7 +41,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "fitviz-events", version)]
 struct Cli {
-    /// Print results and errors as JSON objects on stdout.
+    /// Print results and errors (usage errors too) as JSON objects on stdout, one a line.
     #[arg(long, global = true)]
     json: bool,
 
@@ -46,7 +51,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate an event and publish it with a broker confirm; prints the receipt.
+    /// Validate an event and publish it with a broker confirm; prints the receipt. The
+    /// data is an argument, `-` (stdin) or `@PATH` (a file).
     Publish(publish::Args),
     /// The event types and their schemas.
     #[command(subcommand)]
@@ -68,9 +74,64 @@ fn print_result(json: bool, value: &serde_json::Value, human: impl FnOnce() -> S
     }
 }
 
+/// Whether `--json` is among the raw arguments (before a `--` that ends the options):
+/// clap may fail before it reaches it.
+fn json_requested(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    (args.into_iter().skip(1))
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json")
+}
+
+/// Parses the command line. `--help` and `--version` print and exit as usual; a usage
+/// error exits 2, printed by clap or, with `--json`, as one JSON line.
+fn parse() -> Result<Cli, ExitCode> {
+    let error = match Cli::try_parse() {
+        Ok(cli) => return Ok(cli),
+        Err(error) => error,
+    };
+    if !error.use_stderr() || !json_requested(std::env::args_os()) {
+        error.exit();
+    }
+    let message = one_line(&error);
+    Err(Failure::new(USAGE, "usage", message).report(true))
+}
+
+/// clap's text of a usage error in one line: the error itself (without `error: `, its
+/// lines joined), then the usage of the command it is about; no tip, no pointer to
+/// `--help`.
+fn one_line(error: &clap::Error) -> String {
+    let text = error.to_string();
+    let usage = (text.lines())
+        .find_map(|line| line.trim().strip_prefix("Usage: "))
+        .map(str::trim);
+    let what = if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // clap printed the help of a command given without its subcommand.
+        "a subcommand is required".to_owned()
+    } else {
+        let lines: Vec<&str> = (text.lines())
+            .map(str::trim)
+            .take_while(|line| {
+                !line.starts_with("Usage:")
+                    && !line.starts_with("tip:")
+                    && !line.starts_with("For more information")
+            })
+            .filter(|line| !line.is_empty())
+            .collect();
+        let joined = lines.join(" ");
+        joined.strip_prefix("error: ").unwrap_or(&joined).to_owned()
+    };
+    match usage {
+        Some(usage) => format!("{what} (usage: {usage})"),
+        None => what,
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let result = match cli.command {
         Command::Publish(args) => publish::run(args, cli.json).await,
         Command::Schemas(command) => schemas::run(command, cli.json),
@@ -90,5 +151,22 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn json_is_found_anywhere_before_the_end_of_options() {
+        let found = |args: &[&str]| {
+            super::json_requested(
+                std::iter::once("fitviz-events")
+                    .chain(args.iter().copied())
+                    .map(Into::into),
+            )
+        };
+        assert!(found(&["--json", "publsh"]));
+        assert!(found(&["publsh", "--json"]));
+        assert!(found(&["publish", "t", "{}", "--bogus", "--json"]));
+        assert!(!found(&["publish", "t", "{}"]));
+        assert!(!found(&["publish", "--", "--json"]));
+        assert!(!found(&["--jsonx"]));
     }
 }

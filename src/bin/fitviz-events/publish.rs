@@ -1,19 +1,43 @@
-//! `fitviz-events publish TYPE JSON [--org ID] [--version V]`.
+//! `fitviz-events publish TYPE DATA [--org ID] [--version V]`, DATA being the JSON
+//! itself, `-` (read from stdin) or `@PATH` (read from a file): data over the operating
+//! system's limit on one argument (128 KiB on Linux) is passed so.
+
+use std::io::Read;
 
 use fitviz_events::{
     Event, EventPublisher, OrganizationId, PublisherConfig, Routing, transport::AmqpPublish,
 };
 
 use crate::{
-    exit::{Failure, INVALID},
+    exit::{Failure, INVALID, OTHER},
     print_result,
 };
+
+/// The bytes of the event's data: the argument itself, stdin for `-`, the file for
+/// `@PATH`. An unreadable file or stdin is an I/O failure naming it (exit 1); what
+/// was read is parsed as JSON afterwards, like an argument (invalid JSON: exit 4).
+fn read_data(data: &str) -> Result<Vec<u8>, Failure> {
+    if data == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| Failure::new(OTHER, "io", format!("reading the data from stdin: {e}")))?;
+        return Ok(bytes);
+    }
+    match data.strip_prefix('@') {
+        Some(path) => std::fs::read(path)
+            .map_err(|e| Failure::new(OTHER, "io", format!("reading the data from `{path}`: {e}"))),
+        None => Ok(data.as_bytes().to_vec()),
+    }
+}
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The event type, e.g. `workout.created` (the routing key).
     event_type: String,
-    /// The event's data, a JSON object, e.g. `'{"workout_id":"w-1", …}'`.
+    /// The event's data: a JSON object (`'{"workout_id":"w-1", …}'`), `-` to read it
+    /// from stdin, or `@PATH` to read it from a file — for data over the system's limit
+    /// on one argument (128 KiB on Linux).
     data: String,
     /// The organization the event belongs to.
     #[arg(long = "org", value_name = "ID")]
@@ -24,7 +48,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args, json: bool) -> Result<(), Failure> {
-    let data: serde_json::Value = serde_json::from_str(&args.data)
+    let data: serde_json::Value = serde_json::from_slice(&read_data(&args.data)?)
         .map_err(|e| Failure::new(INVALID, "validation", format!("data is not JSON: {e}")))?;
     let mut event = Event::from_json(args.event_type, data);
     if let Some(org) = &args.organization {
