@@ -9,7 +9,7 @@
 //! |---|---|
 //! | 0 | success |
 //! | 1 | another failure (I/O, an unexpected error) |
-//! | 2 | usage: unknown command, missing or malformed argument (clap) |
+//! | 2 | usage: unknown command, missing or malformed argument (clap); `dlq list` of a queue that is not a dead-letter queue (listing counts as a delivery) without `--count-as-delivery` |
 //! | 3 | configuration: an invalid `FITVIZ_EVENTS_*` variable |
 //! | 4 | invalid event: validation, organization, too large — nothing was sent |
 //! | 5 | refused by the broker: unroutable, nacked, a conflicting or missing queue, access refused |
@@ -30,7 +30,8 @@ use clap::{Parser, Subcommand};
 /// Configuration comes from the `FITVIZ_EVENTS_*` environment variables, as for the
 /// library (`FITVIZ_EVENTS_URL`, `FITVIZ_EVENTS_EXCHANGE`, …).
 ///
-/// Exit codes: 0 success, 1 other failure, 2 usage, 3 configuration, 4 invalid event
+/// Exit codes: 0 success, 1 other failure, 2 usage (also `dlq list` refusing a queue
+/// that is not a dead-letter queue), 3 configuration, 4 invalid event
 /// (nothing sent), 5 refused by the broker (unroutable, nacked, conflicting or missing
 /// queue), 6 broker unavailable.
 #[derive(Debug, Parser)]
