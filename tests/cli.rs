@@ -551,7 +551,7 @@ async fn topology_declare_then_a_rejected_event_is_replayed_from_the_dlq_exactly
     assert_eq!(passive(queue.clone()).await, 0);
 
     // A missing queue is one line and exit 5.
-    let output = run(&vars, &["dlq", "list", &format!("{queue}.nope")]);
+    let output = run(&vars, &["dlq", "list", &format!("{queue}.nope.dlq")]);
     assert_eq!(code(&output), 5, "{}", stderr(&output));
     assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
 
@@ -700,5 +700,238 @@ async fn names_that_do_not_fit_exit_3_naming_them_without_a_panic() {
         assert!(!message.contains("panicked"), "{shown:?}: {message}");
         assert_eq!(message.lines().count(), 1, "{shown:?}: one line: {message}");
     }
+    fx.cleanup().await;
+}
+
+/// The `x-delivery-count` of the messages in `queue` (0 when the header is absent: never
+/// delivered), taking them (acked).
+async fn delivery_counts(channel: &lapin::Channel, queue: &str) -> Vec<i64> {
+    use lapin::{options::BasicGetOptions, types::AMQPValue};
+    let mut counts = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        let headers = message
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        counts.push(match headers.inner().get("x-delivery-count") {
+            None => 0,
+            Some(AMQPValue::LongLongInt(n)) => *n,
+            Some(AMQPValue::LongInt(n)) => (*n).into(),
+            Some(other) => panic!("x-delivery-count {other:?}"),
+        });
+    }
+    counts
+}
+
+/// `dlq list` is read-only (issue 19): AMQP has no peek, so listing a consumer queue
+/// (which has an `x-delivery-limit`) would count as a delivery each time and, after a few
+/// listings, dead-letter its messages. It is refused with exit 2, naming why and the
+/// flag, and the messages are untouched (never delivered, nothing dead-lettered);
+/// `--count-as-delivery` lists it, counting one delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_refuses_a_consumer_queue_and_leaves_its_messages_undelivered() {
+    use lapin::{BasicProperties, options::BasicPublishOptions};
+    require_broker!();
+    let fx = Fixture::new("cli_dlq_list", "nothing.binds.this").await;
+    let url = support::broker_url();
+    let vars = vars_for(&fx, &url);
+    let queue = format!("{}.consumer", fx.name);
+    let dlq = format!("{queue}.dlq");
+    let declare = [
+        "topology",
+        "declare",
+        "--consumer-queue",
+        &queue,
+        "--bind",
+        "workout.*",
+        "--delivery-limit",
+        "2",
+    ];
+    let output = run(&vars, &declare);
+    assert_eq!(code(&output), 0, "{}{}", stdout(&output), stderr(&output));
+    for id in ["evt-a", "evt-b"] {
+        fx.channel
+            .basic_publish(
+                fx.exchange.as_str().into(),
+                "workout.created".into(),
+                BasicPublishOptions::default(),
+                b"{}",
+                BasicProperties::default().with_message_id(id.into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let connection = &fx.connection;
+    for _ in 0..100 {
+        if support::queue_len(connection, &queue).await == Some(2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(support::queue_len(connection, &queue).await, Some(2));
+
+    // Four listings, twice the delivery limit: each refused, nothing read.
+    for json in [false, true, false, true] {
+        let args = [&["--json"][..], &["dlq", "list", &queue]].concat();
+        let output = run(&vars, if json { &args } else { &args[1..] });
+        assert_eq!(code(&output), 2, "{}{}", stdout(&output), stderr(&output));
+        if json {
+            let error: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+            assert_eq!(error["error"], "counts_as_delivery", "{error}");
+        } else {
+            let message = stderr(&output);
+            assert!(
+                message.starts_with("fitviz-events: counts_as_delivery: "),
+                "{message}"
+            );
+            assert!(message.contains("counts as a delivery"), "{message}");
+            assert!(message.contains("--count-as-delivery"), "{message}");
+            assert_eq!(message.lines().count(), 1, "{message}");
+        }
+    }
+    // A DLQ is listed as before (empty here).
+    let output = run(&vars, &["--json", "dlq", "list", &dlq]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), "");
+
+    // With the flag: listed once, which counts one delivery of each.
+    let output = run(
+        &vars,
+        &["--json", "dlq", "list", &queue, "--count-as-delivery"],
+    );
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(stdout(&output).lines().count(), 2, "{}", stdout(&output));
+    // Both still in the queue, delivered once (by the flagged listing only), none
+    // dead-lettered.
+    for _ in 0..100 {
+        if support::queue_len(connection, &queue).await == Some(2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(support::queue_len(connection, &dlq).await, Some(0));
+    let channel = connection.create_channel().await.unwrap();
+    assert_eq!(delivery_counts(&channel, &queue).await, vec![1, 1]);
+
+    delete_declared(&fx, &queue).await;
+    fx.cleanup().await;
+}
+
+/// A replay stopped by an error prints what it had moved and exits non-zero (issue 19):
+/// the DLQ holds a dead letter of its own queue, then one of a queue deleted since (the
+/// broker returns its copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_stopped_by_an_error_prints_what_it_moved() {
+    use lapin::{
+        options::QueueDeclareOptions,
+        types::{AMQPValue, FieldTable},
+    };
+    require_broker!();
+    let fx = Fixture::new("cli_dlq_partial", "nothing.binds.this").await;
+    let url = support::broker_url();
+    let vars = vars_for(&fx, &url);
+    let queue = format!("{}.consumer", fx.name);
+    let dlq = format!("{queue}.dlq");
+    let gone = format!("{}.gone", fx.name);
+    let output = run(
+        &vars,
+        &[
+            "topology",
+            "declare",
+            "--consumer-queue",
+            &queue,
+            "--bind",
+            "workout.*",
+        ],
+    );
+    assert_eq!(code(&output), 0, "{}{}", stdout(&output), stderr(&output));
+    let channel = fx.connection.create_channel().await.unwrap();
+    // Both queues emptied, the DLQ holds `first` from the queue, then `second` from
+    // `gone`, deleted since.
+    let dead_letter_two = |first: &'static str, second: &'static str| {
+        let (channel, connection) = (channel.clone(), &fx.connection);
+        let (queue, dlq, gone) = (queue.clone(), dlq.clone(), gone.clone());
+        async move {
+            for name in [&queue, &dlq] {
+                channel
+                    .queue_purge(name.as_str().into(), Default::default())
+                    .await
+                    .unwrap();
+            }
+            let mut args = FieldTable::default();
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(300_000));
+            let dlx = format!("{queue}.dlx");
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(dlx.as_str().into()),
+            );
+            channel
+                .queue_declare(gone.as_str().into(), QueueDeclareOptions::default(), args)
+                .await
+                .unwrap();
+            for (from, id, n) in [(&queue, first, 1), (&gone, second, 2)] {
+                support::publish_and_reject(&channel, from, id).await;
+                for _ in 0..100 {
+                    if support::queue_len(connection, &dlq).await == Some(n) {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                assert_eq!(support::queue_len(connection, &dlq).await, Some(n));
+            }
+            channel
+                .queue_delete(gone.as_str().into(), Default::default())
+                .await
+                .unwrap();
+        }
+    };
+
+    // Human output: the moved id on stdout, then the error (one line on stderr).
+    dead_letter_two("evt-1", "evt-2").await;
+    let output = run(&vars, &["dlq", "replay", &dlq]);
+    assert_eq!(code(&output), 5, "{}{}", stdout(&output), stderr(&output));
+    let out = stdout(&output);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with("replayed evt-1\t"), "{out}");
+    let message = stderr(&output);
+    assert!(message.starts_with("fitviz-events: refused: "), "{message}");
+    assert!(message.contains(&gone), "{message}");
+    assert!(
+        message.contains("1 dead letter(s) had been replayed"),
+        "{message}"
+    );
+    assert_eq!(message.lines().count(), 1, "{message}");
+
+    // With --json: one object, the error and the report of what was moved.
+    dead_letter_two("evt-3", "evt-4").await;
+    let output = run(&vars, &["--json", "dlq", "replay", &dlq]);
+    assert_eq!(code(&output), 5, "{}{}", stdout(&output), stderr(&output));
+    let error: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(error["error"], "refused", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains(&gone),
+        "{error}"
+    );
+    let replayed = error["report"]["replayed"].as_array().expect("the report");
+    assert_eq!(replayed.len(), 1, "{error}");
+    assert_eq!(replayed[0]["message_id"], "evt-3");
+    assert_eq!(replayed[0]["routing_key"], queue.as_str());
+    // What it reports is what happened: evt-3 is back in the queue, evt-4 stays in the
+    // DLQ.
+    assert_eq!(support::queue_len(&fx.connection, &queue).await, Some(1));
+    assert_eq!(support::queue_len(&fx.connection, &dlq).await, Some(1));
+
+    delete_declared(&fx, &queue).await;
+    let _ = channel
+        .queue_delete(gone.as_str().into(), Default::default())
+        .await;
     fx.cleanup().await;
 }

@@ -1,11 +1,12 @@
-//! Dead letters on the real broker: a rejected message lands in the DLQ, listing it
-//! keeps it there, and replay moves it back to its queue exactly once.
+//! Dead letters on the real broker: a rejected message lands in the DLQ (also when the
+//! DLQ was missing at the time), listing it keeps it there, and replay moves it back to
+//! its queue exactly once, reporting what it moved also when it stops on an error.
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fitviz_events::topology::{
-    ConsumerQueue, Topology,
+    ConsumerQueue, DeadLetterStrategy, Topology, TopologyErrorKind,
     dead_letters::{self, ReplayTo},
 };
 use futures_util::StreamExt;
@@ -13,11 +14,11 @@ use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{
         BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicRejectOptions,
-        ConfirmSelectOptions, QueueDeclareOptions,
+        ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
-use support::{Leftovers, broker_url, unique};
+use support::{Leftovers, broker_url, publish_and_reject, queue_len, unique};
 
 async fn len(connection: &Connection, queue: &str) -> u32 {
     let channel = connection.create_channel().await.unwrap();
@@ -352,4 +353,192 @@ async fn a_queue_replayed_into_itself_is_replayed_at_most_once() {
         "one copy"
     );
     let _ = connection.close(200, "done".into()).await;
+}
+
+/// Dead letters are not lost on the way to the DLQ (issue 19): a message rejected from
+/// a consumer queue while its dead-letter exchange and queue are gone waits in the queue
+/// and reaches the DLQ once they exist again — the broker retries on a timer
+/// (`dead_letter_worker_publisher_confirm_timeout`, 180 s on RabbitMQ 3.10: measured
+/// here at 180.0 s after the rejection, the DLQ having been declared again after ~2 s).
+/// The same with `AtMostOnce` (how queues were declared before) loses it. This test
+/// waits for the broker's timer: about three minutes.
+#[tokio::test]
+async fn a_message_rejected_while_its_dlq_is_missing_reaches_it_once_the_dlq_exists() {
+    require_broker!();
+    let name = unique("dead_letters_alo");
+    let exchange = format!("{name}.x");
+    let idle = Duration::from_secs(900);
+    let safe = ConsumerQueue::new(format!("{name}.q"))
+        .bind("workout.*")
+        .expires(idle);
+    let lossy = ConsumerQueue::new(format!("{name}.amo"))
+        .bind("workout.*")
+        .dead_letter_strategy(DeadLetterStrategy::AtMostOnce)
+        .expires(idle);
+    let mut exchanges = vec![exchange.clone(), format!("{exchange}.unrouted")];
+    let mut queues = vec![format!("{exchange}.unrouted")];
+    for q in [&safe, &lossy] {
+        exchanges.push(q.dlx_name());
+        queues.extend([q.name().to_owned(), q.dlq_name()]);
+    }
+    let _leftovers = Leftovers { exchanges, queues };
+    let connection = Connection::connect(&broker_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let topology = Topology::new(&exchange)
+        .without_unrouted()
+        .consumer_queue(safe.clone())
+        .consumer_queue(lossy.clone());
+    topology.declare(&connection).await.expect("declare");
+
+    // The dead-letter target goes missing: the DLQ and its exchange are deleted.
+    let channel = connection.create_channel().await.unwrap();
+    for q in [&safe, &lossy] {
+        channel
+            .queue_delete(q.dlq_name().as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        let _ = channel
+            .exchange_delete(
+                q.dlx_name().as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+    let channel = connection.create_channel().await.unwrap();
+    publish_and_reject(&channel, safe.name(), "evt-safe").await;
+    let rejected = Instant::now();
+    publish_and_reject(&channel, lossy.name(), "evt-lossy").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(queue_len(&connection, &safe.dlq_name()).await, None);
+
+    // The target is back (declaring the topology again), empty at first.
+    topology.declare(&connection).await.expect("declare again");
+    let redeclared = rejected.elapsed();
+    assert_eq!(queue_len(&connection, &safe.dlq_name()).await, Some(0));
+    let mut arrived = None;
+    while rejected.elapsed() < Duration::from_secs(240) {
+        if queue_len(&connection, &safe.dlq_name()).await == Some(1) {
+            arrived = Some(rejected.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "target declared again {redeclared:?} after the rejection; arrived after {arrived:?}"
+    );
+    let arrived = arrived.expect("the dead letter never reached the DLQ: it was dropped");
+    assert!(arrived > redeclared, "{arrived:?}");
+
+    // It is the rejected message, with its x-death.
+    let admin = connection.create_channel().await.unwrap();
+    let letters = dead_letters::list(&admin, &safe.dlq_name(), 10)
+        .await
+        .expect("list");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].message_id.as_deref(), Some("evt-safe"));
+    assert_eq!(letters[0].deaths[0].queue, safe.name());
+    assert_eq!(letters[0].deaths[0].reason, "rejected");
+    // At most once, the same rejection was dropped for good.
+    assert_eq!(queue_len(&connection, &lossy.dlq_name()).await, Some(0));
+    assert_eq!(queue_len(&connection, lossy.name()).await, Some(0));
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// A replay interrupted by an error still reports what it moved (issue 19): the DLQ
+/// holds a dead letter of its own queue, then one of a queue deleted since (its copy is
+/// returned: no queue), then another; the replay moves the first, fails on the second,
+/// and its error carries the report naming the first.
+#[tokio::test]
+async fn a_replay_stopped_by_an_error_reports_what_it_moved() {
+    require_broker!();
+    let name = unique("dead_letters_partial");
+    let exchange = format!("{name}.x");
+    let queue = ConsumerQueue::new(format!("{name}.q"))
+        .bind("workout.*")
+        .expires(Duration::from_secs(300));
+    let gone = format!("{name}.gone");
+    let _leftovers = Leftovers {
+        exchanges: vec![exchange.clone(), queue.dlx_name()],
+        queues: vec![queue.name().to_owned(), queue.dlq_name(), gone.clone()],
+    };
+    let connection = Connection::connect(&broker_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    Topology::new(&exchange)
+        .without_unrouted()
+        .consumer_queue(queue.clone())
+        .declare(&connection)
+        .await
+        .expect("declare");
+    let dlq = queue.dlq_name();
+    let channel = connection.create_channel().await.unwrap();
+    dead_letter_three(&connection, &channel, &queue, &gone).await;
+
+    let admin = connection.create_channel().await.unwrap();
+    let error = dead_letters::replay(&admin, &dlq, ReplayTo::Queue, None)
+        .await
+        .expect_err("the second target is gone");
+    assert_eq!(error.kind(), TopologyErrorKind::Refused, "{error}");
+    assert!(error.to_string().contains(&format!("`{gone}`")), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("1 dead letter(s) had been replayed"),
+        "{error}"
+    );
+    let report = error.replay_report().expect("the partial report");
+    let moved: Vec<_> = report
+        .replayed
+        .iter()
+        .map(|r| r.message_id.clone())
+        .collect();
+    assert_eq!(moved, vec![Some("evt-1".to_owned())]);
+    assert_eq!(report.replayed[0].routing_key, queue.name());
+    // What it reports is what happened: the first moved, the other two still there.
+    assert_eq!(eventually(&connection, queue.name(), 1).await, 1);
+    assert_eq!(eventually(&connection, &dlq, 2).await, 2);
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// Fills `queue`'s DLQ with `evt-1` (from `queue`), `evt-2` (from `gone`, a queue that
+/// dead-letters into the same exchange, deleted afterwards) and `evt-3` (from `queue`).
+async fn dead_letter_three(
+    connection: &Connection,
+    channel: &lapin::Channel,
+    queue: &ConsumerQueue,
+    gone: &str,
+) {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(queue.dlx_name().as_str().into()),
+    );
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(300_000));
+    channel
+        .queue_declare(
+            gone.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    let dlq = queue.dlq_name();
+    publish_and_reject(channel, queue.name(), "evt-1").await;
+    assert_eq!(eventually(connection, &dlq, 1).await, 1);
+    publish_and_reject(channel, gone, "evt-2").await;
+    assert_eq!(eventually(connection, &dlq, 2).await, 2);
+    publish_and_reject(channel, queue.name(), "evt-3").await;
+    assert_eq!(eventually(connection, &dlq, 3).await, 3);
+    channel
+        .queue_delete(gone.into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
 }

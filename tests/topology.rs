@@ -5,8 +5,8 @@ mod support;
 use std::time::Duration;
 
 use fitviz_events::topology::{
-    ConsumerQueue, DeadLettering, Topology, TopologyErrorKind, alternate_exchange_policy,
-    unrouted_name,
+    ConsumerQueue, DeadLetterStrategy, DeadLettering, Topology, TopologyErrorKind,
+    alternate_exchange_policy, unrouted_name,
 };
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
@@ -227,5 +227,79 @@ async fn a_message_sent_to_the_retry_queue_comes_back_to_the_queue_after_the_del
             .as_str(),
         "retry-me"
     );
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// A consumer queue declared before dead-lettering became at least once (issue 19) has
+/// frozen arguments without `x-dead-letter-strategy`: declaring it with the new default
+/// fails with 406 naming it; `AtLeastOnceByPolicy` declares it with the arguments it has
+/// and prints the policy that applies the strategy, which the broker accepts and applies.
+#[tokio::test]
+async fn a_queue_declared_before_gets_at_least_once_dead_lettering_from_its_policy() {
+    require_broker!();
+    let name = unique("topology_strategy");
+    let exchange = format!("{name}.x");
+    let before = ConsumerQueue::new(format!("{name}.q"))
+        .bind("workout.*")
+        .dead_letter_strategy(DeadLetterStrategy::AtMostOnce)
+        .expires(Duration::from_secs(300));
+    let _leftovers = leftovers(&exchange, &[&before]);
+    let connection = connect().await;
+    let with = |queue: &ConsumerQueue| {
+        Topology::new(&exchange)
+            .without_unrouted()
+            .consumer_queue(queue.clone())
+    };
+    with(&before).declare(&connection).await.expect("as before");
+
+    let err = with(
+        &before
+            .clone()
+            .dead_letter_strategy(DeadLetterStrategy::AtLeastOnce),
+    )
+    .declare(&connection)
+    .await
+    .expect_err("the arguments are frozen");
+    assert!(err.is_conflict(), "{err}");
+    assert!(err.to_string().contains("x-dead-letter-strategy"), "{err}");
+
+    let migrated = before
+        .clone()
+        .dead_letter_strategy(DeadLetterStrategy::AtLeastOnceByPolicy);
+    let report = with(&migrated)
+        .declare(&connection)
+        .await
+        .expect("declared");
+    let policy = migrated.policy().expect("the strategy's policy");
+    assert_eq!(report.policies, vec![policy.command_line("/")]);
+    assert_eq!(policy.definition["dead-letter-strategy"], "at-least-once");
+    assert_eq!(policy.definition["overflow"], "reject-publish");
+    let set = std::process::Command::new("rabbitmqctl")
+        .args(policy.set_args("/"))
+        .output()
+        .expect("rabbitmqctl");
+    assert!(set.status.success(), "{set:?}");
+    let mut applied = String::new();
+    for _ in 0..50 {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["list_queues", "--silent", "name", "policy"])
+            .output()
+            .expect("rabbitmqctl");
+        applied = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{}\t", migrated.name())))
+            .unwrap_or_default()
+            .to_owned();
+        if applied == policy.name {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::process::Command::new("rabbitmqctl")
+        .args(policy.clear_args("/"))
+        .output();
+    assert_eq!(applied, policy.name, "the policy applies to the queue");
+    // Declaring it again is no error.
+    with(&migrated).declare(&connection).await.expect("again");
     let _ = connection.close(200, "done".into()).await;
 }

@@ -9,10 +9,20 @@
 //! [`DeadLetter::body`], [`DeadLetter::body_base64`]), then gives them all back
 //! (`basic.nack`, requeue). The
 //! queue is unchanged afterwards, but its messages are redelivered (`redelivered` set)
-//! and, while listed, invisible to other consumers. A dead-letter queue must therefore
-//! have no delivery limit ([`ConsumerQueue`](super::ConsumerQueue) declares it without
-//! one; on RabbitMQ 4, which gives quorum queues a default limit of 20, set
-//! `x-delivery-limit` to -1 by policy).
+//! and, while listed, invisible to other consumers. AMQP 0-9-1 has no peek: on a quorum
+//! queue each listing **counts as a delivery** of every message it shows, and a queue
+//! with an `x-delivery-limit` (as [`ConsumerQueue`](super::ConsumerQueue) gives consumer
+//! queues) dead-letters a message after that many listings — or drops it when it has no
+//! dead-letter exchange. Nor can AMQP read a queue's arguments or policy, so the limit
+//! cannot be checked. Hence the rule: [`list`] reads only the queues this crate declares
+//! without a delivery limit — dead-letter queues `<name>.dlq` and the unrouted queue
+//! `<exchange>.unrouted` ([`check_listable`]) — and refuses any other queue with
+//! [`TopologyErrorKind::CountsAsDelivery`] before touching it;
+//! [`list_counting_deliveries`] lists any queue, for a caller who knows it has no limit
+//! or accepts the deliveries. A dead-letter queue must have no delivery limit
+//! ([`ConsumerQueue`](super::ConsumerQueue) declares it without one; on RabbitMQ 4,
+//! which gives quorum queues a default limit of 20, set `delivery-limit` to -1 by
+//! policy).
 //!
 //! **Replaying** takes one message at a time: publishes a copy (same body, properties
 //! and `message_id`) with `mandatory` and waits for the broker's confirm, then acks the
@@ -23,6 +33,10 @@
 //! exchange: only that consumer sees it again. [`ReplayTo::Exchange`] publishes it to
 //! the exchange and routing key it was first published with — every queue bound for it
 //! gets it again, not only the one that rejected it.
+//!
+//! A replay that fails part-way (a target gone, the channel closed) has still moved the
+//! messages before the failure: its error carries the report of what it did
+//! ([`TopologyError::replay_report`]).
 //!
 //! # Example
 //! ```no_run
@@ -143,13 +157,60 @@ pub struct Replayed {
     pub routing_key: String,
 }
 
-/// Lists up to `limit` messages of the dead-letter queue `queue` without consuming them
-/// (see the [module docs](self)).
+/// Checks, before any I/O, that [`list`] reads `queue`: a valid name, and a dead-letter
+/// queue `<name>.dlq` or an unrouted queue `<exchange>.unrouted` — the queues this crate
+/// declares without a delivery limit (see the [module docs](self)).
 ///
 /// # Errors
+/// [`TopologyErrorKind::Config`] for an invalid name,
+/// [`TopologyErrorKind::CountsAsDelivery`] for any other queue, saying why.
+pub fn check_listable(queue: &str) -> Result<(), TopologyError> {
+    check_name("queue", queue, "")?;
+    let listable = [".dlq", crate::transport::unrouted_name("").as_str()]
+        .iter()
+        .any(|suffix| queue.len() > suffix.len() && queue.ends_with(suffix));
+    if listable {
+        return Ok(());
+    }
+    Err(TopologyError::new(
+        TopologyErrorKind::CountsAsDelivery,
+        format!(
+            "queue `{queue}` is not a dead-letter queue (`<name>.dlq`) or an unrouted \
+             queue (`<exchange>.unrouted`): listing gets each message and puts it back, \
+             which counts as a delivery, and with an `x-delivery-limit` (what consumer \
+             queues are declared with) a few listings dead-letter its messages, or drop \
+             them when it has no dead-letter exchange; AMQP cannot read the queue's limit \
+             to check, so nothing was read (list it anyway with --count-as-delivery / \
+             `list_counting_deliveries`)"
+        ),
+    ))
+}
+
+/// Lists up to `limit` messages of the dead-letter queue `queue` without consuming them
+/// (see the [module docs](self)); a queue that is not a dead-letter queue
+/// ([`check_listable`]) is refused, because listing it counts as a delivery.
+///
+/// # Errors
+/// [`TopologyErrorKind::CountsAsDelivery`] for a queue that is not a dead-letter queue
+/// (nothing is read; [`list_counting_deliveries`] lists it),
 /// [`TopologyErrorKind::NotFound`] when the queue does not exist (the channel is then
 /// closed), [`TopologyErrorKind::Connection`] when the channel fails.
 pub async fn list(
+    channel: &Channel,
+    queue: &str,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, TopologyError> {
+    check_listable(queue)?;
+    list_counting_deliveries(channel, queue, limit).await
+}
+
+/// Lists up to `limit` messages of any queue, each listing counting as a delivery of
+/// every message shown: on a queue with an `x-delivery-limit`, a message listed that
+/// many times is dead-lettered (or dropped). Prefer [`list`].
+///
+/// # Errors
+/// As [`list`], without [`TopologyErrorKind::CountsAsDelivery`].
+pub async fn list_counting_deliveries(
     channel: &Channel,
     queue: &str,
     limit: usize,
@@ -180,6 +241,8 @@ pub async fn list(
 /// [`TopologyErrorKind::Refused`] when the broker returns or nacks a copy (the target
 /// queue no longer exists, …): that dead letter stays in the queue and the replay stops;
 /// [`TopologyErrorKind::NotFound`], [`TopologyErrorKind::Connection`] as for [`list`].
+/// An error after the replay began carries what it had done until then
+/// ([`TopologyError::replay_report`]): the messages it moved are moved.
 pub async fn replay(
     channel: &Channel,
     queue: &str,
@@ -265,10 +328,17 @@ pub async fn replay(
         Ok(())
     }
     .await;
+    let mut result = result;
     for delivery in skipped {
-        requeue(&delivery).await?;
+        let requeued = requeue(&delivery).await;
+        if result.is_ok() {
+            result = requeued;
+        }
     }
-    result.map(|()| report)
+    match result {
+        Ok(()) => Ok(report),
+        Err(error) => Err(error.with_replay_report(report)),
+    }
 }
 
 async fn get(channel: &Channel, queue: &str) -> Result<Option<Delivery>, TopologyError> {

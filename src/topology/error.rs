@@ -2,6 +2,7 @@
 
 use std::{borrow::Cow, error::Error as StdError, fmt};
 
+use super::dead_letters::ReplayReport;
 use crate::error::PublishError;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -26,6 +27,10 @@ pub enum TopologyErrorKind {
     Refused,
     /// The configuration or the arguments are invalid.
     Config,
+    /// Refused before touching the queue: listing it would count as a delivery of each
+    /// message (it is not a dead-letter queue, and may have an `x-delivery-limit`); see
+    /// [`dead_letters::list`](super::dead_letters::list).
+    CountsAsDelivery,
 }
 
 /// Declaring a topology, or listing or replaying dead letters, failed.
@@ -38,6 +43,7 @@ pub struct TopologyError {
     kind: TopologyErrorKind,
     message: Cow<'static, str>,
     source: Option<BoxError>,
+    replay: Option<Box<ReplayReport>>,
 }
 
 impl TopologyError {
@@ -46,7 +52,30 @@ impl TopologyError {
             kind,
             message: message.into(),
             source: None,
+            replay: None,
         }
+    }
+
+    /// The error of a replay that had done `report` before it failed: the message says
+    /// how many it had moved.
+    pub(crate) fn with_replay_report(mut self, report: ReplayReport) -> Self {
+        self.message = format!(
+            "{}; {} dead letter(s) had been replayed before this error (they are moved)",
+            self.message,
+            report.replayed.len()
+        )
+        .into();
+        self.replay = Some(Box::new(report));
+        self
+    }
+
+    /// For an error of [`replay`](super::dead_letters::replay): what it had done before
+    /// it failed — the messages in [`ReplayReport::replayed`] were moved (confirmed at
+    /// their target and removed from the dead-letter queue) and must not be replayed
+    /// again; the failed one and the rest are still in the queue. `None` for other errors
+    /// and for a replay that failed before it began (name, confirm mode).
+    pub fn replay_report(&self) -> Option<&ReplayReport> {
+        self.replay.as_deref()
     }
 
     /// The broker answered `what` (e.g. ``declaring queue `q` ``) with `error`: classified
@@ -79,6 +108,7 @@ impl TopologyError {
             kind,
             message: message.into(),
             source: Some(Box::new(error)),
+            replay: None,
         }
     }
 

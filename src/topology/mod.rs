@@ -11,7 +11,9 @@
 //!   [`alternate_exchange_policy`] to make it the exchange's alternate exchange for
 //!   every publisher);
 //! - each **consumer queue** ([`ConsumerQueue`]): a durable quorum queue bound by
-//!   patterns, its dead-letter exchange and `<queue>.dlq`, an `x-delivery-limit`, and
+//!   patterns, its dead-letter exchange and `<queue>.dlq`, an `x-delivery-limit`,
+//!   dead-lettering at least once ([`DeadLetterStrategy`]: a dead letter whose target is
+//!   missing waits in the queue and is retried, instead of being dropped), and
 //!   optionally a delayed-retry queue.
 //!
 //! # Arguments or policies
@@ -27,7 +29,10 @@
 //! [`DeadLettering::Policy`], where the queue is declared without those arguments and
 //! [`Topology::policies`] gives the `rabbitmqctl set_policy …` command lines to apply.
 //! An argument wins over a policy of the same key, and only one policy applies to a
-//! queue: fold other policy keys you need into the same definition.
+//! queue: fold other policy keys you need into the same definition. A queue declared
+//! before dead-lettering became at least once (its arguments lack
+//! `x-dead-letter-strategy` and `x-overflow`, and declaring it with them fails with 406)
+//! takes them from a policy: [`DeadLetterStrategy::AtLeastOnceByPolicy`].
 //!
 //! # Example
 //! ```no_run
@@ -66,7 +71,7 @@ mod queue;
 pub use self::{
     error::{TopologyError, TopologyErrorKind},
     policy::{Policy, alternate_exchange_policy},
-    queue::{ConsumerQueue, DeadLettering},
+    queue::{ConsumerQueue, DeadLetterStrategy, DeadLettering},
 };
 pub use crate::transport::{UnroutedQueue, unrouted_name};
 
@@ -174,7 +179,8 @@ impl Topology {
     }
 
     /// The policies equivalent to what arguments cannot change later: each consumer
-    /// queue's dead-lettering in [`DeadLettering::Policy`] mode, then the alternate
+    /// queue's dead-lettering in [`DeadLettering::Policy`] mode or with
+    /// [`DeadLetterStrategy::AtLeastOnceByPolicy`], then the alternate
     /// exchange of the events exchange (when the unrouted queue is declared), which is
     /// only available as a policy here (see [`alternate_exchange_policy`]).
     pub fn policies(&self) -> Vec<Policy> {

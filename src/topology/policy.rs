@@ -23,7 +23,7 @@ use serde::Serialize;
 /// let policy = queue.policy().expect("policy mode");
 /// assert_eq!(
 ///     policy.command_line("/"),
-///     r#"rabbitmqctl set_policy -p / --priority 10 --apply-to queues notifications.dead-letter '^notifications$' '{"dead-letter-exchange":"notifications.dlx","delivery-limit":5}'"#
+///     r#"rabbitmqctl set_policy -p / --priority 10 --apply-to queues notifications.dead-letter '^notifications$' '{"dead-letter-exchange":"notifications.dlx","dead-letter-strategy":"at-least-once","delivery-limit":5,"overflow":"reject-publish"}'"#
 /// );
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

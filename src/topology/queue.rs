@@ -27,11 +27,73 @@ pub enum DeadLettering {
     Policy,
 }
 
+/// How reliably a consumer queue hands its dead letters to `<name>.dlx`
+/// (`x-dead-letter-strategy`, RabbitMQ 3.10+ quorum queues).
+///
+/// RabbitMQ dead-letters **at most once** unless told otherwise: a message rejected
+/// while the dead-letter exchange is missing, has no queue bound, or its queue does not
+/// confirm, is dropped for good. With **at least once** the quorum queue keeps each dead
+/// letter (outside its ready messages) until the dead-letter queue has confirmed it, and
+/// retries on a timer — the broker's `dead_letter_worker_publisher_confirm_timeout`,
+/// 180 s on RabbitMQ 3.10 (measured here: a message rejected while `<name>.dlx` and
+/// `<name>.dlq` were deleted, or while no queue was bound to `<name>.dlx`, reached
+/// `<name>.dlq` 180.0 s after the rejection, though the DLQ was declared again 2–5 s
+/// after it; see `tests/dead_letters.rs`). It needs `x-overflow:
+/// reject-publish` (with `drop-head` the broker falls back to at most once), so both are
+/// set.
+///
+/// # A full consumer queue
+///
+/// [`Topology`](super::Topology) sets no length limit, so the queue is never full and
+/// `reject-publish` changes nothing until someone adds one (`max-length` or
+/// `max-length-bytes`, by policy). With a limit, a full queue **refuses** new messages
+/// instead of dropping (or dead-lettering) its oldest: the broker nacks the publish,
+/// which this crate's publisher reports as [`ErrorKind::Nacked`](crate::ErrorKind::Nacked),
+/// retried within the publish deadline, then returned (see the README's *Failure
+/// behaviour*). Dead letters waiting for their target count toward that limit (measured
+/// here: with `max-length` 1 and one dead letter waiting, the first publish was acked and
+/// the second nacked; with two waiting, the first was nacked; the queue's message count
+/// showed 0 meanwhile): a limited queue whose dead-letter queue is gone fills up and then
+/// refuses publishes, rather than losing its dead letters.
+///
+/// # Queues declared before
+///
+/// x-arguments are frozen: a queue that exists without these two arguments (declared by
+/// an earlier version, or with [`AtMostOnce`](Self::AtMostOnce)) makes a declare with
+/// [`AtLeastOnce`](Self::AtLeastOnce) fail with `406` naming `x-dead-letter-strategy`.
+/// Keep it and its messages with [`AtLeastOnceByPolicy`](Self::AtLeastOnceByPolicy): it
+/// is declared with the arguments it has, and [`ConsumerQueue::policy`] gives the
+/// `rabbitmqctl set_policy` line that makes it at least once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum DeadLetterStrategy {
+    /// `x-dead-letter-strategy: at-least-once` and `x-overflow: reject-publish`, as
+    /// arguments or in the policy, as [`DeadLettering`] says.
+    #[default]
+    AtLeastOnce,
+    /// At least once, always by policy (`dead-letter-strategy`, `overflow`), the other
+    /// settings where [`DeadLettering`] says: for a queue whose arguments were frozen
+    /// without them (declared before). Until the policy is applied the queue dead-letters
+    /// at most once.
+    AtLeastOnceByPolicy,
+    /// Neither setting: the broker's default, which drops a dead letter it cannot route
+    /// at once (how consumer queues were declared before).
+    AtMostOnce,
+}
+
+impl DeadLetterStrategy {
+    /// Whether the queue dead-letters at least once (once its policy, if any, applies).
+    pub fn is_at_least_once(self) -> bool {
+        self != Self::AtMostOnce
+    }
+}
+
 /// A consumer's queue, declared by [`Topology`](super::Topology): a durable quorum queue
 /// bound to the events exchange by patterns (`workout.*`), with a dead-letter exchange
 /// `<name>.dlx` (fanout) and its queue `<name>.dlq`, an `x-delivery-limit` (a message
-/// redelivered more often is dead-lettered) and optionally a delayed-retry queue
-/// `<name>.retry`.
+/// redelivered more often is dead-lettered), dead-lettering at least once
+/// ([`DeadLetterStrategy`]) and optionally a delayed-retry queue `<name>.retry`.
 ///
 /// Dead letters: a message the consumer rejects (`basic.reject`/`nack` with
 /// `requeue=false`) or that exceeds the delivery limit goes to `<name>.dlq`, with an
@@ -64,6 +126,7 @@ pub struct ConsumerQueue {
     bindings: Vec<String>,
     delivery_limit: Option<u32>,
     dead_lettering: DeadLettering,
+    dead_letter_strategy: DeadLetterStrategy,
     #[serde(with = "opt_millis")]
     retry_delay: Option<Duration>,
     #[serde(with = "opt_millis")]
@@ -72,13 +135,14 @@ pub struct ConsumerQueue {
 
 impl ConsumerQueue {
     /// The queue `name`, with no bindings yet, a delivery limit of 5 and dead-lettering
-    /// by arguments.
+    /// at least once, by arguments.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             bindings: Vec::new(),
             delivery_limit: Some(5),
             dead_lettering: DeadLettering::Arguments,
+            dead_letter_strategy: DeadLetterStrategy::AtLeastOnce,
             retry_delay: None,
             expires: None,
         }
@@ -101,6 +165,13 @@ impl ConsumerQueue {
     /// Where the dead-lettering settings live (arguments or a policy).
     pub fn dead_lettering(mut self, mode: DeadLettering) -> Self {
         self.dead_lettering = mode;
+        self
+    }
+
+    /// How reliably dead letters reach `<name>.dlq` (default: at least once; see
+    /// [`DeadLetterStrategy`], also for a queue declared before).
+    pub fn dead_letter_strategy(mut self, strategy: DeadLetterStrategy) -> Self {
+        self.dead_letter_strategy = strategy;
         self
     }
 
@@ -161,14 +232,23 @@ impl ConsumerQueue {
         self.retry_delay.map(|_| format!("{}.retry", self.name))
     }
 
-    /// The policy holding the dead-lettering settings, with
-    /// [`DeadLettering::Policy`]; `None` with arguments.
+    /// The policy holding the dead-lettering settings (`dead-letter-exchange`,
+    /// `delivery-limit`, and for at least once `dead-letter-strategy` and `overflow`),
+    /// with [`DeadLettering::Policy`] or [`DeadLetterStrategy::AtLeastOnceByPolicy`];
+    /// `None` when arguments hold them all. (Where a queue also has some of them as
+    /// arguments, the arguments win: the policy adds the others.)
     pub fn policy(&self) -> Option<Policy> {
-        (self.dead_lettering == DeadLettering::Policy).then(|| {
+        let needed = self.dead_lettering == DeadLettering::Policy
+            || self.dead_letter_strategy == DeadLetterStrategy::AtLeastOnceByPolicy;
+        needed.then(|| {
             let mut definition = serde_json::Map::new();
             definition.insert("dead-letter-exchange".into(), self.dlx_name().into());
             if let Some(limit) = self.delivery_limit {
                 definition.insert("delivery-limit".into(), limit.into());
+            }
+            if self.dead_letter_strategy.is_at_least_once() {
+                definition.insert("dead-letter-strategy".into(), "at-least-once".into());
+                definition.insert("overflow".into(), "reject-publish".into());
             }
             Policy {
                 name: format!("{}.dead-letter", self.name),
@@ -191,6 +271,10 @@ impl ConsumerQueue {
                     "x-delivery-limit".into(),
                     AMQPValue::LongLongInt(limit.into()),
                 );
+            }
+            if self.dead_letter_strategy == DeadLetterStrategy::AtLeastOnce {
+                args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+                args.insert("x-overflow".into(), string("reject-publish"));
             }
         }
         self.add_expires(&mut args);
@@ -297,5 +381,67 @@ mod opt_millis {
             Some(d) => serializer.serialize_some(&(d.as_millis() as u64)),
             None => serializer.serialize_none(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(args: &FieldTable, key: &str) -> Option<String> {
+        match args.inner().get(key) {
+            Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into()),
+            _ => None,
+        }
+    }
+
+    /// Consumer queues dead-letter at least once by default (issue 19): as arguments,
+    /// or in the policy; a queue declared before keeps its arguments and gets the
+    /// strategy from the policy.
+    #[test]
+    fn dead_letters_are_at_least_once_by_default_as_arguments_or_policy() {
+        let queue = ConsumerQueue::new("orders");
+        let args = queue.arguments();
+        assert_eq!(
+            text(&args, "x-dead-letter-strategy").as_deref(),
+            Some("at-least-once")
+        );
+        assert_eq!(text(&args, "x-overflow").as_deref(), Some("reject-publish"));
+        assert_eq!(queue.policy(), None);
+        // The DLQ itself has neither (nor a delivery limit): nothing dead-letters from it.
+        let dlq = queue.dlq_arguments();
+        assert!(!dlq.inner().contains_key("x-dead-letter-strategy"));
+        assert!(!dlq.inner().contains_key("x-delivery-limit"));
+
+        let by_policy = queue.clone().dead_lettering(DeadLettering::Policy);
+        assert!(!by_policy.arguments().inner().contains_key("x-overflow"));
+        let definition = by_policy.policy().expect("a policy").definition;
+        assert_eq!(definition["dead-letter-strategy"], "at-least-once");
+        assert_eq!(definition["overflow"], "reject-publish");
+        assert_eq!(definition["dead-letter-exchange"], "orders.dlx");
+
+        // Declared before: the old arguments, the strategy by policy.
+        let before = queue
+            .clone()
+            .dead_letter_strategy(DeadLetterStrategy::AtLeastOnceByPolicy);
+        let args = before.arguments();
+        assert_eq!(
+            text(&args, "x-dead-letter-exchange").as_deref(),
+            Some("orders.dlx")
+        );
+        assert!(!args.inner().contains_key("x-dead-letter-strategy"));
+        assert!(!args.inner().contains_key("x-overflow"));
+        let definition = before.policy().expect("a policy").definition;
+        assert_eq!(definition["dead-letter-strategy"], "at-least-once");
+        assert_eq!(definition["overflow"], "reject-publish");
+
+        let at_most_once = queue.dead_letter_strategy(DeadLetterStrategy::AtMostOnce);
+        assert!(!at_most_once.arguments().inner().contains_key("x-overflow"));
+        assert_eq!(at_most_once.policy(), None);
+        let policy = at_most_once
+            .dead_lettering(DeadLettering::Policy)
+            .policy()
+            .unwrap();
+        assert!(policy.definition.get("dead-letter-strategy").is_none());
     }
 }

@@ -448,3 +448,80 @@ impl Drop for Leftovers {
         .join();
     }
 }
+
+/// Publishes a message with `message_id` `id` straight to `queue` (default exchange,
+/// with a confirm), takes it and rejects it without requeue: the broker dead-letters
+/// it as the queue's arguments say.
+pub async fn publish_and_reject(channel: &Channel, queue: &str, id: &str) {
+    use lapin::options::{BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions};
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"{}",
+            BasicProperties::default()
+                .with_message_id(id.into())
+                .with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(
+        matches!(confirm, lapin::Confirmation::Ack(None)),
+        "{id} not routed to {queue}: {confirm:?}"
+    );
+    let got = loop {
+        if let Some(got) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .expect("basic.get")
+        {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        got.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some(id)
+    );
+    got.delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .expect("reject");
+}
+
+/// The number of messages in `queue` (a passive declare on a channel of its own), or
+/// `None` when it does not exist.
+pub async fn queue_len(connection: &Connection, queue: &str) -> Option<u32> {
+    let channel = connection.create_channel().await.expect("channel");
+    let n = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok()
+        .map(|ok| ok.message_count());
+    if channel.status().connected() {
+        let _ = channel.close(200, "".into()).await;
+    }
+    n
+}

@@ -14,12 +14,15 @@ pub(crate) struct Failure {
     /// A word for scripts (`"validation"`, `"config"`, …).
     kind: &'static str,
     message: String,
+    /// What was done before the failure (a replay's report), printed with it.
+    report: Option<serde_json::Value>,
 }
 
 /// Another failure.
 pub(crate) const OTHER: u8 = 1;
-/// A usage error: unknown command or flag, missing or malformed argument (clap's own
-/// code, kept when `--json` reports it).
+/// Usage: unknown command or flag, missing or malformed argument (clap's own code, kept
+/// when `--json` reports it), and a command refusing its argument (`dlq list` of a
+/// queue that is not a dead-letter queue).
 pub(crate) const USAGE: u8 = 2;
 /// An invalid `FITVIZ_EVENTS_*` variable.
 pub(crate) const CONFIG: u8 = 3;
@@ -36,16 +39,24 @@ impl Failure {
             code,
             kind,
             message: message.into(),
+            report: None,
         }
+    }
+
+    /// Adds what was done before the failure: in the JSON object as `report`.
+    pub(crate) fn with_report(mut self, report: serde_json::Value) -> Self {
+        self.report = Some(report);
+        self
     }
 
     /// Prints the failure (one line) and returns its exit code.
     pub(crate) fn report(self, json: bool) -> ExitCode {
         if json {
-            println!(
-                "{}",
-                serde_json::json!({ "error": self.kind, "message": self.message })
-            );
+            let mut object = serde_json::json!({ "error": self.kind, "message": self.message });
+            if let Some(report) = self.report {
+                object["report"] = report;
+            }
+            println!("{object}");
         } else {
             eprintln!("fitviz-events: {}: {}", self.kind, self.message);
         }
@@ -68,6 +79,7 @@ impl From<TopologyError> for Failure {
             TopologyErrorKind::NotFound => (REFUSED, "not_found"),
             TopologyErrorKind::AccessRefused => (REFUSED, "access_refused"),
             TopologyErrorKind::Refused => (REFUSED, "refused"),
+            TopologyErrorKind::CountsAsDelivery => (USAGE, "counts_as_delivery"),
             _ => (OTHER, "topology"),
         };
         Self::new(code, kind, error.to_string().replace('\n', " "))

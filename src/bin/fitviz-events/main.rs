@@ -13,7 +13,7 @@
 //! |---|---|
 //! | 0 | success |
 //! | 1 | another failure (I/O, an unexpected error) |
-//! | 2 | usage: unknown command or flag, missing or malformed argument (clap); `"error":"usage"` with `--json` |
+//! | 2 | usage: unknown command or flag, missing or malformed argument (clap; `"error":"usage"` with `--json`); `dlq list` of a queue that is not a dead-letter queue (listing counts as a delivery) without `--count-as-delivery` |
 //! | 3 | configuration: an invalid `FITVIZ_EVENTS_*` variable |
 //! | 4 | invalid event: validation, organization, too large — nothing was sent |
 //! | 5 | refused by the broker: unroutable, nacked, a conflicting or missing queue or exchange, access refused (403), precondition failed (406) |
@@ -35,7 +35,8 @@ use exit::{Failure, USAGE};
 /// Configuration comes from the `FITVIZ_EVENTS_*` environment variables, as for the
 /// library (`FITVIZ_EVENTS_URL`, `FITVIZ_EVENTS_EXCHANGE`, …).
 ///
-/// Exit codes: 0 success, 1 other failure, 2 usage, 3 configuration, 4 invalid event
+/// Exit codes: 0 success, 1 other failure, 2 usage (also `dlq list` refusing a queue
+/// that is not a dead-letter queue), 3 configuration, 4 invalid event
 /// (nothing sent), 5 refused by the broker (unroutable, nacked, conflicting or missing
 /// queue or exchange, access refused), 6 broker unavailable.
 #[derive(Debug, Parser)]

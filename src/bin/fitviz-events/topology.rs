@@ -2,7 +2,7 @@
 
 use fitviz_events::{
     PublisherConfig,
-    topology::{self, ConsumerQueue, DeadLettering, Topology},
+    topology::{self, ConsumerQueue, DeadLetterStrategy, DeadLettering, Topology},
 };
 
 use crate::{exit::Failure, print_result};
@@ -31,6 +31,23 @@ pub(crate) struct DeclareArgs {
     /// queue arguments, which are frozen once declared.
     #[arg(long, requires = "consumer_queue")]
     dead_letter_policy: bool,
+    /// `at-least-once` (default): a dead letter whose DLQ is missing waits in the queue
+    /// and is retried (the broker's timer: 180 s on RabbitMQ 3.10), with `x-overflow:
+    /// reject-publish` (a queue given a length limit then refuses publishes when full);
+    /// `at-least-once-by-policy`: the same through the printed policy, for a queue
+    /// declared before without it (declaring it with the arguments fails with 406);
+    /// `at-most-once`: the broker's default, which drops such a dead letter.
+    #[arg(long, value_enum, value_name = "STRATEGY", default_value_t = Strategy::AtLeastOnce, requires = "consumer_queue")]
+    dead_letter_strategy: Strategy,
+}
+
+/// The values of `--dead-letter-strategy`, named as RabbitMQ names them.
+#[allow(clippy::enum_variant_names)]
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum Strategy {
+    AtLeastOnce,
+    AtLeastOnceByPolicy,
+    AtMostOnce,
 }
 
 pub(crate) async fn run(command: Command, json: bool) -> Result<(), Failure> {
@@ -48,6 +65,11 @@ pub(crate) async fn run(command: Command, json: bool) -> Result<(), Failure> {
         if args.dead_letter_policy {
             queue = queue.dead_lettering(DeadLettering::Policy);
         }
+        queue = queue.dead_letter_strategy(match args.dead_letter_strategy {
+            Strategy::AtLeastOnce => DeadLetterStrategy::AtLeastOnce,
+            Strategy::AtLeastOnceByPolicy => DeadLetterStrategy::AtLeastOnceByPolicy,
+            Strategy::AtMostOnce => DeadLetterStrategy::AtMostOnce,
+        });
         topology = topology.consumer_queue(queue);
     }
     // Every name is checked before connecting.
