@@ -40,6 +40,11 @@ class Lister:
     # ---- types -----------------------------------------------------------------------
     def path_name(self, path):
         name = path.get("path") or path.get("name") or "?"
+        # The crate's own items by their canonical path, so that how a file happens to
+        # import a type (`super::error::TopologyError`) does not show as an API change.
+        known = self.paths.get(str(path.get("id")))
+        if known and known.get("crate_id") == 0:
+            name = "::".join(known["path"])
         return name + self.args(path.get("args"))
 
     def args(self, args):
@@ -298,6 +303,8 @@ class Lister:
             inner = impl["inner"]["impl"]
             if inner.get("is_synthetic") or inner.get("blanket_impl") is not None:
                 continue
+            if (inner.get("trait") or {}).get("path") == "StructuralPartialEq":
+                continue  # the compiler's marker behind `#[derive(PartialEq)]`
             if inner.get("trait") is None:
                 for member_id in inner["items"]:
                     member = self.item(member_id)
