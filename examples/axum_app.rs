@@ -6,7 +6,7 @@
 //! - `POST /workouts` publishes and waits for the broker's confirm (`?` maps errors to
 //!   422 / 503 / 500), `POST /bookings` publishes detached, `POST /payments` uses the
 //!   JSON path;
-//! - observability (see the README's *Observability*): `GET /metrics` in the Prometheus
+//! - observability (see docs/observability.md): `GET /metrics` in the Prometheus
 //!   text format, `GET /ready` (200, or 503 with the reasons while the publisher cannot
 //!   publish: not connected, blocked by the broker, circuit open), `GET /live` (always
 //!   200: it never looks at the broker), `GET /health` (the circuit breaker's and the

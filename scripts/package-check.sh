@@ -8,10 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 fail() { echo "package: FAILED: $*"; exit 1; }
 list=$(cargo package --list --allow-dirty 2>/dev/null)
-unexpected=$(grep -Ev '^(src/|examples/|schemas/|README\.md$|CHANGELOG\.md$|BENCHMARKS\.md$|LICENSE-(MIT|APACHE)$|Cargo\.toml$|Cargo\.toml\.orig$|Cargo\.lock$|\.cargo_vcs_info\.json$)' <<<"$list" || true)
+unexpected=$(grep -Ev '^(src/|examples/|schemas/|docs/|README\.md$|CHANGELOG\.md$|BENCHMARKS\.md$|LICENSE-(MIT|APACHE)$|Cargo\.toml$|Cargo\.toml\.orig$|Cargo\.lock$|\.cargo_vcs_info\.json$)' <<<"$list" || true)
 [ -z "$unexpected" ] || fail "files that should not ship: $unexpected"
 for required in src/lib.rs src/bin/fitviz-events/main.rs README.md LICENSE-MIT LICENSE-APACHE \
-    schemas/envelope.json examples/axum_app.rs; do
+    schemas/envelope.json examples/axum_app.rs docs/reference/settings.md; do
   grep -qx "$required" <<<"$list" || fail "$required is not in the package"
 done
 out=$(cargo package --no-verify --allow-dirty 2>&1) || { echo "$out"; fail "cargo package"; }

@@ -1,7 +1,7 @@
 //! Axum integration (feature `axum`): the [`Publisher`] extractor and an
 //! `IntoResponse` for [`PublishError`] so handlers can use `?`.
 //!
-//! The status of each [`ErrorKind`] is [`status_of`] (the README's error table lists it,
+//! The status of each [`ErrorKind`] is [`status_of`] (the table on [`ErrorKind`] lists it,
 //! with retryability and what the broker may have stored). The body is JSON:
 //! `{"error": <code>, "message": …, "outcome": "not sent" | "refused" | "unknown"}`, plus
 //! `"violations": [{"field": …, "message": …}]` for `Validation` (422) and the `"event_id"`
@@ -72,7 +72,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Publisher {
 /// Seconds a client should wait before retrying when the event bus is unavailable.
 pub const RETRY_AFTER_SECS: u32 = 5;
 
-/// The HTTP status and the `error` code of each [`ErrorKind`] (the README's error table
+/// The HTTP status and the `error` code of each [`ErrorKind`] (the table on [`ErrorKind`]
 /// lists the same, and a test holds them together).
 pub fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
     match kind {
@@ -172,15 +172,15 @@ mod tests {
         assert!(body.get("event_id").is_none(), "{body}");
     }
 
-    /// The README's table of error kinds is the code's: status, retryability and what
+    /// The table of error kinds on `ErrorKind` is the code's: status, retryability and what
     /// the broker may have stored, row by row, for every kind.
     #[tokio::test]
     async fn the_readme_error_table_matches_the_code() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../docs/reference/error-kinds.md");
         let table = readme
             .split("| kind | HTTP | retried | stored by the broker? |")
             .nth(1)
-            .expect("the README has the error-kind table");
+            .expect("docs/reference/error-kinds.md has the error-kind table");
         let rows: Vec<Vec<String>> = table
             .lines()
             .skip(2)
@@ -202,13 +202,13 @@ mod tests {
             let (status, _) = status_of(kind);
             assert!(
                 row[1].starts_with(status.as_str()),
-                "{kind:?}: README says {}, code {status}",
+                "{kind:?}: the table says {}, code {status}",
                 row[1]
             );
             assert_eq!(row[2] == "yes", kind.is_retryable(), "{kind:?} retried");
             assert!(
                 row[3].starts_with(kind.delivery().as_str()),
-                "{kind:?}: README says {}, code {}",
+                "{kind:?}: the table says {}, code {}",
                 row[3],
                 kind.delivery().as_str()
             );

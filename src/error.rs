@@ -8,6 +8,18 @@ use uuid::Uuid;
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What went wrong with a publish, for callers that want to match on it.
+///
+/// [`PublishError::is_retryable`] says whether the stack tries the same event again,
+/// and [`PublishError::delivery`] what the broker may hold; the
+/// [errors guide](crate::guide::errors) says what happens under each fault.
+///
+/// # The kinds
+///
+/// The HTTP status the axum integration answers with, whether the stack retries it, and
+/// whether the broker may have stored the event (a test keeps this table and the code in
+/// step):
+///
+#[doc = include_str!("../docs/reference/error-kinds.md")]
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
@@ -70,7 +82,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Every kind, in the order of the README's error table.
+    /// Every kind, in the order of the table above.
     pub const ALL: [ErrorKind; 17] = [
         ErrorKind::Validation,
         ErrorKind::MissingOrganization,

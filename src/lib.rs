@@ -1,4 +1,37 @@
-#![doc = include_str!("../README.md")]
+//! Publish FitViz domain events (`workout.created`, `booking.confirmed`, `payment.failed`,
+//! …) to RabbitMQ from any Tower-based Rust web service, as Tower middleware. An event
+//! reported as published has been **confirmed by the broker and stored**; a sick broker
+//! never hangs or crashes a request; bad input gets an error naming the field and never
+//! reaches the broker; credentials never appear in logs.
+//!
+//! ```no_run
+//! use fitviz_events::{Event, EventPublisher, PublisherConfig, events::WorkoutCreated};
+//! # use fitviz_events::testing::Example;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let publisher = EventPublisher::connect(PublisherConfig::from_env()?).await?;
+//! let receipt = publisher
+//!     .publish(Event::new(WorkoutCreated::example()).with_organization("org-42"))
+//!     .await?; // confirmed by the broker
+//! publisher.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! In axum, `.layer(`[`http::EventPublishLayer`]`::new(publisher))` and a
+//! [`http::Publisher`] argument in the handlers (the repository's README has both quick
+//! starts; `examples/` has a whole service).
+//!
+//! # Contents
+//!
+//! - [`stack`]: the map of the publish stack, layer by layer.
+//! - Topic pages ([`guide`]): [the wire contract](guide::wire_contract),
+//!   [configuration](guide::configuration) (the settings table is on [`PublisherConfig`]),
+//!   [errors and failure behaviour](guide::errors) (the kinds are on [`ErrorKind`]),
+//!   [web services](guide::web_services), [clusters and TLS](guide::clusters_and_tls),
+//!   [consuming](guide::consuming), [observability](guide::observability),
+//!   [the command-line tool](guide::cli), [migrating from the Python library](guide::migration),
+//!   [performance](guide::performance).
+//!
 //! # Modules
 //!
 //! The headline types are at the crate root; each middleware has its own module.
@@ -7,6 +40,7 @@
 //! |---|---|
 //! | crate root | [`EventPublisher`], [`PublisherConfig`], [`Event`], [`PublishError`], [`SchemaRegistry`], … |
 //! | [`events`] | the eleven built-in FitViz events |
+//! | [`guide`] | the topic pages |
 //! | [`stack`] | the map: every layer of the publish stack in order, and what each needs from the ones outside it |
 //! | [`validate`], [`organization`], [`envelope`] | the front of the stack: one Tower middleware each |
 //! | [`timeout`], [`fairness`], [`retry`], [`circuit_breaker`] | the delivery stack: one Tower middleware each |
@@ -43,6 +77,7 @@ mod event;
 pub mod events;
 pub mod fairness;
 pub mod future;
+pub mod guide;
 mod header;
 pub mod http;
 mod ident;
@@ -75,3 +110,8 @@ pub use schema::export::{
     schema_file_name, schema_id,
 };
 pub use schema::{DomainEvent, SchemaRegistry, UnknownFields, ValidationError, Violation};
+
+/// The README's code, compiled and run as doctests (the README is not the crate page).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -88,7 +88,7 @@ async fn a_full_queue_nacks_its_own_events_and_other_routing_keys_keep_flowing()
     // of one organization into a full queue, each nacked 6 times with up to 3.1 s of
     // backoff while holding its organization's share, outlast the 15 s deadline (2,667
     // ended `Timeout`, and 32 of the same organization's healthy publishes with them).
-    // The README's failure table says so.
+    // The failure table (docs/errors.md) says so.
     let publisher = EventPublisher::connect(PublisherConfig {
         retry_attempts: 3,
         ..fx.config()

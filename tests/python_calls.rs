@@ -1,5 +1,5 @@
 //! The original Python library's documented calls, each as its Rust equivalent written in
-//! the README's "Migrating from the Python library", against the real broker; and the
+//! docs/migration.md ("Migrating from the Python library"), against the real broker; and the
 //! unknown-field policy (`reject` names the field, `forward` keeps it in the body).
 
 mod support;

@@ -42,8 +42,9 @@ type Secs = DurationSeconds<u64>;
 /// The configuration of a publisher: one public field per setting.
 ///
 ///  `PublisherConfig` has a public field per setting and [`Default`] gives every default;
-///  the [README's configuration table](crate#configuration) lists each setting's variable,
-///  default and accepted values (a test keeps it in step with this module).
+///  the [table below](#the-settings) lists each setting's variable, default and accepted
+///  values (a test keeps it in step with this module); the
+///  [configuration guide](crate::guide::configuration) says how they are read.
 ///
 ///  - **In code**: `PublisherConfig { pool_size: 8, ..Default::default() }`.
 ///  - **Environment**: [`from_env`](Self::from_env) reads the `FITVIZ_EVENTS_*`
@@ -146,8 +147,15 @@ type Secs = DurationSeconds<u64>;
 ///  ```
 ///
 /// `Debug` shows the URL with its password replaced by `***`.
+///
+/// # The settings
+///
+/// Each variable, its default and what it accepts (the config-file key is the variable
+/// without its `FITVIZ_EVENTS_` prefix, in lower case):
+///
+#[doc = include_str!("../../docs/reference/settings.md")]
 // A new setting is a field with a doc line and its rule (`rules.rs`), a line in `Default`
-// and a row in the README table (a test checks it). A duration is read as a number in the
+// and a row in the table of `docs/reference/settings.md` (a test checks it). A duration is read as a number in the
 // unit its key ends with: the key is the field name plus `_ms` or `_secs` (replacing a final
 // `_duration`), set with `#[serde(rename)]`; errors find the key by that convention.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, garde::Validate)]

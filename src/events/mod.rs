@@ -121,7 +121,7 @@ const CURRENCY_RULE: &str =
 /// The versions of built-in types that break what consumers of the version before need
 /// (a field renamed, removed, retyped or newly required): `(event type, version, why)`.
 /// Every other newer version keeps each field of the one before, with its meaning (a
-/// test checks both ways). See the README's *Versioning*.
+/// test checks both ways). See [*Versioning*](crate::guide::wire_contract).
 pub const BREAKING_CHANGES: &[(&str, u32, &str)] = &[(
     "workout.created",
     2,

@@ -582,7 +582,7 @@ mod tests {
         assert_eq!(check(Some(2), &v2), Ok(()));
         assert!(check(None, &v2).is_err(), "v2 is not current");
         // Under `forward`, the v2 shape passes as v1 (its differing fields are optional):
-        // the pitfall the README's *Versioning* warns about.
+        // the pitfall docs/wire-contract.md's *Versioning* warns about.
         assert_eq!(
             registry.validate_json_with("workout.created", None, &v2, UnknownFields::Forward),
             Some(Ok(()))

@@ -57,8 +57,8 @@ pub(crate) fn data_schema<T: DomainEvent + schemars::JsonSchema>() -> Value {
     value
 }
 
-/// The schema of the JSON envelope every event travels in (see the README's *The wire
-/// contract*); its `data` is described by the event type's own schema.
+/// The schema of the JSON envelope every event travels in (see the
+/// [wire contract](crate::guide::wire_contract)); its `data` is described by the event type's own schema.
 pub fn envelope_schema() -> Value {
     json!({
         "$schema": JSON_SCHEMA_DIALECT,

@@ -185,7 +185,7 @@ impl std::error::Error for ValidationError {}
 /// library sends fields the built-in schemas do not name (pydantic ignores extra fields by
 /// default, so they were accepted there), and a consumer loses nothing by seeing them —
 /// consumers must ignore fields they do not know anyway, since adding an optional field is
-/// not a breaking change (see the README's *Versioning*). Choose
+/// not a breaking change (see [*Versioning*](crate::guide::wire_contract)). Choose
 /// [`Reject`](Self::Reject) to catch a misspelt optional field (`calorie` for `calories`)
 /// at the publisher instead of losing it silently.
 ///

@@ -49,8 +49,8 @@ pub enum DeadLettering {
 /// `max-length-bytes`, by policy). With a limit, a full queue **refuses** new messages
 /// instead of dropping (or dead-lettering) its oldest: the broker nacks the publish,
 /// which this crate's publisher reports as [`ErrorKind::Nacked`](crate::ErrorKind::Nacked),
-/// retried within the publish deadline, then returned (see the README's *Failure
-/// behaviour*). Dead letters waiting for their target count toward that limit (measured
+/// retried within the publish deadline, then returned (see
+/// [*Failure behaviour*](crate::guide::errors)). Dead letters waiting for their target count toward that limit (measured
 /// here: with `max-length` 1 and one dead letter waiting, the first publish was acked and
 /// the second nacked; with two waiting, the first was nacked; the queue's message count
 /// showed 0 meanwhile): a limited queue whose dead-letter queue is gone fills up and then

@@ -1,5 +1,5 @@
 //! Encoding an [`Event`] into an AMQP message: the JSON body and the properties
-//! (the wire contract with consumers; see the README).
+//! (the wire contract with consumers; see [the guide](crate::guide::wire_contract)).
 
 use std::io;
 
