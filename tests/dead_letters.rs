@@ -20,29 +20,13 @@ use lapin::{
 };
 use support::{Leftovers, broker_url, publish_and_reject, queue_len, unique};
 
-async fn len(connection: &Connection, queue: &str) -> u32 {
-    let channel = connection.create_channel().await.unwrap();
-    let n = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("passive declare")
-        .message_count();
-    let _ = channel.close(200, "".into()).await;
-    n
-}
-
 /// The queue's length once it is `expected`, or after 2 s.
 async fn eventually(connection: &Connection, queue: &str, expected: u32) -> u32 {
     let mut n = 0;
     for _ in 0..40 {
-        n = len(connection, queue).await;
+        n = queue_len(connection, queue)
+            .await
+            .expect("the queue exists");
         if n == expected {
             break;
         }
@@ -145,7 +129,7 @@ async fn a_rejected_message_lands_in_the_dlq_and_replay_moves_it_back_exactly_on
     assert_eq!(report.replayed.len(), 1);
     assert_eq!(report.replayed[0].routing_key, queue.name());
     assert_eq!(report.replayed[0].exchange, "");
-    assert_eq!(len(&connection, &dlq).await, 0);
+    assert_eq!(queue_len(&connection, &dlq).await, Some(0));
     let again = dead_letters::replay(&admin, &dlq, ReplayTo::Queue, None)
         .await
         .unwrap();

@@ -8,11 +8,7 @@ use fitviz_events::topology::{
     ConsumerQueue, DeadLetterStrategy, DeadLettering, Topology, TopologyErrorKind,
     alternate_exchange_policy, unrouted_name,
 };
-use lapin::{
-    BasicProperties, Connection, ConnectionProperties,
-    options::{BasicPublishOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use lapin::{BasicProperties, Connection, ConnectionProperties, options::BasicPublishOptions};
 use support::{Leftovers, broker_url, unique};
 
 async fn connect() -> Connection {
@@ -37,24 +33,6 @@ fn leftovers(exchange: &str, queues: &[&ConsumerQueue]) -> Leftovers {
         exchanges,
         queues: names,
     }
-}
-
-async fn message_count(connection: &Connection, queue: &str) -> u32 {
-    let channel = connection.create_channel().await.unwrap();
-    let n = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("passive declare")
-        .message_count();
-    let _ = channel.close(200, "".into()).await;
-    n
 }
 
 #[tokio::test]
@@ -146,7 +124,9 @@ async fn the_alternate_exchange_keeps_an_unroutable_event_in_the_unrouted_queue(
             .unwrap()
             .await
             .unwrap();
-        kept = message_count(&connection, &unrouted).await;
+        kept = support::queue_len(&connection, &unrouted)
+            .await
+            .expect("the unrouted queue exists");
         if kept > 0 {
             break;
         }
@@ -197,7 +177,11 @@ async fn a_message_sent_to_the_retry_queue_comes_back_to_the_queue_after_the_del
         .unwrap()
         .await
         .unwrap();
-    while message_count(&connection, queue.name()).await == 0 {
+    while support::queue_len(&connection, queue.name())
+        .await
+        .expect("the queue exists")
+        == 0
+    {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "the retried message never came back"
@@ -209,7 +193,12 @@ async fn a_message_sent_to_the_retry_queue_comes_back_to_the_queue_after_the_del
         "back after {:?}, before the delay",
         started.elapsed()
     );
-    assert_eq!(message_count(&connection, &retry).await, 0);
+    assert_eq!(
+        support::queue_len(&connection, &retry)
+            .await
+            .expect("the retry queue exists"),
+        0
+    );
     let back = channel
         .basic_get(
             queue.name().into(),

@@ -8,27 +8,11 @@ use fitviz_events::{
     events::{BookingConfirmed, WorkoutCreated},
     testing::Example,
 };
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
+use lapin::types::FieldTable;
 use support::Fixture;
 
 fn event() -> Event {
     Event::new(WorkoutCreated::example()).with_organization("org-unroutable")
-}
-
-async fn unrouted_len(fx: &Fixture) -> Option<u32> {
-    let channel = fx.connection.create_channel().await.unwrap();
-    let name = format!("{}.unrouted", fx.exchange);
-    let result = channel
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    result.ok().map(|q| q.message_count())
 }
 
 #[tokio::test]
@@ -60,7 +44,10 @@ async fn an_event_no_queue_is_bound_for_is_kept_by_default_and_the_receipt_says_
     assert_eq!(first.routing, Routing::Kept);
     let second = publisher.publish(event()).await.expect("kept again");
     assert_eq!(second.routing, Routing::Kept);
-    assert_eq!(unrouted_len(&fx).await, Some(2));
+    assert_eq!(
+        support::queue_len(&fx.connection, &format!("{}.unrouted", fx.exchange)).await,
+        Some(2)
+    );
     let routed = publisher
         .publish(Event::new(BookingConfirmed::example()).with_organization("org-unroutable"))
         .await
@@ -113,6 +100,9 @@ async fn the_error_policy_still_fails_and_ignore_drops() {
     assert_eq!(receipt.routing, Routing::Dropped);
     publisher.close().await;
     // Neither declared nor filled the unrouted queue.
-    assert_eq!(unrouted_len(&fx).await, None);
+    assert_eq!(
+        support::queue_len(&fx.connection, &format!("{}.unrouted", fx.exchange)).await,
+        None
+    );
     fx.cleanup().await;
 }

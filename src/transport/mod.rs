@@ -73,13 +73,13 @@ use self::{
     connection::{ConnectionManager, ConnectionSettings, NodeSettings},
     exchange::Exchange,
     health::Health,
-    pool::{ChannelPool, PoolSettings},
+    pool::{ChannelPool, PoolSettings, PooledChannel},
     tls::Tls,
 };
 use crate::{
     config::{PublisherConfig, UnroutablePolicy},
     error::{ErrorKind, PublishError},
-    event::{Event, Receipt, Routing},
+    event::{Event, MetricType, Receipt, Routing},
     telemetry::Instruments,
 };
 
@@ -272,24 +272,7 @@ impl AmqpPublish {
                 span.record("server.port", port);
             }
         }
-        let sent = self.inner.instruments.attempt(event.metric_type);
-        let outcome = channel.publish(message, &sent).await?;
-        match &outcome {
-            Outcome::NotSent(_) => sent.not_sent(),
-            Outcome::Routed => sent.finish(None),
-            Outcome::Unroutable { .. } => sent.finish(Some(ErrorKind::Unroutable)),
-            Outcome::Nacked => sent.finish(Some(ErrorKind::Nacked)),
-            Outcome::Failed(error) => sent.finish(Some(failed_kind(error.as_ref()))),
-            Outcome::Unknown => sent.finish(Some(ErrorKind::Connection)),
-        }
-        match outcome {
-            // A channel may nack whatever it carries (a quorum queue whose leader is
-            // gone): the next publishes may need a new one.
-            Outcome::Nacked => channel.retire_after_nack(),
-            Outcome::Routed | Outcome::Unroutable { .. } => channel.acked(),
-            _ => {}
-        }
-        drop(channel);
+        let outcome = self.send(channel, message, event.metric_type).await?;
         if let Outcome::Unroutable { .. } = outcome {
             match self.inner.unroutable {
                 UnroutablePolicy::Error => {}
@@ -309,6 +292,35 @@ impl AmqpPublish {
             self.inner.exchange.name().as_str(),
             started,
         )
+    }
+
+    /// Sends `message` on `channel` and waits for the broker's answer, recording the
+    /// attempt's metrics and what the answer says about the channel; the channel goes
+    /// back to the pool before the outcome is returned.
+    async fn send(
+        &self,
+        channel: PooledChannel,
+        message: Message,
+        metric_type: MetricType,
+    ) -> Result<Outcome, PublishError> {
+        let sent = self.inner.instruments.attempt(metric_type);
+        let outcome = channel.publish(message, &sent).await?;
+        match &outcome {
+            Outcome::NotSent(_) => sent.not_sent(),
+            Outcome::Routed => sent.finish(None),
+            Outcome::Unroutable { .. } => sent.finish(Some(ErrorKind::Unroutable)),
+            Outcome::Nacked => sent.finish(Some(ErrorKind::Nacked)),
+            Outcome::Failed(error) => sent.finish(Some(failed_kind(error.as_ref()))),
+            Outcome::Unknown => sent.finish(Some(ErrorKind::Connection)),
+        }
+        match outcome {
+            // A channel may nack whatever it carries (a quorum queue whose leader is
+            // gone): the next publishes may need a new one.
+            Outcome::Nacked => channel.retire_after_nack(),
+            Outcome::Routed | Outcome::Unroutable { .. } => channel.acked(),
+            _ => {}
+        }
+        Ok(outcome)
     }
 
     /// Publishes an event the broker returned to `<exchange>.unrouted`, with a confirm,
@@ -348,22 +360,7 @@ impl AmqpPublish {
             body,
             properties,
         };
-        let sent = self.inner.instruments.attempt(event.metric_type);
-        let outcome = channel.publish(message, &sent).await?;
-        match &outcome {
-            Outcome::NotSent(_) => sent.not_sent(),
-            Outcome::Routed => sent.finish(None),
-            Outcome::Unroutable { .. } => sent.finish(Some(ErrorKind::Unroutable)),
-            Outcome::Nacked => sent.finish(Some(ErrorKind::Nacked)),
-            Outcome::Failed(error) => sent.finish(Some(failed_kind(error.as_ref()))),
-            Outcome::Unknown => sent.finish(Some(ErrorKind::Connection)),
-        }
-        match outcome {
-            Outcome::Nacked => channel.retire_after_nack(),
-            Outcome::Routed | Outcome::Unroutable { .. } => channel.acked(),
-            _ => {}
-        }
-        drop(channel);
+        let outcome = self.send(channel, message, event.metric_type).await?;
         match outcome {
             Outcome::Routed => {
                 tracing::debug!(queue = %unrouted, "unroutable event kept");
