@@ -133,3 +133,6 @@ pub(super) fn unknown_fields<'de, D: Deserializer<'de>>(
 
     deserializer.deserialize_any(Policy)
 }
+
+#[cfg(test)]
+mod tests;

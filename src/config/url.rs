@@ -475,3 +475,6 @@ pub(super) fn redact_raw(raw: &str) -> String {
         None => raw.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests;
