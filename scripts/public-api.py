@@ -33,6 +33,9 @@ class Lister:
         self.crate = self.index[str(doc["root"])]["name"]
         self.lines = set()
         self.visiting = set()
+        # Item id -> the shortest public path it can be named by (found by a first walk),
+        # so that signatures name types as users do, whatever module defines them.
+        self.public = {}
 
     def item(self, id_):
         return self.index.get(str(id_))
@@ -42,9 +45,13 @@ class Lister:
         name = path.get("path") or path.get("name") or "?"
         # The crate's own items by their canonical path, so that how a file happens to
         # import a type (`super::error::TopologyError`) does not show as an API change.
-        known = self.paths.get(str(path.get("id")))
-        if known and known.get("crate_id") == 0:
-            name = "::".join(known["path"])
+        public = self.public.get(str(path.get("id")))
+        if public:
+            name = public
+        else:
+            known = self.paths.get(str(path.get("id")))
+            if known and known.get("crate_id") == 0:
+                name = "::".join(known["path"])
         return name + self.args(path.get("args"))
 
     def args(self, args):
@@ -226,6 +233,9 @@ class Lister:
             self.walk_item(path, target_id, target, inner["name"])
             return
         full = f"{path}::{name}"
+        known = self.public.get(str(id_))
+        if known is None or (len(full), full) < (len(known), known):
+            self.public[str(id_)] = full
         if kind == "module":
             self.emit(f"mod {full}")
             self.walk_module(full, id_)
@@ -242,7 +252,7 @@ class Lister:
                 for i, field_id in enumerate(s["tuple"]):
                     if field_id is not None:
                         self.field(full, field_id, str(i))
-            self.impls(full, inner.get("impls", []))
+            self.impls(full, id_, inner.get("impls", []))
         elif kind == "enum":
             params, where = self.generics(inner["generics"])
             attrs = " #[non_exhaustive]" if any("non_exhaustive" in str(a) for a in item.get("attrs", [])) else ""
@@ -262,7 +272,7 @@ class Lister:
                         for f in vkind["struct"]["fields"]
                     ) + " }"
                 self.emit(f"variant {full}::{variant['name']}{fields}")
-            self.impls(full, inner.get("impls", []))
+            self.impls(full, id_, inner.get("impls", []))
         elif kind == "trait":
             params, where = self.generics(inner["generics"])
             self.emit(f"trait {full}{params}{where}")
@@ -297,11 +307,16 @@ class Lister:
         elif kind == "assoc_const":
             self.emit(f"const {owner}::{member['name']}: {self.ty(inner['type'])}")
 
-    def impls(self, owner, impl_ids):
+    def impls(self, owner, owner_id, impl_ids):
         for impl_id in impl_ids:
             impl = self.item(impl_id)
             inner = impl["inner"]["impl"]
             if inner.get("is_synthetic") or inner.get("blanket_impl") is not None:
+                continue
+            # rustdoc also lists, on a type, the impls that only mention it
+            # (`impl Service<Event> for Envelope<S>` on `Event`): keep those for the type.
+            implemented_for = inner.get("for", {}).get("resolved_path", {})
+            if str(implemented_for.get("id")) != str(owner_id):
                 continue
             if (inner.get("trait") or {}).get("path") == "StructuralPartialEq":
                 continue  # the compiler's marker behind `#[derive(PartialEq)]`
@@ -329,6 +344,10 @@ def main():
     if doc.get("format_version", 0) < MIN_FORMAT:
         fail(f"rustdoc JSON format {doc.get('format_version')} is older than {MIN_FORMAT}")
     lister = Lister(doc)
+    # First walk: every item's public paths; second: the listing, naming types by them.
+    lister.walk_module(lister.crate, doc["root"])
+    lister.lines.clear()
+    lister.visiting.clear()
     lister.walk_module(lister.crate, doc["root"])
     for line in sorted(lister.lines):
         print(line)

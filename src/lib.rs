@@ -86,6 +86,7 @@ pub mod organization;
 mod publisher;
 pub mod retry;
 mod schema;
+mod serde_fields;
 pub mod stack;
 pub mod telemetry;
 pub mod testing;

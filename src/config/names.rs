@@ -2,11 +2,6 @@
 
 use std::borrow::Cow;
 
-use serde::{
-    Deserialize,
-    de::{self, Visitor},
-};
-
 use super::{ENV_PREFIX, PublisherConfig};
 
 /// How errors name settings. The validation context of [`PublisherConfig`], so that a rule
@@ -38,36 +33,7 @@ impl Naming {
 /// The config file keys, in the order of the fields: what serde's derived `Deserialize`
 /// hands to `deserialize_struct`.
 pub(super) fn keys() -> &'static [&'static str] {
-    /// A deserializer that records the fields it is asked for and gives nothing.
-    struct Probe<'a>(&'a mut &'static [&'static str]);
-
-    impl<'de> de::Deserializer<'de> for Probe<'_> {
-        type Error = de::value::Error;
-
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-            Err(de::Error::custom("only a struct's keys are read"))
-        }
-
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> Result<V::Value, Self::Error> {
-            *self.0 = fields;
-            Err(de::Error::custom("only a struct's keys are read"))
-        }
-
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
-            identifier ignored_any
-        }
-    }
-
-    let mut keys: &'static [&'static str] = &[];
-    let _ = PublisherConfig::deserialize(Probe(&mut keys));
-    keys
+    crate::serde_fields::struct_fields::<PublisherConfig>()
 }
 
 /// The key of the field `field`: its name, or for a duration its name with the unit
