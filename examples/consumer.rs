@@ -32,8 +32,9 @@ use std::{
 };
 
 use fitviz_events::{
-    Event, EventPublisher, PublisherConfig, SchemaRegistry, UnknownFields,
+    Event, EventPublisher, PublisherConfig, SchemaRegistry,
     events::WorkoutCreated,
+    schema::UnknownFields,
     testing::Example,
     topology::{self, ConsumerQueue, Topology},
 };

@@ -629,7 +629,8 @@ mod tests {
 
     #[test]
     fn validation_details_appear_once_across_the_chain() {
-        let validation = crate::ValidationError::single("workout.created", "member_id", "is empty");
+        let validation =
+            crate::schema::ValidationError::single("workout.created", "member_id", "is empty");
         let err = PublishError::validation(validation).for_event(Uuid::nil());
         let texts = chain(&err);
         assert_eq!(

@@ -368,16 +368,16 @@ impl Event {
     /// are case-sensitive, as in AMQP. The headers travel next to the library's own, in
     /// the message properties, not in the JSON body.
     ///
-    /// A name must be 1 to [`MAX_HEADER_NAME_BYTES`](crate::MAX_HEADER_NAME_BYTES) (128)
+    /// A name must be 1 to [`MAX_HEADER_NAME_BYTES`](crate::header::MAX_HEADER_NAME_BYTES) (128)
     /// bytes of ASCII letters, digits, `-`, `_` and `.`, and is refused, whatever its
-    /// case, when it is one of the [`RESERVED_HEADERS`](crate::RESERVED_HEADERS) (the
+    /// case, when it is one of the [`RESERVED_HEADERS`](crate::header::RESERVED_HEADERS) (the
     /// library's own `organization_id` and `schema_version`; `traceparent`, `tracestate`
     /// and `baggage`, which tracing will add; RabbitMQ's `CC` and `BCC`, which add
     /// routing keys) or starts with one of the
-    /// [`RESERVED_HEADER_PREFIXES`](crate::RESERVED_HEADER_PREFIXES) (`fitviz`, kept for
+    /// [`RESERVED_HEADER_PREFIXES`](crate::header::RESERVED_HEADER_PREFIXES) (`fitviz`, kept for
     /// the library; `x-`, RabbitMQ's: `x-death`, `x-delay`, `x-match`, …). An event
-    /// carries at most [`MAX_CUSTOM_HEADERS`](crate::MAX_CUSTOM_HEADERS) (64) of them.
-    /// [`check_header_name`](crate::check_header_name) checks a name alone.
+    /// carries at most [`MAX_CUSTOM_HEADERS`](crate::header::MAX_CUSTOM_HEADERS) (64) of them.
+    /// [`check_header_name`](crate::header::check_header_name) checks a name alone.
     ///
     /// Like [`with_organization`](Self::with_organization) this stays infallible: a
     /// refused header is not stored but remembered, and publishing (or spawning) the
@@ -393,7 +393,7 @@ impl Event {
     ///
     /// # Example
     /// ```
-    /// use fitviz_events::{Event, HeaderValue, events::WorkoutCreated, testing::Example};
+    /// use fitviz_events::{Event, header::HeaderValue, events::WorkoutCreated, testing::Example};
     ///
     /// let event = Event::new(WorkoutCreated::example())
     ///     .with_organization("org-42")
@@ -590,7 +590,7 @@ pub struct Receipt {
     /// Time from handing the event to the transport until the broker's confirm.
     pub elapsed: Duration,
     /// Where the event went: a consumer's queue, or kept (or dropped) because no queue
-    /// was bound for it (see [`UnroutablePolicy`](crate::UnroutablePolicy)).
+    /// was bound for it (see [`UnroutablePolicy`](crate::config::UnroutablePolicy)).
     pub routing: Routing,
 }
 
@@ -622,10 +622,10 @@ pub enum Routing {
     /// broker does not say).
     Routed,
     /// No queue was bound for it: kept in `<exchange>.unrouted`
-    /// ([`UnroutablePolicy::AlternateExchange`](crate::UnroutablePolicy::AlternateExchange)).
+    /// ([`UnroutablePolicy::AlternateExchange`](crate::config::UnroutablePolicy::AlternateExchange)).
     Kept,
     /// No queue was bound for it and it was not stored
-    /// ([`UnroutablePolicy::Ignore`](crate::UnroutablePolicy::Ignore)).
+    /// ([`UnroutablePolicy::Ignore`](crate::config::UnroutablePolicy::Ignore)).
     Dropped,
 }
 

@@ -11,7 +11,7 @@ use std::{borrow::Cow, sync::Arc};
 ///
 /// # Example
 /// ```
-/// use fitviz_events::HeaderValue;
+/// use fitviz_events::header::HeaderValue;
 ///
 /// assert_eq!(HeaderValue::from("gold"), HeaderValue::String("gold".into()));
 /// assert_eq!(HeaderValue::from(7_u32), HeaderValue::Int(7));
@@ -141,7 +141,7 @@ fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
 ///
 /// # Example
 /// ```
-/// use fitviz_events::check_header_name;
+/// use fitviz_events::header::check_header_name;
 ///
 /// assert!(check_header_name("tenant-tier").is_ok());
 /// assert_eq!(check_header_name("X-Death"), Err("is reserved by RabbitMQ (x- headers)"));

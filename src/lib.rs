@@ -34,11 +34,20 @@
 //!
 //! # Modules
 //!
-//! The headline types are at the crate root; each middleware has its own module.
+//! The twelve headline types are at the crate root ([`EventPublisher`],
+//! [`EventPublisherBuilder`], [`PublishService`], [`PublisherConfig`], [`Event`],
+//! [`Receipt`], [`Routing`], [`OrganizationId`], [`PublishError`], [`ErrorKind`],
+//! [`DomainEvent`], [`SchemaRegistry`]); everything else is in the module of its concern,
+//! one module per middleware:
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | crate root | [`EventPublisher`], [`PublisherConfig`], [`Event`], [`PublishError`], [`SchemaRegistry`], … |
+//! | [`publisher`] | [`EventPublisher`], its builder, [`publisher::CloseReport`], [`publisher::NotReady`] |
+//! | [`config`] | [`PublisherConfig`], [`config::BrokerUrl`], [`config::ConfigError`], [`config::UnroutablePolicy`] |
+//! | [`event`] | [`Event`], [`Receipt`], [`OrganizationId`] and the checks of ids |
+//! | [`header`] | custom headers ([`header::HeaderValue`]), the reserved names and the library's own header names |
+//! | [`error`] | [`PublishError`], [`ErrorKind`] (the table of kinds), [`error::Delivery`] |
+//! | [`schema`] | [`DomainEvent`], [`SchemaRegistry`], [`schema::ValidationError`]; [`schema::export`] writes the JSON Schemas |
 //! | [`events`] | the eleven built-in FitViz events |
 //! | [`guide`] | the topic pages |
 //! | [`stack`] | the map: every layer of the publish stack in order, and what each needs from the ones outside it |
@@ -49,6 +58,7 @@
 //! | `axum` | the `Publisher` extractor and `IntoResponse` for [`PublishError`] (feature `axum`) |
 //! | [`topology`] | [`topology::Topology`]: the exchange, the unrouted queue, consumers' queues and dead letters |
 //! | [`telemetry`] | metrics, the producer span, trace context in the headers |
+//! | [`future`] | the response future the front's layers share |
 //! | [`testing`] | an in-memory transport and example events for your own tests |
 //!
 //! # Feature flags
@@ -70,22 +80,22 @@
 #[cfg(feature = "axum")]
 pub mod axum;
 pub mod circuit_breaker;
-mod config;
+pub mod config;
 pub mod envelope;
-mod error;
-mod event;
+pub mod error;
+pub mod event;
 pub mod events;
 pub mod fairness;
 pub mod future;
 pub mod guide;
-mod header;
+pub mod header;
 pub mod http;
 mod ident;
 mod log_limit;
 pub mod organization;
-mod publisher;
+pub mod publisher;
 pub mod retry;
-mod schema;
+pub mod schema;
 mod serde_fields;
 pub mod stack;
 pub mod telemetry;
@@ -95,22 +105,12 @@ pub mod topology;
 pub mod transport;
 pub mod validate;
 
-pub use config::{BrokerUrl, ConfigError, ENV_PREFIX, PublisherConfig, UnroutablePolicy};
-pub use error::{Delivery, ErrorKind, PublishError};
-pub use event::{
-    Event, InvalidId, MAX_CORRELATION_ID_BYTES, MAX_ORGANIZATION_ID_BYTES, OrganizationId, Receipt,
-    Routing, check_correlation_id, check_event_type,
-};
-pub use header::{
-    HeaderValue, MAX_CUSTOM_HEADERS, MAX_HEADER_NAME_BYTES, RESERVED_HEADER_PREFIXES,
-    RESERVED_HEADERS, check_header_name,
-};
-pub use publisher::{CloseReport, EventPublisher, EventPublisherBuilder, NotReady, PublishService};
-pub use schema::export::{
-    ENVELOPE_FILE_NAME, JSON_SCHEMA_DIALECT, SCHEMA_ID_PREFIX, envelope_schema, export_schemas,
-    schema_file_name, schema_id,
-};
-pub use schema::{DomainEvent, SchemaRegistry, UnknownFields, ValidationError, Violation};
+// The headline types, at the root; everything else under the module of its concern.
+pub use config::PublisherConfig;
+pub use error::{ErrorKind, PublishError};
+pub use event::{Event, OrganizationId, Receipt, Routing};
+pub use publisher::{EventPublisher, EventPublisherBuilder, PublishService};
+pub use schema::{DomainEvent, SchemaRegistry};
 
 /// The README's code, compiled and run as doctests (the README is not the crate page).
 #[cfg(doctest)]

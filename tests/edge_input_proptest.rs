@@ -7,7 +7,8 @@
 //! repeated query parameters with non-numeric values, IPv6 hosts, lists of nodes.
 
 use fitviz_events::{
-    BrokerUrl, ErrorKind, Event, OrganizationId, PublisherConfig, organization::OrganizationLayer,
+    ErrorKind, Event, OrganizationId, PublisherConfig, config::BrokerUrl,
+    organization::OrganizationLayer,
 };
 use proptest::prelude::*;
 
@@ -200,7 +201,7 @@ proptest! {
                 assert_hidden(&format!("{err:?}"), &marker)?;
             }
         }
-        if let Err(invalid) = fitviz_events::check_correlation_id(&id) {
+        if let Err(invalid) = fitviz_events::event::check_correlation_id(&id) {
             assert_hidden(&invalid.to_string(), &marker)?;
             assert_hidden(&format!("{invalid:?}"), &marker)?;
         }

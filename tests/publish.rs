@@ -145,7 +145,7 @@ async fn invalid_events_are_rejected_and_never_reach_the_broker() {
     // With the `reject` unknown-field policy, so that the unknown field below is refused
     // (the default, `forward`, is tested in `python_calls.rs`).
     let config = PublisherConfig {
-        unknown_fields: fitviz_events::UnknownFields::Reject,
+        unknown_fields: fitviz_events::schema::UnknownFields::Reject,
         ..fx.config()
     };
     let publisher = EventPublisher::connect(config).await.unwrap();

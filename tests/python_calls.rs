@@ -7,7 +7,8 @@ mod support;
 use std::{collections::HashSet, time::Duration};
 
 use fitviz_events::{
-    ErrorKind, Event, EventPublisher, OrganizationId, PublishError, PublisherConfig, UnknownFields,
+    ErrorKind, Event, EventPublisher, OrganizationId, PublishError, PublisherConfig,
+    schema::UnknownFields,
 };
 use serde_json::{Value, json};
 

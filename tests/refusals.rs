@@ -11,8 +11,8 @@ use std::{
 };
 
 use fitviz_events::{
-    Delivery, ErrorKind, Event, EventPublisher, PublishError, PublisherConfig,
-    circuit_breaker::BreakerState, events::WorkoutCreated, testing::Example,
+    ErrorKind, Event, EventPublisher, PublishError, PublisherConfig, circuit_breaker::BreakerState,
+    error::Delivery, events::WorkoutCreated, testing::Example,
 };
 use lapin::{
     ExchangeKind,

@@ -11,8 +11,8 @@ mod support;
 use std::{collections::BTreeMap, path::Path};
 
 use fitviz_events::{
-    EventPublisher, SchemaRegistry, UnknownFields, envelope_schema, export_schemas,
-    schema_file_name, testing::versioned_examples,
+    EventPublisher, SchemaRegistry, schema::UnknownFields, schema::export::envelope_schema,
+    schema::export::export_schemas, schema::export::schema_file_name, testing::versioned_examples,
 };
 use serde_json::{Value, json};
 
@@ -96,7 +96,7 @@ fn schemas_have_stable_ids_and_reflect_the_unknown_field_policy() {
     }
     impl fitviz_events::DomainEvent for Plain {
         const EVENT_TYPE: &'static str = "plain.happened";
-        fn validate(&self) -> Result<(), fitviz_events::ValidationError> {
+        fn validate(&self) -> Result<(), fitviz_events::schema::ValidationError> {
             Ok(())
         }
     }

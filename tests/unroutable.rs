@@ -4,7 +4,8 @@
 mod support;
 
 use fitviz_events::{
-    ErrorKind, Event, EventPublisher, PublisherConfig, Routing, UnroutablePolicy,
+    ErrorKind, Event, EventPublisher, PublisherConfig, Routing,
+    config::UnroutablePolicy,
     events::{BookingConfirmed, WorkoutCreated},
     testing::Example,
 };

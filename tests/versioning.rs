@@ -5,8 +5,9 @@
 mod support;
 
 use fitviz_events::{
-    ErrorKind, Event, EventPublisher, OrganizationId, SchemaRegistry, UnknownFields,
+    ErrorKind, Event, EventPublisher, OrganizationId, SchemaRegistry,
     events::{WorkoutCreated, WorkoutCreatedV2},
+    schema::UnknownFields,
     testing::Example,
 };
 use lapin::types::AMQPValue;

@@ -95,7 +95,7 @@ type Secs = DurationSeconds<u64>;
 ///  let err = PublisherConfig { retry_attempts: 50, ..Default::default() }.validate().unwrap_err();
 ///  assert_eq!(err.field(), "retry_attempts");
 ///  assert_eq!(err.to_string(), "retry_attempts: expected an integer from 0 to 20, got `50`");
-///  # Ok::<(), fitviz_events::ConfigError>(())
+///  # Ok::<(), fitviz_events::config::ConfigError>(())
 ///  ```
 ///
 ///  Reading variables (use [`from_env`](Self::from_env) for the real environment):
@@ -124,7 +124,7 @@ type Secs = DurationSeconds<u64>;
 ///      err.to_string(),
 ///      "FITVIZ_EVENTS_URL: expected scheme `amqp` or `amqps`, got `http://app:***@rabbit/`"
 ///  );
-///  # Ok::<(), fitviz_events::ConfigError>(())
+///  # Ok::<(), fitviz_events::config::ConfigError>(())
 ///  ```
 ///
 ///  A config file section (here JSON; any serde format works):
@@ -143,7 +143,7 @@ type Secs = DurationSeconds<u64>;
 ///      config.validate().unwrap_err().to_string(),
 ///      "publish_timeout_ms: expected at least confirm_timeout_ms (5000), got `10`"
 ///  );
-///  # Ok::<(), fitviz_events::ConfigError>(())
+///  # Ok::<(), fitviz_events::config::ConfigError>(())
 ///  ```
 ///
 /// `Debug` shows the URL with its password replaced by `***`.

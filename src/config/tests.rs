@@ -54,7 +54,7 @@ fn defaults() {
     assert_eq!(c.retry_max_delay, Duration::from_secs(2));
     assert!(c.validation);
     assert!(!c.allow_unregistered);
-    assert_eq!(c.unknown_fields, crate::UnknownFields::Forward);
+    assert_eq!(c.unknown_fields, crate::schema::UnknownFields::Forward);
     assert_eq!(c.heartbeat, Duration::from_secs(10));
     assert_eq!(c.connection_timeout, Duration::from_secs(5));
     assert_eq!(c.pool_wait_timeout, Duration::from_secs(1));
@@ -380,7 +380,7 @@ fn deserializes_config_files() {
         retry_max_delay: Duration::from_millis(500),
         validation: false,
         allow_unregistered: true,
-        unknown_fields: crate::UnknownFields::Reject,
+        unknown_fields: crate::schema::UnknownFields::Reject,
         heartbeat: Duration::from_secs(15),
         connection_timeout: Duration::from_secs(3),
         pool_wait_timeout: Duration::from_millis(250),

@@ -41,7 +41,7 @@ const KEY: &str = "url";
 /// is skipped, and one that comes back is used again by the next connections.
 ///
 /// ```
-/// use fitviz_events::BrokerUrl;
+/// use fitviz_events::config::BrokerUrl;
 ///
 /// let url: BrokerUrl = "amqp://app:s3cret@rabbit:5672/fitviz".parse()?;
 /// assert_eq!(url.to_string(), "amqp://app:***@rabbit:5672/fitviz");
@@ -60,7 +60,7 @@ const KEY: &str = "url";
 /// let err = "amqp://app:s3cret%ZZ@rabbit/".parse::<BrokerUrl>().unwrap_err();
 /// assert!(err.to_string().contains("the password has a malformed percent-encoding"));
 /// assert!(!err.to_string().contains("s3cret"));
-/// # Ok::<(), fitviz_events::ConfigError>(())
+/// # Ok::<(), fitviz_events::config::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct BrokerUrl {

@@ -45,10 +45,10 @@
 //! have no documented call of the original library sending less.
 //!
 //! **Unknown fields** in a JSON payload are forwarded unchanged by default, or rejected
-//! naming the field, as [`UnknownFields`](crate::UnknownFields) (the setting
+//! naming the field, as [`UnknownFields`](crate::schema::UnknownFields) (the setting
 //! `FITVIZ_EVENTS_UNKNOWN_FIELDS`) says.
 //!
-//! A rule broken by a typed event is reported as a [`Violation`](crate::Violation)
+//! A rule broken by a typed event is reported as a [`Violation`](crate::schema::Violation)
 //! whose `field` is the field name (`expires_at`, `currency`, `changed_fields[0]`);
 //! a JSON payload that does not even deserialize (an unknown or missing field, a
 //! wrong type) is reported on the field `data`, with a message naming the culprit.

@@ -15,7 +15,7 @@ use super::ValidationError;
 ///
 /// # Example
 /// ```
-/// use fitviz_events::{DomainEvent, ValidationError};
+/// use fitviz_events::{DomainEvent, schema::ValidationError};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Debug, Serialize, Deserialize, garde::Validate)]

@@ -190,7 +190,7 @@ impl SchemaRegistry {
 /// # Example
 /// ```
 /// let dir = std::env::temp_dir().join(format!("fitviz-schemas-{}", std::process::id()));
-/// let paths = fitviz_events::export_schemas(&dir).unwrap();
+/// let paths = fitviz_events::schema::export::export_schemas(&dir).unwrap();
 /// assert!(paths.iter().any(|p| p.ends_with("workout.created.v2.json")));
 /// assert!(paths.iter().any(|p| p.ends_with("envelope.json")));
 /// # std::fs::remove_dir_all(&dir).unwrap();

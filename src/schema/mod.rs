@@ -6,7 +6,7 @@
 //! paths cannot drift.
 
 mod domain_event;
-pub(crate) mod export;
+pub mod export;
 mod registry;
 mod unknown_fields;
 mod validation_error;

@@ -24,7 +24,7 @@ use std::fmt;
 ///
 /// # Example
 /// ```
-/// use fitviz_events::{SchemaRegistry, UnknownFields};
+/// use fitviz_events::{SchemaRegistry, schema::UnknownFields};
 /// use serde_json::json;
 ///
 /// let registry = SchemaRegistry::builtin();

@@ -46,7 +46,6 @@ mod refusal;
 mod tls;
 mod unrouted;
 
-pub use crate::header::{HEADER_ORGANIZATION_ID, HEADER_SCHEMA_VERSION};
 pub(crate) use encode::{check_body_size, encode, header_frame_bytes};
 pub use health::ConnectionState;
 pub use unrouted::{UnroutedQueue, unrouted_name};

@@ -278,7 +278,7 @@ impl Fixture {
             connection_name: Some(format!("{}.publisher", self.name)),
             // These tests were written for unroutable events as errors; the default
             // (kept in `<exchange>.unrouted`) is tested in tests/unroutable.rs.
-            unroutable: fitviz_events::UnroutablePolicy::Error,
+            unroutable: fitviz_events::config::UnroutablePolicy::Error,
             ..Default::default()
         }
     }

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use fitviz_events::{
-    ConfigError, ErrorKind, PublishError,
+    ErrorKind, PublishError,
+    config::ConfigError,
     topology::{TopologyError, TopologyErrorKind},
 };
 

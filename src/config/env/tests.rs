@@ -79,7 +79,7 @@ fn every_variable_is_read() {
         retry_max_delay: Duration::from_millis(50),
         validation: false,
         allow_unregistered: true,
-        unknown_fields: crate::UnknownFields::Reject,
+        unknown_fields: crate::schema::UnknownFields::Reject,
         heartbeat: Duration::from_secs(30),
         connection_timeout: Duration::from_millis(750),
         pool_wait_timeout: Duration::ZERO,
@@ -430,9 +430,9 @@ fn from_env_reads_the_process_environment() {
 #[test]
 fn unknown_fields_policy_is_read_in_any_case_and_named_when_invalid() {
     for (value, expected) in [
-        ("reject", crate::UnknownFields::Reject),
-        ("FORWARD", crate::UnknownFields::Forward),
-        ("Forward", crate::UnknownFields::Forward),
+        ("reject", crate::schema::UnknownFields::Reject),
+        ("FORWARD", crate::schema::UnknownFields::Forward),
+        ("Forward", crate::schema::UnknownFields::Forward),
     ] {
         let c = PublisherConfig::from_vars([("FITVIZ_EVENTS_UNKNOWN_FIELDS", value)]).unwrap();
         assert_eq!(c.unknown_fields, expected, "{value}");
