@@ -2,7 +2,7 @@
 
 use std::{borrow::Cow, error::Error as StdError, fmt};
 
-use super::dead_letters::ReplayReport;
+use super::replay_report::ReplayReport;
 use crate::error::PublishError;
 
 type BoxError = Box<dyn StdError + Send + Sync>;

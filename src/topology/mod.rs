@@ -67,6 +67,7 @@ pub mod dead_letters;
 mod error;
 mod policy;
 mod queue;
+mod replay_report;
 
 pub use self::{
     error::{TopologyError, TopologyErrorKind},
