@@ -76,12 +76,9 @@ async fn assert_refused(publisher: &EventPublisher, n: usize, kind: ErrorKind, r
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_publish_to_an_internal_exchange_is_access_refused_once_and_not_counted() {
-    require_broker!();
-    let fx = Fixture::new("refusals.internal", "#").await;
-    // An `internal` exchange exists (so the publisher's passive check passes) and
-    // refuses every publish with 403.
+/// Declares `<fixture>.internal`, an `internal` exchange: it exists (so the publisher's
+/// passive check passes) and the broker refuses every publish to it with 403.
+async fn declare_internal(fx: &Fixture) -> String {
     let internal = format!("{}.internal", fx.name);
     fx.channel
         .exchange_declare(
@@ -96,6 +93,14 @@ async fn a_publish_to_an_internal_exchange_is_access_refused_once_and_not_counte
         )
         .await
         .expect("declare the internal exchange");
+    internal
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_to_an_internal_exchange_is_access_refused_once_and_not_counted() {
+    require_broker!();
+    let fx = Fixture::new("refusals.internal", "#").await;
+    let internal = declare_internal(&fx).await;
     let publisher = EventPublisher::connect(no_second_chances(PublisherConfig {
         exchange: internal.clone(),
         ..fx.config()
@@ -194,20 +199,7 @@ async fn an_exchange_of_another_type_is_a_precondition_failed_at_connect() {
 async fn the_cli_exits_5_naming_the_refusal() {
     require_broker!();
     let fx = Fixture::new("refusals.cli", "#").await;
-    let internal = format!("{}.internal", fx.name);
-    fx.channel
-        .exchange_declare(
-            internal.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                internal: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare the internal exchange");
+    let internal = declare_internal(&fx).await;
     let missing = format!("{}.missing", fx.name);
     let data = serde_json::to_string(&workout()).unwrap();
     for (exchange, kind) in [
