@@ -71,6 +71,7 @@
 pub mod axum;
 pub mod circuit_breaker;
 mod config;
+mod context;
 pub mod envelope;
 mod error;
 mod event;
