@@ -70,7 +70,7 @@ impl EnvelopeLayer {
             let version = self.registry.version(event.event_type());
             event.set_version(version);
         }
-        if let Some(scope) = event.scope.take() {
+        if let Some(scope) = event.context_mut().take_request() {
             event.set_correlation_id_if_absent(scope.correlation_id.as_ref());
         }
     }
@@ -115,7 +115,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{event::RequestScope, events::WorkoutCreated, testing::Example};
+    use crate::{context::RequestScope, events::WorkoutCreated, testing::Example};
 
     fn layer() -> EnvelopeLayer {
         EnvelopeLayer::new("svc", SchemaRegistry::builtin())
@@ -133,7 +133,7 @@ mod tests {
             .with_source("own")
             .with_version(7)
             .with_correlation_id("own-req");
-        own.scope = Some(Arc::new(RequestScope {
+        own.context_mut().set_request(Arc::new(RequestScope {
             correlation_id: Some("req-1".into()),
             ..Default::default()
         }));
@@ -141,13 +141,13 @@ mod tests {
         assert_eq!(own.source(), Some("own"));
         assert_eq!(own.version(), 7);
         assert_eq!(own.correlation_id(), Some("own-req"));
-        assert!(own.scope.is_none(), "the scope is consumed");
+        assert!(own.context().request().is_none(), "the scope is consumed");
     }
 
     #[test]
     fn the_request_id_becomes_the_correlation_id() {
         let mut event = Event::new(WorkoutCreated::example());
-        event.scope = Some(Arc::new(RequestScope {
+        event.context_mut().set_request(Arc::new(RequestScope {
             correlation_id: Some("req-1".into()),
             ..Default::default()
         }));

@@ -7,6 +7,7 @@ use serde::{Serialize, Serializer, ser::SerializeStruct};
 use uuid::Uuid;
 
 use crate::{
+    context::EventContext,
     header::{CustomHeaders, HeaderValue},
     ident::check_identifier,
     schema::{DomainEvent, DynDomainEvent},
@@ -212,16 +213,6 @@ impl Serialize for EventData {
     }
 }
 
-/// What the request an event is published in adds to it: the request's organization
-/// (authoritative unless overrides are allowed) and its correlation id. Set by the
-/// [HTTP integration](crate::http); read by the organization and envelope layers.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct RequestScope {
-    pub(crate) organization: Option<OrganizationId>,
-    pub(crate) correlation_id: Option<Arc<str>>,
-    pub(crate) allow_override: bool,
-}
-
 /// One FitViz domain event on its way to the broker.
 ///
 /// Build it from a typed event with [`Event::new`], or from JSON with
@@ -255,16 +246,9 @@ pub struct Event {
     /// an event without any. Shared between clones until one is changed.
     headers: Option<Arc<CustomHeaders>>,
     pub(crate) data: EventData,
-    /// The request this event is published in, until the envelope is stamped.
-    pub(crate) scope: Option<Arc<RequestScope>>,
-    /// The `event_type` label of the metrics: the registered type, or
-    /// [`OTHER_EVENT_TYPE`](crate::telemetry::OTHER_EVENT_TYPE) (set by the telemetry
-    /// layer).
-    pub(crate) metric_type: MetricType,
-    /// Before the telemetry layer: for a detached event, the span current when it was
-    /// spawned (the parent of its producer span). After it: the producer span, or the
-    /// spawner's span when the producer span is filtered out.
-    pub(crate) span: Option<tracing::Span>,
+    /// What the layers of the stack hand each other (see [`crate::context`]); not part
+    /// of the envelope.
+    context: EventContext,
 }
 
 impl Event {
@@ -299,9 +283,7 @@ impl Event {
             rejected_correlation: None,
             headers: None,
             data,
-            scope: None,
-            metric_type: MetricType::default(),
-            span: None,
+            context: EventContext::default(),
         }
     }
 
@@ -529,6 +511,17 @@ impl Event {
         }
     }
 
+    /// What the layers of the stack hand each other on this event: the one way they
+    /// do (see [`crate::context`] for which layer writes and reads each part).
+    pub(crate) fn context(&self) -> &EventContext {
+        &self.context
+    }
+
+    /// The [context](Self::context), for the layer that writes a part of it.
+    pub(crate) fn context_mut(&mut self) -> &mut EventContext {
+        &mut self.context
+    }
+
     /// Encodes the JSON body that goes on the wire (the contract with consumers).
     pub fn to_json_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut buf = Vec::with_capacity(384);
@@ -560,24 +553,6 @@ impl Serialize for Event {
         s.serialize_field("correlation_id", &self.correlation_id.as_deref())?;
         s.serialize_field("data", &self.data)?;
         s.end()
-    }
-}
-
-/// The `event_type` label of an event's metrics: a registered type or
-/// [`OTHER_EVENT_TYPE`](crate::telemetry::OTHER_EVENT_TYPE), and its place in the table of
-/// labels that resolved it (set by the telemetry layer).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct MetricType {
-    pub(crate) name: &'static str,
-    pub(crate) index: usize,
-}
-
-impl Default for MetricType {
-    fn default() -> Self {
-        Self {
-            name: "other",
-            index: usize::MAX,
-        }
     }
 }
 

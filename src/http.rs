@@ -75,8 +75,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
+    context::RequestScope,
     error::PublishError,
-    event::{Event, OrganizationId, Receipt, RequestScope, check_correlation_id},
+    event::{Event, OrganizationId, Receipt, check_correlation_id},
     publisher::EventPublisher,
 };
 
@@ -371,7 +372,7 @@ impl Publisher {
     /// `event`, carrying this request's scope.
     fn scope(&self, event: impl Into<Event>) -> Event {
         let mut event = event.into();
-        event.scope = Some(self.scope.clone());
+        event.context_mut().set_request(self.scope.clone());
         event
     }
 

@@ -81,6 +81,7 @@
 pub mod axum;
 pub mod circuit_breaker;
 pub mod config;
+mod context;
 pub mod envelope;
 pub mod error;
 pub mod event;

@@ -145,7 +145,7 @@ impl OrganizationLayer {
             ))
             .for_event(event.id()));
         }
-        let scope = event.scope.as_deref();
+        let scope = event.context().request();
         let request = scope.and_then(|scope| scope.organization.as_ref());
         match (event.organization_id(), request) {
             (Some(own), Some(request))

@@ -191,7 +191,7 @@ impl Policy<Event, Receipt, PublishError> for RetryPolicy {
             return None;
         }
         let error = &*error;
-        crate::telemetry::retried(event.metric_type, error.kind());
+        crate::telemetry::retried(event.context().metric_type(), error.kind());
         let delay = backoff_delay(
             self.base,
             self.max,

@@ -4,18 +4,29 @@
 //! reads the composed service's type and compares it with [`PUBLISH`]), and every other
 //! page links here.
 //!
-//! | # | stage | module | part | what it does | what it needs from the layers outside it |
-//! |---|---|---|---|---|---|
-//! | 1 | telemetry | [`telemetry`](crate::telemetry) | front | the producer span, the duration and outcome metrics — outermost, so they cover validation too | nothing |
-//! | 2 | validation | [`validate`](crate::validate) | front | checks the type name, ids, headers and the data against the schema registry (skipped with `validation = false`) | nothing |
-//! | 3 | organization | [`organization`](crate::organization) | front | gives the event its organization id: its own, the request's (put there by [`http::EventPublishLayer`](crate::http::EventPublishLayer)), or the builder's source; refuses a missing or mismatched one | a valid event |
-//! | 4 | envelope | [`envelope`](crate::envelope) | front | stamps source, schema version and correlation id | the event's organization |
-//! | 5 | deadline | [`timeout`](crate::timeout) | delivery | bounds the whole publish by `publish_timeout`, retries included | a complete event |
-//! | 6 | fair share | [`fairness`](crate::fairness) | delivery | caps each organization's share of the publishes in flight, held across retries | the organization id |
-//! | 7 | retry | [`retry`](crate::retry) | delivery | tries a retryable failure again with exponential backoff and jitter, the same `event_id` | the overall deadline outside it, so backoff never outlives the publish |
-//! | 8 | circuit breaker | [`circuit_breaker`](crate::circuit_breaker) | delivery | counts broker failures per attempt (a lost connection once) and refuses at once while open | the retry outside it: `CircuitOpen` is not retryable, so the retry stops at once |
-//! | 9 | attempt deadline | [`timeout`](crate::timeout) | delivery | bounds one attempt (over AMQP: a backstop at `publish_timeout`; the transport bounds its own waits) | nothing |
-//! | 10 | transport | [`transport`](crate::transport) | delivery | publishes on a pooled confirm-mode channel and resolves with the broker's answer for this event | an encoded-ready event: validated, stamped, with its organization |
+//! | # | stage | module | part | what it does | what it needs from the layers outside it | event context: writes / reads |
+//! |---|---|---|---|---|---|---|
+//! | 1 | telemetry | [`telemetry`](crate::telemetry) | front | the producer span, the duration and outcome metrics — outermost, so they cover validation too | nothing | writes the metric type and the span; takes the spawner's span |
+//! | 2 | validation | [`validate`](crate::validate) | front | checks the type name, ids, headers and the data against the schema registry (skipped with `validation = false`) | nothing | — |
+//! | 3 | organization | [`organization`](crate::organization) | front | gives the event its organization id: its own, the request's (put there by [`http::EventPublishLayer`](crate::http::EventPublishLayer)), or the builder's source; refuses a missing or mismatched one | a valid event | reads the request scope |
+//! | 4 | envelope | [`envelope`](crate::envelope) | front | stamps source, schema version and correlation id | the event's organization | takes the request scope |
+//! | 5 | deadline | [`timeout`](crate::timeout) | delivery | bounds the whole publish by `publish_timeout`, retries included | a complete event | — |
+//! | 6 | fair share | [`fairness`](crate::fairness) | delivery | caps each organization's share of the publishes in flight, held across retries | the organization id | — |
+//! | 7 | retry | [`retry`](crate::retry) | delivery | tries a retryable failure again with exponential backoff and jitter, the same `event_id` | the overall deadline outside it, so backoff never outlives the publish | reads the metric type |
+//! | 8 | circuit breaker | [`circuit_breaker`](crate::circuit_breaker) | delivery | counts broker failures per attempt (a lost connection once) and refuses at once while open | the retry outside it: `CircuitOpen` is not retryable, so the retry stops at once | — |
+//! | 9 | attempt deadline | [`timeout`](crate::timeout) | delivery | bounds one attempt (over AMQP: a backstop at `publish_timeout`; the transport bounds its own waits) | nothing | — |
+//! | 10 | transport | [`transport`](crate::transport) | delivery | publishes on a pooled confirm-mode channel and resolves with the broker's answer for this event | an encoded-ready event: validated, stamped, with its organization | reads the metric type and the span (its encoder: the span) |
+//!
+//! The last column is the event's context, the one way layers hand each other data on
+//! an event (crate-internal, `src/context.rs`, where each part names its writer and
+//! readers): the **request scope** (the request's organization and correlation id, put
+//! on the event by the HTTP integration's [`Publisher`](crate::http::Publisher) before
+//! stage 1), the **metric type** (the event's `event_type` metric label) and the **span**
+//! (the producer span; before stage 1, for a detached event, the span
+//! [`spawn`](crate::EventPublisher::spawn) was called under). A layer not named there
+//! neither writes nor reads it. What the publisher takes from the transport itself (its
+//! metrics, its frame-size check) comes through
+//! [`PublishTransport`](crate::transport::PublishTransport).
 //!
 //! The **front** (1–4) runs once per event, before [`publish`](crate::EventPublisher::publish)
 //! delivers it or [`spawn`](crate::EventPublisher::spawn) queues it; the **delivery**

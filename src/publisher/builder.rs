@@ -1,6 +1,6 @@
 //! [`EventPublisherBuilder`]: composes the front and the delivery stacks.
 
-use std::{any::Any, fmt, sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 use tower_layer::Layer;
@@ -19,7 +19,7 @@ use crate::{
     schema::SchemaRegistry,
     telemetry::{Instruments, TelemetryLayer},
     timeout::TimeoutLayer,
-    transport::{AmqpPublish, HeaderCheck},
+    transport::{AmqpPublish, HeaderCheck, PublishTransport, TransportParts},
     validate::ValidationLayer,
 };
 
@@ -208,27 +208,16 @@ impl EventPublisherBuilder {
         // a connection (or the broker unblocks one), the breaker probes at once.
         let handle = breaker.handle();
         transport.on_restored(move || handle.probe_now());
-        let fair = self.fair_share_layer();
-        let telemetry = self.telemetry_layer(transport.instruments());
-        let delivery = self.delivery(
-            &breaker,
-            &fair,
-            transport.clone(),
-            self.amqp_attempt_deadline(),
-        );
-        let parts = Parts {
-            telemetry,
-            header_check: Some(transport.header_check()),
-            transport: Some(transport),
-            breaker: Some(breaker),
-            fair: Some(fair),
-        };
-        Ok(self.finish(delivery, parts))
+        let owned = transport.clone();
+        Ok(self.over_transport(breaker, transport, Some(owned)))
     }
 
-    /// Builds the publisher over any transport (for example
-    /// [`MemorySink`](crate::testing::MemorySink), or an [`AmqpPublish`] made with
-    /// [`AmqpPublish::new`], which connects in the background) with the default stack.
+    /// Builds the publisher over any [`PublishTransport`] (for example
+    /// [`MemorySink`](crate::testing::MemorySink), a [`tower::service_fn`], or an
+    /// [`AmqpPublish`] made with [`AmqpPublish::new`], which connects in the background)
+    /// with the default stack, sharing what the transport shares
+    /// ([`PublishTransport::parts`]: an `AmqpPublish` its per-event metrics and its
+    /// frame-size check, as one made by [`connect`](Self::connect) does).
     /// Must be called inside a tokio runtime.
     ///
     /// # Panics
@@ -237,21 +226,35 @@ impl EventPublisherBuilder {
     /// [pinned version](Self::pin_version) is not registered.
     pub fn build_with_transport<T>(self, transport: T) -> EventPublisher
     where
-        T: Service<Event, Response = Receipt, Error = PublishError> + Clone + Send + Sync + 'static,
+        T: PublishTransport + Clone + Send + Sync + 'static,
         T::Future: Send + 'static,
     {
         let breaker = self.breaker_layer();
+        self.over_transport(breaker, transport, None)
+    }
+
+    /// The default stack over `transport`, with what it shares; `owned`: the transport
+    /// the publisher closes and reports the state of.
+    fn over_transport<T>(
+        self,
+        breaker: CircuitBreakerLayer,
+        transport: T,
+        owned: Option<AmqpPublish>,
+    ) -> EventPublisher
+    where
+        T: PublishTransport + Clone + Send + Sync + 'static,
+        T::Future: Send + 'static,
+    {
+        let TransportParts {
+            instruments,
+            header_check,
+            bounds_own_waits,
+        } = transport.parts();
         let fair = self.fair_share_layer();
-        // An `AmqpPublish` (made with `AmqpPublish::new`) shares its per-event metrics and
-        // its frame-size check with the publisher, as one made by `connect` does.
-        let amqp = (&transport as &dyn Any).downcast_ref::<AmqpPublish>();
-        let instruments = amqp.map_or_else(
-            || Arc::new(Instruments::new(&self.config.exchange)),
-            AmqpPublish::instruments,
-        );
-        let header_check = amqp.map(AmqpPublish::header_check);
+        let instruments =
+            instruments.unwrap_or_else(|| Arc::new(Instruments::new(&self.config.exchange)));
         let telemetry = self.telemetry_layer(instruments);
-        let attempt = if amqp.is_some() {
+        let attempt = if bounds_own_waits {
             self.amqp_attempt_deadline()
         } else {
             self.config.confirm_timeout
@@ -259,7 +262,7 @@ impl EventPublisherBuilder {
         let delivery = self.delivery(&breaker, &fair, transport, attempt);
         let parts = Parts {
             telemetry,
-            transport: None,
+            transport: owned,
             header_check,
             breaker: Some(breaker),
             fair: Some(fair),
@@ -314,8 +317,9 @@ impl EventPublisherBuilder {
         }
     }
 
-    /// The per-attempt deadline over an [`AmqpPublish`]: the publish deadline, as a
-    /// backstop only. The transport bounds its own waits (the pool's wait timeout, the
+    /// The per-attempt deadline over a transport that bounds its own waits
+    /// ([`TransportParts`]; an [`AmqpPublish`]): the publish deadline, as a backstop
+    /// only. The transport bounds its own waits (the pool's wait timeout, the
     /// connection timeout) and handles a late confirm itself: after `confirm_timeout` it
     /// asks the connection for a round trip, fails the attempt when the broker does not
     /// answer, and otherwise keeps waiting for the confirm already in flight rather than

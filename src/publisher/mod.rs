@@ -304,7 +304,7 @@ impl EventPublisher {
         // Its producer span opens later, in the worker: under the caller's span.
         let current = tracing::Span::current();
         if !current.is_disabled() {
-            event.span = Some(current);
+            event.context_mut().set_spawner_span(current);
         }
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(shut_down(&event).await);

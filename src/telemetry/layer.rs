@@ -150,16 +150,16 @@ where
 
     fn call(&mut self, mut event: Event) -> Self::Future {
         let event_type = self.labels.resolve(event.event_type());
-        event.metric_type = event_type;
-        let parent = event.span.take();
+        let parent = event.context_mut().take_spawner_span();
         let span = producer_span(self.instruments.exchange(), &event, parent.as_ref());
         // A filtered-out producer span leaves the spawner's span, if any, to carry the
         // trace context (the worker runs under no span of its own).
-        event.span = if span.is_disabled() {
+        let reported = if span.is_disabled() {
             parent
         } else {
             Some(span.clone())
         };
+        event.context_mut().set_telemetry(event_type, reported);
         let started = Instant::now();
         // The layers below create their futures (and the first attempt's span) now.
         let inner = if span.is_disabled() {

@@ -203,7 +203,7 @@ pub(crate) fn encode(
         AMQPValue::LongLongInt(i64::from(event.version())),
     );
     #[cfg(feature = "opentelemetry")]
-    crate::telemetry::inject(event.span.as_ref(), &mut headers);
+    crate::telemetry::inject(event.context().span(), &mut headers);
     let timestamp = u64::try_from(event.timestamp().timestamp()).unwrap_or(0);
     let mut properties = BasicProperties::default()
         .with_content_type("application/json".into())

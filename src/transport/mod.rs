@@ -27,7 +27,8 @@
 //! does). It sends events as they are: the
 //! publisher's front has already validated and stamped them.
 //!
-//! Inside, each file has one job: `encode` turns an event into a message,
+//! Inside, each file has one job: `parts` says what a transport shares with the
+//! publisher built over it ([`PublishTransport`]), `encode` turns an event into a message,
 //! `exchange` declares the exchange, `connection` opens connections (`tls` those
 //! over TLS), `pool` shares confirm-mode channels, `channel` publishes on one of
 //! them, `confirm` tracks its confirms, `liveness` asks a connection whether the
@@ -40,6 +41,7 @@ mod encode;
 pub(crate) mod exchange;
 mod health;
 mod liveness;
+mod parts;
 mod pool;
 mod reconnect;
 mod refusal;
@@ -48,6 +50,7 @@ mod unrouted;
 
 pub(crate) use encode::{check_body_size, encode, header_frame_bytes};
 pub use health::ConnectionState;
+pub use parts::{PublishTransport, TransportParts};
 pub use unrouted::{UnroutedQueue, unrouted_name};
 
 use std::{
@@ -77,8 +80,9 @@ use self::{
 };
 use crate::{
     config::{PublisherConfig, UnroutablePolicy},
+    context::MetricType,
     error::{ErrorKind, PublishError},
-    event::{Event, MetricType, Receipt, Routing},
+    event::{Event, Receipt, Routing},
     telemetry::Instruments,
 };
 
@@ -263,7 +267,7 @@ impl AmqpPublish {
                 format!("the broker has blocked the connection ({reason}): the event was not sent"),
             ));
         }
-        if let Some(span) = &event.span {
+        if let Some(span) = event.context().span() {
             span.record("messaging.message.body.size", body_size);
             let (host, port) = split_address(channel.node());
             span.record("server.address", host);
@@ -271,7 +275,9 @@ impl AmqpPublish {
                 span.record("server.port", port);
             }
         }
-        let outcome = self.send(channel, message, event.metric_type).await?;
+        let outcome = self
+            .send(channel, message, event.context().metric_type())
+            .await?;
         if let Outcome::Unroutable { .. } = outcome {
             match self.inner.unroutable {
                 UnroutablePolicy::Error => {}
@@ -359,7 +365,9 @@ impl AmqpPublish {
             body,
             properties,
         };
-        let outcome = self.send(channel, message, event.metric_type).await?;
+        let outcome = self
+            .send(channel, message, event.context().metric_type())
+            .await?;
         match outcome {
             Outcome::Routed => {
                 tracing::debug!(queue = %unrouted, "unroutable event kept");
