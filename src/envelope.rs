@@ -36,15 +36,16 @@
 //! # }
 //! ```
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
 use tower_layer::Layer;
-use tower_service::Service;
 
-use crate::{error::PublishError, event::Event, future::ResponseFuture, schema::SchemaRegistry};
+use crate::{
+    error::PublishError,
+    event::Event,
+    prepare::{Prepare, PrepareEvent},
+    schema::SchemaRegistry,
+};
 
 /// Fills in the envelope; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -80,37 +81,19 @@ impl<S> Layer<S> for EnvelopeLayer {
     type Service = Envelope<S>;
 
     fn layer(&self, inner: S) -> Envelope<S> {
-        Envelope {
-            inner,
-            layer: self.clone(),
-        }
+        Prepare::new(inner, self.clone())
+    }
+}
+
+impl PrepareEvent for EnvelopeLayer {
+    fn prepare(&self, event: &mut Event) -> Result<(), PublishError> {
+        self.stamp(event);
+        Ok(())
     }
 }
 
 /// The service built by [`EnvelopeLayer`].
-#[derive(Clone, Debug)]
-pub struct Envelope<S> {
-    inner: S,
-    layer: EnvelopeLayer,
-}
-
-impl<S> Service<Event> for Envelope<S>
-where
-    S: Service<Event, Error = PublishError>,
-{
-    type Response = S::Response;
-    type Error = PublishError;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut event: Event) -> Self::Future {
-        self.layer.stamp(&mut event);
-        ResponseFuture::inner(self.inner.call(event))
-    }
-}
+pub type Envelope<S> = Prepare<S, EnvelopeLayer>;
 
 #[cfg(test)]
 mod tests {

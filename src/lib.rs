@@ -58,7 +58,7 @@
 //! | `axum` | the `Publisher` extractor and `IntoResponse` for [`PublishError`] (feature `axum`) |
 //! | [`topology`] | [`topology::Topology`]: the exchange, the unrouted queue, consumers' queues and dead letters |
 //! | [`telemetry`] | metrics, the producer span, trace context in the headers |
-//! | [`future`] | the response future the front's layers share |
+//! | [`prepare`], [`future`] | the one service and the response future the front's layers share ([`prepare::PrepareEvent`]: a front layer of your own) |
 //! | [`testing`] | an in-memory transport and example events for your own tests |
 //!
 //! # Feature flags
@@ -94,6 +94,7 @@ pub mod http;
 mod ident;
 mod log_limit;
 pub mod organization;
+pub mod prepare;
 pub mod publisher;
 pub mod retry;
 pub mod schema;

@@ -37,20 +37,14 @@
 //! # }
 //! ```
 
-use std::{
-    collections::HashSet,
-    fmt,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{collections::HashSet, fmt, sync::Arc};
 
 use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::{
     error::{ErrorKind, PublishError},
     event::{Event, OrganizationId},
-    future::ResponseFuture,
+    prepare::{Prepare, PrepareEvent},
     schema::{ValidationError, Violation},
 };
 
@@ -190,39 +184,18 @@ impl<S> Layer<S> for OrganizationLayer {
     type Service = Organization<S>;
 
     fn layer(&self, inner: S) -> Organization<S> {
-        Organization {
-            inner,
-            layer: self.clone(),
-        }
+        Prepare::new(inner, self.clone())
+    }
+}
+
+impl PrepareEvent for OrganizationLayer {
+    fn prepare(&self, event: &mut Event) -> Result<(), PublishError> {
+        self.stamp(event)
     }
 }
 
 /// The service built by [`OrganizationLayer`].
-#[derive(Clone, Debug)]
-pub struct Organization<S> {
-    inner: S,
-    layer: OrganizationLayer,
-}
-
-impl<S> Service<Event> for Organization<S>
-where
-    S: Service<Event, Error = PublishError>,
-{
-    type Response = S::Response;
-    type Error = PublishError;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut event: Event) -> Self::Future {
-        match self.layer.stamp(&mut event) {
-            Ok(()) => ResponseFuture::inner(self.inner.call(event)),
-            Err(error) => ResponseFuture::rejected(error),
-        }
-    }
-}
+pub type Organization<S> = Prepare<S, OrganizationLayer>;
 
 #[cfg(test)]
 mod tests {

@@ -127,7 +127,8 @@ impl Stage {
 /// The stages a composed service's type nests, outermost first, read from its type
 /// name (`Telemetry<Validate<Organization<…>>>`): how the builder's test checks that
 /// what it composes is [`PUBLISH`]. An optional layer (`Either<A, B>`) is followed into
-/// `A`; tower's `Retry<Policy, S>` into `S`; any other layer into its first parameter.
+/// `A`; tower's `Retry<Policy, S>` into `S`; the front's `Prepare<S, Layer>` into `S`,
+/// its stage named by `Layer`; any other layer into its first parameter.
 #[cfg(test)]
 pub(crate) fn stages_of(type_name: &str) -> Vec<Stage> {
     /// The type's last path segment and its generic parameters, as text.
@@ -160,9 +161,17 @@ pub(crate) fn stages_of(type_name: &str) -> Vec<Stage> {
         let (stage, inner) = match name {
             "Telemetry" => (Some(Stage::Telemetry), params.first()),
             "Either" => (None, params.first()),
-            "Validate" => (Some(Stage::Validation), params.first()),
-            "Organization" => (Some(Stage::Organization), params.first()),
-            "Envelope" => (Some(Stage::Envelope), params.first()),
+            // The front's layers share one service, `Prepare<S, Layer>`.
+            "Prepare" => {
+                let layer = params.last().map(|p| split(p).0);
+                let stage = match layer {
+                    Some("ValidationLayer") => Stage::Validation,
+                    Some("OrganizationLayer") => Stage::Organization,
+                    Some("EnvelopeLayer") => Stage::Envelope,
+                    other => panic!("an unknown front layer `{other:?}` in {type_name}"),
+                };
+                (Some(stage), params.first())
+            }
             "Timeout" if stages.contains(&Stage::Deadline) => {
                 (Some(Stage::AttemptDeadline), params.first())
             }
@@ -187,7 +196,7 @@ mod tests {
 
     #[test]
     fn stages_are_read_from_a_type_name_outermost_first() {
-        let name = "a::Telemetry<tower::util::either::Either<b::Validate<c::Organization<d::Envelope<e::Timeout<f::FairShare<tower::retry::Retry<g::Policy, h::CircuitBreaker<e::Timeout<t::MemorySink>>>>>>>>, c::Organization<d::Envelope<x>>>>";
+        let name = "a::Telemetry<tower::util::either::Either<p::Prepare<p::Prepare<p::Prepare<e::Timeout<f::FairShare<tower::retry::Retry<g::Policy, h::CircuitBreaker<e::Timeout<t::MemorySink>>>>>, d::EnvelopeLayer>, c::OrganizationLayer>, b::ValidationLayer>, p::Prepare<x, c::OrganizationLayer>>>";
         assert_eq!(stages_of(name), PUBLISH);
         assert_eq!(
             stages_of("a::Retry<b::Timeout<t::AmqpPublish>>"),

@@ -27,15 +27,12 @@
 //! # }
 //! ```
 
-use std::task::{Context, Poll};
-
 use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::{
     error::PublishError,
     event::{Event, EventData, check_event_type},
-    future::ResponseFuture,
+    prepare::{Prepare, PrepareEvent},
     schema::{SchemaRegistry, UnknownFields, ValidationError},
 };
 
@@ -77,19 +74,12 @@ impl<S> Layer<S> for ValidationLayer {
     type Service = Validate<S>;
 
     fn layer(&self, inner: S) -> Validate<S> {
-        Validate {
-            inner,
-            layer: self.clone(),
-        }
+        Prepare::new(inner, self.clone())
     }
 }
 
 /// The service built by [`ValidationLayer`].
-#[derive(Clone, Debug)]
-pub struct Validate<S> {
-    inner: S,
-    layer: ValidationLayer,
-}
+pub type Validate<S> = Prepare<S, ValidationLayer>;
 
 impl ValidationLayer {
     /// Validates one event.
@@ -122,25 +112,11 @@ impl ValidationLayer {
     }
 }
 
-impl<S> Service<Event> for Validate<S>
-where
-    S: Service<Event, Error = PublishError>,
-{
-    type Response = S::Response;
-    type Error = PublishError;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, event: Event) -> Self::Future {
-        match self.layer.check(&event) {
-            Ok(()) => ResponseFuture::inner(self.inner.call(event)),
-            Err(error) => {
-                tracing::debug!(event_id = %event.id(), event_type = event.event_type(), %error, "event rejected by validation");
-                ResponseFuture::rejected(PublishError::validation(error).for_event(event.id()))
-            }
-        }
+impl PrepareEvent for ValidationLayer {
+    fn prepare(&self, event: &mut Event) -> Result<(), PublishError> {
+        self.check(event).map_err(|error| {
+            tracing::debug!(event_id = %event.id(), event_type = event.event_type(), %error, "event rejected by validation");
+            PublishError::validation(error).for_event(event.id())
+        })
     }
 }
