@@ -4,7 +4,8 @@
 //! an order shuffled for every connection so that publishers spread over the nodes and
 //! skip one that is down; declares the [`Exchange`] on every new connection; records
 //! each connection in the transport's [`Health`]; and names the broker's address
-//! (redacted) in its errors.
+//! (redacted) in its errors. [`open_connection`] opens a plain one for administration
+//! (the topology, dead letters), to the first node that answers.
 
 use std::{
     fmt,
@@ -25,7 +26,10 @@ use super::{
     liveness::Liveness,
     tls::{self, Tls},
 };
-use crate::error::{ErrorKind, PublishError};
+use crate::{
+    config::PublisherConfig,
+    error::{ErrorKind, PublishError},
+};
 
 /// One broker address.
 pub(crate) struct NodeSettings {
@@ -258,4 +262,34 @@ fn is_refusal(kind: ErrorKind) -> bool {
         kind,
         ErrorKind::AccessRefused | ErrorKind::NotFound | ErrorKind::PreconditionFailed
     )
+}
+
+/// Opens one connection for administration (declaring the topology, dead letters) to
+/// the first of `config`'s nodes that answers, in the configured order, over TLS as
+/// configured, named `name` in the broker.
+pub(crate) async fn open_connection(
+    config: &PublisherConfig,
+    name: &str,
+) -> Result<lapin::Connection, PublishError> {
+    let tls = config.validated_tls()?.map(Tls::new);
+    let mut last = None;
+    for (node, uri) in config.url.nodes().iter().zip(config.amqp_uris()) {
+        let properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
+        let open = tls::open(&uri, properties, tls.as_ref());
+        match tokio::time::timeout(config.connection_timeout, open).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(e)) => last = Some(PublishError::connect(node.redacted(), e)),
+            Err(_) => {
+                last = Some(PublishError::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "timed out after {} ms connecting to the broker at {}",
+                        config.connection_timeout.as_millis(),
+                        node.redacted()
+                    ),
+                ))
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| PublishError::config("no broker address")))
 }

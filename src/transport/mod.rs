@@ -48,6 +48,7 @@ mod refusal;
 mod tls;
 mod unrouted;
 
+pub(crate) use connection::open_connection;
 pub(crate) use encode::{check_body_size, encode, header_frame_bytes};
 pub use health::ConnectionState;
 pub use parts::{PublishTransport, TransportParts};
@@ -421,36 +422,6 @@ impl HeaderCheck {
         }
         Ok(())
     }
-}
-
-/// Opens one connection for administration (declaring the topology, dead letters) to
-/// the first of `config`'s nodes that answers, in the configured order, over TLS as
-/// configured, named `name` in the broker.
-pub(crate) async fn open_connection(
-    config: &PublisherConfig,
-    name: &str,
-) -> Result<lapin::Connection, PublishError> {
-    let tls = config.validated_tls()?.map(Tls::new);
-    let mut last = None;
-    for (node, uri) in config.url.nodes().iter().zip(config.amqp_uris()) {
-        let properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
-        let open = tls::open(&uri, properties, tls.as_ref());
-        match tokio::time::timeout(config.connection_timeout, open).await {
-            Ok(Ok(connection)) => return Ok(connection),
-            Ok(Err(e)) => last = Some(PublishError::connect(node.redacted(), e)),
-            Err(_) => {
-                last = Some(PublishError::new(
-                    ErrorKind::Connection,
-                    format!(
-                        "timed out after {} ms connecting to the broker at {}",
-                        config.connection_timeout.as_millis(),
-                        node.redacted()
-                    ),
-                ))
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| PublishError::config("no broker address")))
 }
 
 /// `host:port` as the `server.address` and `server.port` span attributes.
