@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{identifier, timestamp};
-use crate::{schema::DomainEvent, schema::ValidationError};
+use crate::schema::{DomainEvent, ValidationError, validate_with_garde};
 
 /// A member's spot in a class was confirmed (`booking.confirmed`).
 #[derive(
@@ -33,7 +33,7 @@ impl DomainEvent for BookingConfirmed {
     const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::TIMESTAMP_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
-        ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+        validate_with_garde(self)
     }
 }
 
@@ -79,7 +79,7 @@ impl DomainEvent for BookingCancelled {
     const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
-        ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+        validate_with_garde(self)
     }
 }
 

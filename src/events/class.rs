@@ -7,7 +7,7 @@ use super::after;
 #[cfg(test)]
 use super::utc;
 use super::{identifier, timestamp};
-use crate::{schema::DomainEvent, schema::ValidationError};
+use crate::schema::{DomainEvent, ValidationError, validate_with_garde};
 
 /// A class was put on the schedule (`class.scheduled`).
 #[derive(
@@ -46,7 +46,7 @@ impl DomainEvent for ClassScheduled {
     ];
 
     fn validate(&self) -> Result<(), ValidationError> {
-        ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+        validate_with_garde(self)
     }
 }
 
@@ -74,7 +74,7 @@ impl DomainEvent for ClassCancelled {
     const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::TIMESTAMP_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
-        ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+        validate_with_garde(self)
     }
 }
 

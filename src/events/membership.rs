@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::utc;
 use super::{after, currency::iso_4217};
 use super::{identifier, timestamp};
-use crate::{schema::DomainEvent, schema::ValidationError};
+use crate::schema::{DomainEvent, ValidationError, validate_with_garde};
 
 /// A member bought or was given a membership (`membership.created`).
 #[derive(
@@ -48,7 +48,7 @@ impl DomainEvent for MembershipCreated {
     ];
 
     fn validate(&self) -> Result<(), ValidationError> {
-        ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+        validate_with_garde(self)
     }
 }
 
@@ -79,7 +79,7 @@ impl DomainEvent for MembershipExpired {
     const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::TIMESTAMP_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
-        ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+        validate_with_garde(self)
     }
 }
 

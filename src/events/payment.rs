@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::currency::iso_4217;
 use super::identifier;
-use crate::{schema::DomainEvent, schema::ValidationError};
+use crate::schema::{DomainEvent, ValidationError, validate_with_garde};
 
 /// The largest amount a payment may carry, in minor units: 100 000 000.00.
 const MAX_AMOUNT_MINOR: i64 = 10_000_000_000;
@@ -55,7 +55,7 @@ impl DomainEvent for PaymentCompleted {
     const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::CURRENCY_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
-        ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+        validate_with_garde(self)
     }
 }
 
@@ -93,7 +93,7 @@ impl DomainEvent for PaymentFailed {
     const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::CURRENCY_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
-        ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+        validate_with_garde(self)
     }
 }
 

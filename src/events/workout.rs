@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{identifier, timestamp};
-use crate::{schema::DomainEvent, schema::ValidationError};
+use crate::schema::{DomainEvent, ValidationError, validate_with_garde};
 
 /// A workout was created (`workout.created`).
 ///
@@ -48,7 +48,7 @@ impl DomainEvent for WorkoutCreated {
     const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::TIMESTAMP_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
-        ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+        validate_with_garde(self)
     }
 }
 
@@ -98,7 +98,7 @@ impl DomainEvent for WorkoutCreatedV2 {
     const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE, super::TIMESTAMP_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
-        ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+        validate_with_garde(self)
     }
 }
 
@@ -151,7 +151,7 @@ impl DomainEvent for WorkoutUpdated {
     const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
-        ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+        validate_with_garde(self)
     }
 }
 
@@ -179,7 +179,7 @@ impl DomainEvent for WorkoutDeleted {
     const RULES_NOT_IN_SCHEMA: &'static [&'static str] = &[super::ID_RULE];
 
     fn validate(&self) -> Result<(), ValidationError> {
-        ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+        validate_with_garde(self)
     }
 }
 

@@ -10,7 +10,7 @@ use super::ValidationError;
 ///
 /// Implement it for your own events (and [`SchemaRegistry::register`](crate::SchemaRegistry::register) them so JSON
 /// payloads of that type are validated too). The built-in events derive
-/// [`garde::Validate`] and forward to it; any other validation works as long as it
+/// [`garde::Validate`] and forward to it with [`validate_with_garde`]; any other validation works as long as it
 /// reports through [`ValidationError`].
 ///
 /// # Example
@@ -30,7 +30,7 @@ use super::ValidationError;
 /// impl DomainEvent for BadgeEarned {
 ///     const EVENT_TYPE: &'static str = "badge.earned";
 ///     fn validate(&self) -> Result<(), ValidationError> {
-///         ValidationError::from_garde(Self::EVENT_TYPE, garde::Validate::validate(self))
+///         fitviz_events::schema::validate_with_garde(self)
 ///     }
 /// }
 ///
@@ -65,4 +65,31 @@ impl<T: DomainEvent> DynDomainEvent for T {
     fn validate_dyn(&self) -> Result<(), ValidationError> {
         DomainEvent::validate(self)
     }
+}
+
+/// The body of [`DomainEvent::validate`] for an event whose rules are its
+/// [`garde`] attributes (as the built-in events' are): runs them and names the event type
+/// in the error.
+///
+/// ```
+/// # use fitviz_events::{DomainEvent, schema::{ValidationError, validate_with_garde}};
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize, garde::Validate)]
+/// # struct BadgeEarned { #[garde(length(min = 1))] member_id: String }
+/// impl DomainEvent for BadgeEarned {
+///     const EVENT_TYPE: &'static str = "badge.earned";
+///     fn validate(&self) -> Result<(), ValidationError> {
+///         validate_with_garde(self)
+///     }
+/// }
+/// assert!(BadgeEarned { member_id: String::new() }.validate().is_err());
+/// ```
+///
+/// # Errors
+/// A [`ValidationError`] with one violation per broken rule.
+pub fn validate_with_garde<T>(event: &T) -> Result<(), ValidationError>
+where
+    T: DomainEvent + garde::Validate,
+    T::Context: Default,
+{
+    ValidationError::from_garde(T::EVENT_TYPE, garde::Validate::validate(event))
 }

@@ -11,10 +11,10 @@ mod registry;
 mod unknown_fields;
 mod validation_error;
 
+pub(crate) use self::{domain_event::DynDomainEvent, unknown_fields::UNKNOWN_FIELDS_VALUES};
 pub use self::{
-    domain_event::DomainEvent,
+    domain_event::{DomainEvent, validate_with_garde},
     registry::SchemaRegistry,
     unknown_fields::UnknownFields,
     validation_error::{ValidationError, Violation},
 };
-pub(crate) use self::{domain_event::DynDomainEvent, unknown_fields::UNKNOWN_FIELDS_VALUES};
