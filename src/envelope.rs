@@ -98,7 +98,7 @@ pub type Envelope<S> = Prepare<S, EnvelopeLayer>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{context::RequestScope, events::WorkoutCreated, testing::Example};
+    use crate::{event::context::RequestScope, events::WorkoutCreated, testing::Example};
 
     fn layer() -> EnvelopeLayer {
         EnvelopeLayer::new("svc", SchemaRegistry::builtin())

@@ -75,8 +75,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
-    context::RequestScope,
     error::PublishError,
+    event::context::RequestScope,
     event::{Event, OrganizationId, Receipt, check_correlation_id},
     publisher::EventPublisher,
 };

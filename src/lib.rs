@@ -81,7 +81,6 @@
 pub mod axum;
 pub mod circuit_breaker;
 pub mod config;
-mod context;
 pub mod envelope;
 pub mod error;
 pub mod event;

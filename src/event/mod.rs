@@ -1,5 +1,6 @@
 //! The event envelope: what travels to the broker, and the receipt that comes back.
 
+pub(crate) mod context;
 mod organization_id;
 mod receipt;
 
@@ -17,8 +18,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer, ser::SerializeStruct};
 use uuid::Uuid;
 
+use self::context::EventContext;
 use crate::{
-    context::EventContext,
     header::{CustomHeaders, HeaderValue},
     schema::{DomainEvent, DynDomainEvent},
 };
@@ -81,7 +82,7 @@ pub struct Event {
     /// an event without any. Shared between clones until one is changed.
     headers: Option<Arc<CustomHeaders>>,
     pub(crate) data: EventData,
-    /// What the layers of the stack hand each other (see [`crate::context`]); not part
+    /// What the layers of the stack hand each other (see [`crate::event::context`]); not part
     /// of the envelope.
     context: EventContext,
 }
@@ -347,7 +348,7 @@ impl Event {
     }
 
     /// What the layers of the stack hand each other on this event: the one way they
-    /// do (see [`crate::context`] for which layer writes and reads each part).
+    /// do (see [`crate::event::context`] for which layer writes and reads each part).
     pub(crate) fn context(&self) -> &EventContext {
         &self.context
     }

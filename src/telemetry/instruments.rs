@@ -15,7 +15,7 @@ use std::{
 use metrics::{Counter, Gauge, Histogram, Label, SharedString};
 
 use super::{CONFIRMS_IN_FLIGHT, OTHER_EVENT_TYPE, PUBLISH_DURATION, SENT_MESSAGES};
-pub(crate) use crate::context::MetricType;
+pub(crate) use crate::event::context::MetricType;
 use crate::{error::ErrorKind, schema::SchemaRegistry};
 
 /// `ok` and the error kinds.

@@ -96,3 +96,7 @@ impl Service<Event> for MemorySink {
         ready(result)
     }
 }
+
+/// The defaults: no metrics or frame check of its own, and an attempt deadline of
+/// `confirm_timeout` (see [`PublishTransport`](crate::transport::PublishTransport)).
+impl crate::transport::PublishTransport for MemorySink {}

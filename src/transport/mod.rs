@@ -81,8 +81,8 @@ use self::{
 };
 use crate::{
     config::{PublisherConfig, UnroutablePolicy},
-    context::MetricType,
     error::{ErrorKind, PublishError},
+    event::context::MetricType,
     event::{Event, Receipt, Routing},
     telemetry::Instruments,
 };

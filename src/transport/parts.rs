@@ -11,7 +11,6 @@ use crate::{
     error::PublishError,
     event::{Event, Receipt},
     telemetry::Instruments,
-    testing::MemorySink,
 };
 
 /// A transport an [`EventPublisher`](crate::EventPublisher) can be built over with
@@ -22,7 +21,7 @@ use crate::{
 /// [`AmqpPublish`] shares its per-event metrics, its check of an event's properties
 /// against the negotiated AMQP frame size (so that [`spawn`](crate::EventPublisher::spawn)
 /// refuses an event the worker could not send) and the fact that it bounds its own
-/// waits. [`MemorySink`], [`tower::service_fn`] closures and
+/// waits. [`MemorySink`](crate::testing::MemorySink), [`tower::service_fn`] closures and
 /// [`BoxCloneSyncService`]s share nothing: the publisher uses its own metrics, no frame
 /// check, and `confirm_timeout` as the attempt deadline.
 ///
@@ -91,8 +90,6 @@ impl PublishTransport for AmqpPublish {
         }
     }
 }
-
-impl PublishTransport for MemorySink {}
 
 impl<F> PublishTransport for ServiceFn<F> where
     ServiceFn<F>: Service<Event, Response = Receipt, Error = PublishError>

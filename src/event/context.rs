@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use tracing::Span;
 
-use crate::event::OrganizationId;
+use super::organization_id::OrganizationId;
 
 /// What the layers of the stack hand each other on an event; see the [module
 /// docs](self). One field of [`Event`](crate::Event), reached with `Event::context` and
