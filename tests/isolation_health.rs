@@ -282,8 +282,16 @@ async fn a_lost_confirm_then_an_open_breaker_reports_an_unknown_outcome_with_the
         breaker_open_duration: Duration::from_secs(30),
         ..fx.config()
     };
+    let lanes = config.pool_size;
     let publisher = EventPublisher::connect(config).await.unwrap();
-    publisher.publish(created()).await.unwrap();
+    // One publish per lane of the pool (they go round the lanes), so that every lane's
+    // channel is open before the black hole: a lane whose channel was still being opened
+    // in the background would fail its attempts `PoolTimeout` before anything was
+    // written — truthfully "not sent", not the lost confirm this test is about (seen
+    // under CPU load: 1 run in 6 with three busy loops beside it).
+    for _ in 0..lanes {
+        publisher.publish(created()).await.unwrap();
+    }
 
     // Written, never confirmed: attempts time out, the breaker opens, and the retry
     // ends with CircuitOpen.
