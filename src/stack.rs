@@ -18,7 +18,7 @@
 //! | 10 | transport | [`transport`](crate::transport) | delivery | publishes on a pooled confirm-mode channel and resolves with the broker's answer for this event | an encoded-ready event: validated, stamped, with its organization | reads the metric type and the span (its encoder: the span) |
 //!
 //! The last column is the event's context, the one way layers hand each other data on
-//! an event (crate-internal, `src/context.rs`, where each part names its writer and
+//! an event (crate-internal, `src/event/context.rs`, where each part names its writer and
 //! readers): the **request scope** (the request's organization and correlation id, put
 //! on the event by the HTTP integration's [`Publisher`](crate::http::Publisher) before
 //! stage 1), the **metric type** (the event's `event_type` metric label) and the **span**
