@@ -1,6 +1,9 @@
 //! Middleware that completes the envelope of an event: the one place its source,
 //! schema version and correlation id are filled in.
 //!
+//! In the [publish stack](crate::stack) it is stage 4: it needs the event's
+//! organization (stage 3) and takes the request scope.
+//!
 //! Each is set only when the event does not carry its own:
 //!
 //! - `source`: the publisher's configured application name;

@@ -1,6 +1,9 @@
 //! Middleware that keeps one organization from taking more than its share of the
 //! publishes in flight, so a tenant flooding events slows itself, not the others.
 //!
+//! In the [publish stack](crate::stack) it is stage 6: it needs the organization id
+//! (stage 3) and the overall deadline outside it.
+//!
 //! [`FairShareLayer`] counts the publishes in flight per organization (the tenant of
 //! the event; events without one count together as one tenant). A publish of an
 //! organization that already has `limit` in flight waits, in order, until one of them

@@ -1,5 +1,8 @@
 //! Middleware that stamps the organization id on events.
 //!
+//! In the [publish stack](crate::stack) it is stage 3: it needs a valid event (stage 2)
+//! and reads the request scope the HTTP integration put on it.
+//!
 //! This is the one place an event's organization is decided:
 //!
 //! 0. an event given an invalid organization or correlation id (see

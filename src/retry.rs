@@ -1,5 +1,8 @@
 //! Middleware that retries failed publishes of the same event, with jittered exponential backoff.
 //!
+//! In the [publish stack](crate::stack) it is stage 7: it needs the overall deadline
+//! outside it (stage 5), so backoff never outlives the publish.
+//!
 //! [`RetryLayer`] is [`tower::retry::Retry`] with a [`RetryPolicy`] made for events:
 //! - only errors that [may succeed on another try](PublishError::is_retryable) are
 //!   retried (connection, timeout, pool exhausted, blocked, nack); validation, missing

@@ -1,5 +1,8 @@
 //! Middleware that puts a deadline on a publish, failing with a typed [`PublishError`].
 //!
+//! In the [publish stack](crate::stack) it is stages 5 (the whole publish) and 9 (one
+//! attempt): it needs a complete event from the front.
+//!
 //! When the inner service has not answered within the deadline, the call resolves
 //! with [`ErrorKind::Timeout`](crate::ErrorKind::Timeout), a message such as
 //! `publish attempt timed out after 5000 ms`, and the event's id. The inner future is

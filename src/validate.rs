@@ -1,5 +1,8 @@
 //! Middleware that validates events before anything else sees them.
 //!
+//! In the [publish stack](crate::stack) it is stage 2: it needs nothing from the layers
+//! outside it.
+//!
 //! It checks the event type (lowercase `noun.verb`, at most 255 bytes), then the
 //! payload: a typed [`DomainEvent`](crate::DomainEvent) by its own rules, a JSON
 //! payload against the schema registered for its type in the [`SchemaRegistry`] — of

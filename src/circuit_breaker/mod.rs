@@ -1,5 +1,8 @@
 //! Middleware that stops sending events to a broker that keeps failing (a circuit breaker).
 //!
+//! In the [publish stack](crate::stack) it is stage 8: it needs the retry outside it
+//! (stage 7), which stops at once on `CircuitOpen`.
+//!
 //! After `failure_threshold` consecutive broker failures the breaker **opens**: for
 //! `open_for`, every call fails at once with [`ErrorKind::CircuitOpen`] ("circuit
 //! breaker is open: the broker has been failing; event not sent") without reaching

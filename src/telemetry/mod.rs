@@ -2,6 +2,9 @@
 //! producer span per publish through [`tracing`], and (feature `opentelemetry`) the
 //! W3C trace context in every message's headers.
 //!
+//! In the [publish stack](crate::stack) it is stage 1, outermost: it needs nothing from
+//! outside and writes the event's metric type and span for the layers inside.
+//!
 //! # Metrics
 //!
 //! Recorded through the [`metrics`] facade: nothing is exported until the application

@@ -1,6 +1,10 @@
 //! The innermost service: publishes an [`Event`] on a pooled confirm-mode channel
 //! and resolves only when the broker has answered for *that* event.
 //!
+//! In the [publish stack](crate::stack) it is stage 10, innermost: it needs a
+//! validated, stamped event with its organization, and reads the metric type and the
+//! span.
+//!
 //! | broker answer | result |
 //! |---|---|
 //! | `basic.ack`, routed | `Ok(`[`Receipt`]`)` |
