@@ -82,7 +82,12 @@ pub(crate) fn check_identifier(value: &str, max_bytes: usize) -> Result<(), Cow<
     if value.chars().any(char::is_control) {
         return Err("contains a control character".into());
     }
-    if let Some((c, what)) = value.chars().find_map(|c| Some((c, forbidden(c)?))) {
+    // No ASCII character is a format character or a separator: most ids (and every
+    // built-in event's) skip the per-character category lookup.
+    let refused = (!value.is_ascii())
+        .then(|| value.chars().find_map(|c| Some((c, forbidden(c)?))))
+        .flatten();
+    if let Some((c, what)) = refused {
         let code = format!("U+{:04X}", u32::from(c));
         return Err(match name(c) {
             Some(name) => format!("contains {code} {name}, {what}"),
