@@ -93,6 +93,9 @@ pub mod http;
 mod ident;
 mod log_limit;
 pub mod organization;
+#[cfg(feature = "outbox-postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "outbox-postgres")))]
+pub mod outbox;
 pub mod prepare;
 pub mod publisher;
 pub mod retry;
@@ -109,7 +112,7 @@ pub mod validate;
 // The headline types, at the root; everything else under the module of its concern.
 pub use config::PublisherConfig;
 pub use error::{ErrorKind, PublishError};
-pub use event::{Event, OrganizationId, Receipt, Routing};
+pub use event::{EncodedEvent, Event, OrganizationId, Receipt, Routing};
 pub use publisher::{EventPublisher, EventPublisherBuilder, PublishService};
 pub use schema::{DomainEvent, SchemaRegistry};
 

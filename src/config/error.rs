@@ -20,7 +20,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// `message` is the whole text after the setting's name.
-    pub(super) fn new(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
@@ -28,7 +28,7 @@ impl ConfigError {
     }
 
     /// ``<field>: <reason>, got `<value>` ``; `value` must hold no secret.
-    pub(super) fn invalid(
+    pub(crate) fn invalid(
         field: impl Into<Cow<'static, str>>,
         reason: impl std::fmt::Display,
         value: &str,

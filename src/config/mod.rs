@@ -7,7 +7,7 @@ mod names;
 mod rules;
 mod tls;
 mod unroutable;
-mod url;
+pub(crate) mod url;
 
 #[cfg(test)]
 mod tests;

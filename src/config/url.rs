@@ -418,7 +418,7 @@ fn has_at_after_host(url: &Url) -> bool {
 }
 
 /// Replaces the password of a URL, which may be invalid, by `***`.
-pub(super) fn redact(raw: &str) -> String {
+pub(crate) fn redact(raw: &str) -> String {
     match Url::parse(raw) {
         // Maybe a password that ended the authority early: hide up to the last `@`.
         Ok(url) if has_at_after_host(&url) => redact_raw(raw),

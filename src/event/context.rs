@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | [request scope](EventContext::request) | the HTTP integration's [`Publisher`](crate::http::Publisher) | the [organization](crate::organization) layer (the request's organization, whether it may be overridden); taken by the [envelope](crate::envelope) layer (the correlation id) |
 //! | [metric type](EventContext::metric_type) | the [telemetry](crate::telemetry) layer | the [retry](crate::retry) layer (the retries counter), the [transport](crate::transport) (the sent-messages metrics) |
+//! | [encoding](EventContext::encoded) | [`EventPublisher::publish_encoded`](crate::EventPublisher::publish_encoded) (an event encoded earlier, e.g. stored in the outbox) | the [transport](crate::transport), which sends those bytes instead of encoding the event |
 //! | [span](EventContext::span) | [`EventPublisher::spawn`](crate::EventPublisher::spawn) (the spawner's span), then the [telemetry](crate::telemetry) layer (the producer span) | the transport (body size, broker address), its encoder (the W3C trace context, feature `opentelemetry`) |
 //!
 //! A struct rather than a type map (`http::Extensions`): the parts are known, so the
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 use tracing::Span;
 
-use super::organization_id::OrganizationId;
+use super::{encoded::EncodedEvent, organization_id::OrganizationId};
 
 /// What the layers of the stack hand each other on an event; see the [module
 /// docs](self). One field of [`Event`](crate::Event), reached with `Event::context` and
@@ -34,6 +35,8 @@ pub(crate) struct EventContext {
     /// Written by `EventPublisher::spawn` and the telemetry layer; read by the retry
     /// layer, the transport and its encoder.
     telemetry: TelemetryContext,
+    /// Written by `EventPublisher::publish_encoded`; read by the transport.
+    encoded: Option<EncodedEvent>,
 }
 
 /// What the request an event is published in adds to it: the request's organization
@@ -127,5 +130,16 @@ impl EventContext {
     /// (see [`set_telemetry`](Self::set_telemetry)).
     pub(crate) fn span(&self) -> Option<&Span> {
         self.telemetry.span.as_ref()
+    }
+
+    /// Writer: `EventPublisher::publish_encoded` (through `EncodedEvent::to_event`). The
+    /// event was encoded before: the transport sends these bytes as they are.
+    pub(crate) fn set_encoded(&mut self, encoded: EncodedEvent) {
+        self.encoded = Some(encoded);
+    }
+
+    /// Reader: the transport. The encoding to send instead of encoding the event.
+    pub(crate) fn encoded(&self) -> Option<&EncodedEvent> {
+        self.encoded.as_ref()
     }
 }

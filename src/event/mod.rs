@@ -1,10 +1,12 @@
 //! The event envelope: what travels to the broker, and the receipt that comes back.
 
 pub(crate) mod context;
+mod encoded;
 mod organization_id;
 mod receipt;
 
 pub use self::{
+    encoded::EncodedEvent,
     organization_id::{
         InvalidId, MAX_CORRELATION_ID_BYTES, MAX_ORGANIZATION_ID_BYTES, OrganizationId,
         check_correlation_id,

@@ -6,7 +6,9 @@ use tower::{ServiceBuilder, util::BoxCloneSyncService};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{EventPublisher, PublishService, detached::DetachedSettings};
+use lapin::types::ShortString;
+
+use super::{Encoding, EventPublisher, PublishService, detached::DetachedSettings};
 use crate::{
     circuit_breaker::CircuitBreakerLayer,
     config::PublisherConfig,
@@ -382,7 +384,12 @@ impl EventPublisherBuilder {
             .pinned_registry()
             .unwrap_or_else(|error| panic!("invalid publisher configuration: {error}"));
         let mut detached = DetachedSettings::from_config(&self.config);
-        detached.header_check = header_check;
+        detached.header_check = header_check.clone();
+        let encoding = Encoding {
+            exchange: ShortString::from(self.config.exchange.as_str()),
+            max_body_bytes: self.config.max_body_bytes,
+            header_check,
+        };
         let front = self.front();
         EventPublisher::new(
             front.wrap_observed(&telemetry, delivery.clone()),
@@ -391,6 +398,7 @@ impl EventPublisherBuilder {
             // each in its producer span.
             BoxCloneSyncService::new(telemetry.layer(delivery)),
             detached,
+            encoding,
             self.config.publish_timeout,
             transport,
             breaker.map(|b| b.handle()),

@@ -22,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use lapin::types::ShortString;
 use tokio::sync::Notify;
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
@@ -33,11 +34,11 @@ use crate::{
     circuit_breaker::{BreakerHandle, BreakerState},
     config::PublisherConfig,
     error::PublishError,
-    event::{Event, OrganizationId, Receipt},
+    event::{EncodedEvent, Event, OrganizationId, Receipt, context::MetricType},
     fairness::FairShareLayer,
     log_limit::LogLimiter,
     schema::DomainEvent,
-    transport::{AmqpPublish, ConnectionState},
+    transport::{AmqpPublish, ConnectionState, HeaderCheck, encode, header_frame_bytes},
 };
 
 /// A boxed delivery stack: any `Service<Event>` with the crate's error type, as
@@ -46,6 +47,9 @@ pub type PublishService = BoxCloneSyncService<Event, Receipt, PublishError>;
 
 /// The front in front of the detached queue.
 type SpawnService = BoxCloneSyncService<Event, (), PublishError>;
+
+/// The front alone: an event validated, with its organization, stamped.
+type PrepareService = BoxCloneSyncService<Event, Event, PublishError>;
 
 impl<E: DomainEvent> From<E> for Event {
     fn from(event: E) -> Self {
@@ -80,6 +84,12 @@ pub struct EventPublisher {
 }
 
 struct Shared {
+    /// Front → the event, for `encode`.
+    prepare: PrepareService,
+    /// Telemetry → delivery, without the front: for `publish_encoded`.
+    delivery: PublishService,
+    /// Where `encode` addresses events, and its limits.
+    encoding: Encoding,
     transport: Option<AmqpPublish>,
     breaker: Option<BreakerHandle>,
     fair: Option<FairShareLayer>,
@@ -93,6 +103,13 @@ struct Shared {
     idle: Notify,
     /// Limits `try_publish`'s warnings: a burst of identical failures is one line.
     log: LogLimiter,
+}
+
+/// What `encode` needs besides the front.
+pub(super) struct Encoding {
+    pub(super) exchange: ShortString,
+    pub(super) max_body_bytes: usize,
+    pub(super) header_check: Option<HeaderCheck>,
 }
 
 /// Why a publisher cannot publish now: see [`EventPublisher::readiness`].
@@ -109,6 +126,9 @@ impl fmt::Display for NotReady {
 }
 
 impl std::error::Error for NotReady {}
+
+/// The `frame_max` RabbitMQ negotiates by default, for `encode` before any connection.
+const DEFAULT_FRAME_MAX: usize = 131_072;
 
 /// The top bit of [`Shared::in_flight`]: set by `close`.
 const CLOSED: usize = 1 << (usize::BITS - 1);
@@ -154,16 +174,23 @@ impl EventPublisher {
         front: Front,
         delivery: PublishService,
         detached: DetachedSettings,
+        encoding: Encoding,
         flush_timeout: Duration,
         transport: Option<AmqpPublish>,
         breaker: Option<BreakerHandle>,
         fair: Option<FairShareLayer>,
     ) -> Self {
-        let detached = Arc::new(DetachedQueue::start(delivery, detached));
+        let queue = Arc::new(DetachedQueue::start(delivery.clone(), detached));
+        let detached = queue.clone();
         Self {
             publish,
-            spawn: front.wrap(Enqueue::new(detached.clone())),
+            spawn: front.wrap(Enqueue::new(queue)),
             shared: Arc::new(Shared {
+                prepare: front.wrap(tower::service_fn(|event: Event| {
+                    std::future::ready(Ok::<_, PublishError>(event))
+                })),
+                delivery,
+                encoding,
                 transport,
                 breaker,
                 fair,
@@ -196,11 +223,19 @@ impl EventPublisher {
     /// A [`PublishError`]; its [`kind`](PublishError::kind) says what went wrong.
     pub async fn publish(&self, event: impl Into<Event>) -> Result<Receipt, PublishError> {
         let event = event.into();
+        let Some(_guard) = self.admit() else {
+            return Err(shut_down(&event).await);
+        };
+        self.publish.clone().oneshot(event).await
+    }
+
+    /// Counts a publish in flight, unless `close` began.
+    fn admit(&self) -> Option<InFlight<'_>> {
         let shared = &*self.shared;
         let mut state = shared.in_flight.load(Ordering::Acquire);
         loop {
             if state & CLOSED != 0 {
-                return Err(shut_down(&event).await);
+                return None;
             }
             match shared.in_flight.compare_exchange_weak(
                 state,
@@ -208,12 +243,141 @@ impl EventPublisher {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => break,
+                Ok(_) => return Some(InFlight(shared)),
                 Err(now) => state = now,
             }
         }
-        let _guard = InFlight(shared);
-        self.publish.clone().oneshot(event).await
+    }
+
+    /// Runs the front of the stack on `event` (validation, organization, envelope) and
+    /// encodes it as [`publish`](Self::publish) would send it, without sending it: for
+    /// storing it and sending it later byte for byte with
+    /// [`publish_encoded`](Self::publish_encoded) (the [outbox](crate::guide) does).
+    /// Bad input fails here with the same error `publish` gives it; the content header
+    /// is checked against the last `frame_max` a connection negotiated (before any, the
+    /// broker's default, 131,072 bytes). With the `opentelemetry` feature the message
+    /// carries the current span's trace context.
+    ///
+    /// # Errors
+    /// As the front of [`publish`](Self::publish), and
+    /// [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge) for a body over
+    /// [`PublisherConfig::max_body_bytes`] or a content header over the frame size.
+    pub async fn encode(&self, event: impl Into<Event>) -> Result<EncodedEvent, PublishError> {
+        let mut event = self.shared.prepare.clone().oneshot(event.into()).await?;
+        let current = tracing::Span::current();
+        if !current.is_disabled() {
+            event
+                .context_mut()
+                .set_telemetry(MetricType::default(), Some(current));
+        }
+        let encoding = &self.shared.encoding;
+        let (body, properties) = encode(&event, encoding.max_body_bytes)?;
+        let frame_max = match encoding.header_check.as_ref().map(HeaderCheck::frame_max) {
+            Some(negotiated) if negotiated > 0 => negotiated,
+            _ => DEFAULT_FRAME_MAX,
+        };
+        let header_bytes = header_frame_bytes(&properties);
+        if header_bytes > frame_max {
+            return Err(PublishError::too_large(
+                "the event's properties and headers (the content header frame)",
+                Some(header_bytes),
+                frame_max,
+            )
+            .for_event(event.id()));
+        }
+        Ok(EncodedEvent::new(
+            &event,
+            encoding.exchange.clone(),
+            properties,
+            body,
+        ))
+    }
+
+    /// Publishes an event [encoded](Self::encode) earlier, through the delivery stack
+    /// (deadline, fair share, retry, circuit breaker, the confirmed transport) and the
+    /// telemetry, but not the front again: the broker gets the stored bytes unchanged,
+    /// with the same `message_id`, on every attempt.
+    ///
+    /// # Errors
+    /// As the delivery part of [`publish`](Self::publish).
+    pub async fn publish_encoded(&self, event: EncodedEvent) -> Result<Receipt, PublishError> {
+        let event = event.to_event();
+        let Some(_guard) = self.admit() else {
+            return Err(shut_down(&event).await);
+        };
+        self.shared.delivery.clone().oneshot(event).await
+    }
+
+    /// Publishes encoded events in their order, with one outcome per event in the same
+    /// order: what the outbox relay uses to keep the order of an ordering key. The events
+    /// are written one after another on the channel of one lane, chosen by `key` (the
+    /// same key, the same lane), and their confirms awaited together — pipelined like
+    /// [`publish_batch`](Self::publish_batch), but in order. Nothing is retried and
+    /// nothing moves to another channel: the first event that cannot be written ends the
+    /// sequence and the events behind it are reported not sent, so what reached the
+    /// broker is a prefix of the sequence (but for a `basic.nack` in the middle, which
+    /// RabbitMQ sends only on internal errors); retry from the first failure, in order.
+    /// The whole sequence is bounded by `publish_timeout`; while the circuit breaker is
+    /// open nothing is sent.
+    ///
+    /// Over a transport other than the publisher's own AMQP one (a
+    /// [`MemorySink`](crate::testing::MemorySink), a delivery stack of your own), the
+    /// events go through [`publish_encoded`](Self::publish_encoded) one at a time.
+    pub async fn publish_encoded_in_order(
+        &self,
+        key: u64,
+        events: &[EncodedEvent],
+    ) -> Vec<Result<Receipt, PublishError>> {
+        let refuse_all = |first: PublishError| {
+            let mut first = Some(first);
+            (events.iter())
+                .map(|event| {
+                    Err(first
+                        .take()
+                        .unwrap_or_else(|| {
+                            PublishError::new(
+                                crate::ErrorKind::CircuitOpen,
+                                "not sent: the sequence was refused",
+                            )
+                        })
+                        .for_event(event.id()))
+                })
+                .collect()
+        };
+        let Some(_guard) = self.admit() else {
+            return refuse_all(PublishError::shutdown());
+        };
+        if self.breaker_state() == Some(BreakerState::Open) {
+            return refuse_all(PublishError::new(
+                crate::ErrorKind::CircuitOpen,
+                "the circuit breaker is open: the sequence was not sent",
+            ));
+        }
+        match &self.shared.transport {
+            Some(transport) => {
+                // `flush_timeout` is the publish timeout.
+                (transport.publish_in_order(key, events, self.shared.flush_timeout)).await
+            }
+            None => {
+                let mut results = Vec::with_capacity(events.len());
+                for event in events {
+                    let failed = results.last().is_some_and(Result::is_err);
+                    results.push(match failed {
+                        true => Err(PublishError::new(
+                            crate::ErrorKind::Connection,
+                            "not sent: an event ahead of it in the ordered sequence was not sent",
+                        )
+                        .for_event(event.id())),
+                        false => {
+                            (self.shared.delivery.clone())
+                                .oneshot(event.to_event())
+                                .await
+                        }
+                    });
+                }
+                results
+            }
+        }
     }
 
     /// Publishes many events at once, pipelined over the pool's channels, and

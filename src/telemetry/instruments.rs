@@ -96,6 +96,14 @@ impl Instruments {
         });
     }
 
+    /// The metric label of `event_type` in this table (`other` before a publisher sized
+    /// it, or for an unregistered type).
+    pub(crate) fn resolve(&self, event_type: &str) -> MetricType {
+        (self.table.get()).map_or_else(MetricType::default, |table| {
+            table.labels.resolve(event_type)
+        })
+    }
+
     /// The exchange, as the `messaging.destination.name` label.
     pub(crate) fn exchange(&self) -> &str {
         &self.exchange

@@ -133,6 +133,17 @@ pub const CONNECTIONS_BLOCKED: &str = "fitviz.events.connections.blocked";
 /// Counter: returned messages given back to their own event.
 pub const RETURNS_REATTRIBUTED: &str = "fitviz.events.returns.reattributed";
 
+/// Counter: outbox rows a relay published (confirmed), by `schema` (feature
+/// `outbox-postgres`).
+pub const OUTBOX_RELAYED: &str = "fitviz.events.outbox.relayed";
+/// Gauge: outbox rows not yet published, by `schema`.
+pub const OUTBOX_PENDING: &str = "fitviz.events.outbox.pending";
+/// Gauge: dead outbox rows, by `schema`.
+pub const OUTBOX_DEAD: &str = "fitviz.events.outbox.dead";
+/// Gauge (seconds): the age of the oldest pending outbox row — the relay's lag — by
+/// `schema`.
+pub const OUTBOX_OLDEST_PENDING_AGE: &str = "fitviz.events.outbox.oldest_pending_age";
+
 /// `tracing` filter directives that keep lapin's frame dumps out of the logs while
 /// keeping its debug lines, warnings and errors. At `TRACE`, lapin logs every frame it
 /// writes and reads, and the `connection.start-ok` frame carries the SASL PLAIN response
@@ -206,6 +217,14 @@ pub fn describe_metrics() {
     describe_counter!(
         RETURNS_REATTRIBUTED,
         "Returned messages lapin attached to another event's confirm"
+    );
+    describe_counter!(OUTBOX_RELAYED, "Outbox rows published with a confirm");
+    describe_gauge!(OUTBOX_PENDING, "Outbox rows not yet published");
+    describe_gauge!(OUTBOX_DEAD, "Outbox rows refused max_attempts times");
+    describe_gauge!(
+        OUTBOX_OLDEST_PENDING_AGE,
+        Unit::Seconds,
+        "Age of the oldest pending outbox row"
     );
 }
 

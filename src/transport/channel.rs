@@ -16,11 +16,11 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::ShortString,
 };
-use tokio::sync::{Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use uuid::Uuid;
 
 use super::{
-    confirm::{ConfirmTracker, Outcome, PublishFuture},
+    confirm::{ConfirmTracker, Outcome, PublishFuture, Tracked},
     liveness::{self, Liveness},
 };
 use crate::{
@@ -233,6 +233,24 @@ impl ConfirmChannel {
         message: Message,
         sent: &SentGuard<'_>,
     ) -> Result<Outcome, PublishError> {
+        self.write(message, sent, false).await?.confirm().await
+    }
+
+    /// The first half of [`publish`](Self::publish): waits for a permit and writes
+    /// `message`; the returned [`Written`] waits for its confirm. Messages written one
+    /// after another `in_order` on one channel reach the broker in that order (the
+    /// ordered path, `sequence.rs`): the write is driven to its end before this returns.
+    /// Otherwise the message is written when [`Written::confirm`] is first polled, after
+    /// letting other ready publishes catch up (see [`GATHER_ABOVE_IN_FLIGHT`]).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Shutdown`] when the channel is closed for publishing.
+    pub(crate) async fn write(
+        &self,
+        message: Message,
+        sent: &SentGuard<'_>,
+        in_order: bool,
+    ) -> Result<Written<'_>, PublishError> {
         let inner = &self.inner;
         // Without awaiting while a permit is free: an uncontended semaphore await still
         // spends the task's cooperative budget.
@@ -265,7 +283,7 @@ impl ConfirmChannel {
                 )
                 .await
         });
-        if self.in_flight() > GATHER_ABOVE_IN_FLIGHT {
+        if !in_order && self.in_flight() > GATHER_ABOVE_IN_FLIGHT {
             // Everything is ready, and the channel is busy anyway. Before writing, let
             // the other publishes that are ready to start (the rest of a batch, other
             // requests on this worker) get this far too: they then reach lapin back to
@@ -276,8 +294,50 @@ impl ConfirmChannel {
         }
         // Waits, within the caller's deadline, if this event is still in flight on the
         // channel (an earlier attempt whose confirm is due).
-        let tracked = inner.tracker.track_when_free(event_id, publish).await;
+        let mut tracked = inner.tracker.track_when_free(event_id, publish).await;
+        if in_order {
+            tracked.written().await;
+        }
         sent.written();
+        Ok(Written {
+            inner,
+            tracked,
+            permit,
+        })
+    }
+
+    /// Closes the channel, without waiting long for the broker.
+    pub(crate) async fn close(&self, reason: &str) {
+        if self.inner.channel.status().connected() {
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, self.inner.channel.close(200, reason.into()))
+                    .await;
+        }
+    }
+}
+
+/// A message [written](ConfirmChannel::write) on a channel, its confirm not yet in.
+pub(crate) struct Written<'a> {
+    inner: &'a Inner,
+    tracked: Tracked,
+    /// Held until the confirm is in: `max_in_flight` bounds the unconfirmed messages.
+    permit: OwnedSemaphorePermit,
+}
+
+impl Written<'_> {
+    /// Waits for the broker's answer for this message alone. A late confirm is waited
+    /// for as long as the broker answers on the connection (see `liveness.rs`): the
+    /// caller's deadline bounds that wait.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] (outcome unknown) when the confirm is late and the broker
+    /// does not answer a round trip on the connection.
+    pub(crate) async fn confirm(self) -> Result<Outcome, PublishError> {
+        let Self {
+            inner,
+            tracked,
+            permit,
+        } = self;
         let confirm_timeout = inner.confirm_timeout;
         let bound = liveness::check_timeout(confirm_timeout);
         let outcome = liveness::await_confirm(tracked, confirm_timeout, |since| {
@@ -298,15 +358,6 @@ impl ConfirmChannel {
             )
             .mark_maybe_delivered()
         })
-    }
-
-    /// Closes the channel, without waiting long for the broker.
-    pub(crate) async fn close(&self, reason: &str) {
-        if self.inner.channel.status().connected() {
-            let _ =
-                tokio::time::timeout(CLOSE_TIMEOUT, self.inner.channel.close(200, reason.into()))
-                    .await;
-        }
     }
 }
 

@@ -49,6 +49,7 @@ mod parts;
 mod pool;
 mod reconnect;
 mod refusal;
+mod sequence;
 mod tls;
 mod unrouted;
 
@@ -88,7 +89,7 @@ use crate::{
     error::{ErrorKind, PublishError},
     event::context::MetricType,
     event::{Event, Receipt, Routing},
-    telemetry::Instruments,
+    telemetry::{Instruments, SentGuard},
 };
 
 /// Publishes events with `mandatory = true` on a pool of confirm-mode channels and
@@ -240,16 +241,9 @@ impl AmqpPublish {
     }
 
     async fn publish(&self, event: Event) -> Result<Receipt, PublishError> {
-        let (body, properties) = encode(&event, self.inner.max_body_bytes)?;
-        let header_bytes = header_frame_bytes(&properties);
-        let body_size = body.len();
-        let message = Message {
-            event_id: event.id(),
-            exchange: self.inner.exchange.name().clone(),
-            routing_key: ShortString::from(event.event_type()),
-            body,
-            properties,
-        };
+        let message = self.message(&event, self.inner.exchange.name())?;
+        let header_bytes = header_frame_bytes(&message.properties);
+        let body_size = message.body.len();
         let started = Instant::now();
         // Properties that fit the smallest frame any broker may negotiate (4096 bytes:
         // always, with checked ids and no large custom headers) need no look at the
@@ -298,10 +292,38 @@ impl AmqpPublish {
         outcome_to_result(
             outcome,
             generation,
-            &event,
+            (event.id(), event.event_type()),
             self.inner.exchange.name().as_str(),
             started,
         )
+    }
+
+    /// The message for `event`: its earlier encoding when it has one (sent as it is, to
+    /// the exchange it was encoded for unless `exchange` is the unrouted queue's), or the
+    /// event encoded now, addressed to `exchange`.
+    fn message(&self, event: &Event, exchange: &ShortString) -> Result<Message, PublishError> {
+        if let Some(encoded) = event.context().encoded() {
+            let to = if exchange == self.inner.exchange.name() {
+                encoded.exchange_name().clone()
+            } else {
+                exchange.clone()
+            };
+            return Ok(Message {
+                event_id: encoded.id(),
+                exchange: to,
+                routing_key: encoded.routing_key_name().clone(),
+                body: encoded.body().to_vec(),
+                properties: encoded.properties().clone(),
+            });
+        }
+        let (body, properties) = encode(event, self.inner.max_body_bytes)?;
+        Ok(Message {
+            event_id: event.id(),
+            exchange: exchange.clone(),
+            routing_key: ShortString::from(event.event_type()),
+            body,
+            properties,
+        })
     }
 
     /// Sends `message` on `channel` and waits for the broker's answer, recording the
@@ -315,21 +337,7 @@ impl AmqpPublish {
     ) -> Result<Outcome, PublishError> {
         let sent = self.inner.instruments.attempt(metric_type);
         let outcome = channel.publish(message, &sent).await?;
-        match &outcome {
-            Outcome::NotSent(_) => sent.not_sent(),
-            Outcome::Routed => sent.finish(None),
-            Outcome::Unroutable { .. } => sent.finish(Some(ErrorKind::Unroutable)),
-            Outcome::Nacked => sent.finish(Some(ErrorKind::Nacked)),
-            Outcome::Failed(error) => sent.finish(Some(failed_kind(error.as_ref()))),
-            Outcome::Unknown => sent.finish(Some(ErrorKind::Connection)),
-        }
-        match outcome {
-            // A channel may nack whatever it carries (a quorum queue whose leader is
-            // gone): the next publishes may need a new one.
-            Outcome::Nacked => channel.retire_after_nack(),
-            Outcome::Routed | Outcome::Unroutable { .. } => channel.acked(),
-            _ => {}
-        }
+        settle(&channel, sent, &outcome);
         Ok(outcome)
     }
 
@@ -362,14 +370,7 @@ impl AmqpPublish {
                 .unrouted_declared
                 .store(generation + 1, Ordering::Relaxed);
         }
-        let (body, properties) = encode(event, self.inner.max_body_bytes)?;
-        let message = Message {
-            event_id: event.id(),
-            exchange: ShortString::from(unrouted.as_str()),
-            routing_key: ShortString::from(event.event_type()),
-            body,
-            properties,
-        };
+        let message = self.message(event, &ShortString::from(unrouted.as_str()))?;
         let outcome = self
             .send(channel, message, event.context().metric_type())
             .await?;
@@ -378,7 +379,13 @@ impl AmqpPublish {
                 tracing::debug!(queue = %unrouted, "unroutable event kept");
                 Ok(Receipt::new(event.id(), started.elapsed()).with_routing(Routing::Kept))
             }
-            outcome => outcome_to_result(outcome, generation, event, &unrouted, started),
+            outcome => outcome_to_result(
+                outcome,
+                generation,
+                (event.id(), event.event_type()),
+                &unrouted,
+                started,
+            ),
         }
     }
 }
@@ -403,6 +410,11 @@ pub(crate) struct HeaderCheck {
 }
 
 impl HeaderCheck {
+    /// The last `frame_max` a connection negotiated; 0 before any.
+    pub(crate) fn frame_max(&self) -> usize {
+        self.frame_max.load(Ordering::Relaxed)
+    }
+
     /// # Errors
     /// [`ErrorKind::TooLarge`] when the event has custom headers and its content header
     /// does not fit the frame; events without custom headers always fit.
@@ -497,6 +509,25 @@ impl Future for ResponseFuture {
     }
 }
 
+/// Records the attempt's metrics and what the broker's answer says about the channel.
+fn settle(channel: &PooledChannel, sent: SentGuard<'_>, outcome: &Outcome) {
+    match outcome {
+        Outcome::NotSent(_) => sent.not_sent(),
+        Outcome::Routed => sent.finish(None),
+        Outcome::Unroutable { .. } => sent.finish(Some(ErrorKind::Unroutable)),
+        Outcome::Nacked => sent.finish(Some(ErrorKind::Nacked)),
+        Outcome::Failed(error) => sent.finish(Some(failed_kind(error.as_ref()))),
+        Outcome::Unknown => sent.finish(Some(ErrorKind::Connection)),
+    }
+    match outcome {
+        // A channel may nack whatever it carries (a quorum queue whose leader is
+        // gone): the next publishes may need a new one.
+        Outcome::Nacked => channel.retire_after_nack(),
+        Outcome::Routed | Outcome::Unroutable { .. } => channel.acked(),
+        _ => {}
+    }
+}
+
 /// The kind a channel failure after the event was written ends with: a refusal's own
 /// kind when the broker closed the channel with 403, 404 or 406, `Connection` otherwise.
 fn failed_kind(error: Option<&lapin::Error>) -> ErrorKind {
@@ -510,11 +541,10 @@ fn failed_kind(error: Option<&lapin::Error>) -> ErrorKind {
 fn outcome_to_result(
     outcome: Outcome,
     generation: u64,
-    event: &Event,
+    (id, event_type): (uuid::Uuid, &str),
     exchange: &str,
     started: Instant,
 ) -> Result<Receipt, PublishError> {
-    let id = event.id();
     match outcome {
         Outcome::Routed => Ok(Receipt::new(id, started.elapsed())),
         Outcome::Unroutable {
@@ -523,8 +553,7 @@ fn outcome_to_result(
         } => Err(PublishError::new(
             ErrorKind::Unroutable,
             format!(
-                "the broker returned the event: no queue is bound to exchange `{exchange}` for routing key `{}` ({reply_code} {reply_text})",
-                event.event_type()
+                "the broker returned the event: no queue is bound to exchange `{exchange}` for routing key `{event_type}` ({reply_code} {reply_text})",
             ),
         )),
         Outcome::Nacked => Err(PublishError::new(

@@ -248,7 +248,14 @@ impl ChannelPool {
         self.channels.is_closed()
     }
 
-    async fn channel_at(&self, index: usize) -> Result<PooledChannel, PublishError> {
+    /// How many lanes publishes take turns over.
+    pub(crate) fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// The channel of lane `index` (less than [`lanes`](Self::lanes)), replaced first
+    /// when it died.
+    pub(crate) async fn channel_at(&self, index: usize) -> Result<PooledChannel, PublishError> {
         let lane = &self.lanes[index];
         if let Some(channel) = lane.healthy() {
             return Ok(channel);

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod harness;
+pub mod postgres;
 pub mod proxy;
 
 use std::{collections::HashSet, time::Duration};

@@ -485,6 +485,24 @@ impl std::fmt::Debug for Tracked {
     }
 }
 
+impl Tracked {
+    /// Drives the publish to the end of its `basic_publish` (delivery tag taken, frames
+    /// queued to lapin's I/O loop) without waiting for the confirm: a message written
+    /// this way is ahead of every message whose publish starts afterwards on the
+    /// channel (the ordered path).
+    pub(crate) async fn written(&mut self) {
+        std::future::poll_fn(|cx| {
+            if let Some(publish) = self.publish.as_mut() {
+                let result = std::task::ready!(Pin::new(publish).poll(cx));
+                self.publish = None;
+                self.tracker.handoff(self.seq, result);
+            }
+            Poll::Ready(())
+        })
+        .await;
+    }
+}
+
 impl Future for Tracked {
     type Output = Outcome;
 

@@ -1,0 +1,61 @@
+//! [`OutboxError`]: what can go wrong with the outbox, by kind.
+
+use std::borrow::Cow;
+
+use crate::{config::ConfigError, error::PublishError};
+
+/// What went wrong with the outbox.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutboxError {
+    /// The event was refused before anything was written: the same error
+    /// [`publish`](crate::EventPublisher::publish) gives it (validation, organization,
+    /// too large).
+    #[error(transparent)]
+    Event(#[from] PublishError),
+    /// An invalid setting.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database failed or refused a statement (what the outbox was doing, then the
+    /// database's message; never the URL's password).
+    #[error("{context}: {source}")]
+    Database {
+        /// What the outbox was doing.
+        context: Cow<'static, str>,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// No database connection could be had (the pool timed out or is closed).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The database's outbox schema is not the one this version expects (not migrated,
+    /// or migrated by a newer version).
+    #[error("{0}")]
+    Schema(String),
+}
+
+impl OutboxError {
+    pub(crate) fn database(
+        context: impl Into<Cow<'static, str>>,
+    ) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Database { context, source }
+    }
+
+    pub(crate) fn pool(context: &'static str, error: deadpool_postgres::PoolError) -> Self {
+        match error {
+            deadpool_postgres::PoolError::Backend(source) => Self::Database {
+                context: context.into(),
+                source,
+            },
+            other => Self::Unavailable(format!("{context}: {other}")),
+        }
+    }
+
+    /// Whether the database failed (the connection or a statement): the CLI's exit
+    /// code 7.
+    pub fn is_database(&self) -> bool {
+        matches!(self, Self::Database { .. } | Self::Unavailable(_))
+    }
+}
