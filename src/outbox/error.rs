@@ -43,6 +43,39 @@ impl OutboxError {
         move |source| Self::Database { context, source }
     }
 
+    /// [`database`](Self::database), but a missing table or schema is
+    /// [`Schema`](Self::Schema): the outbox was not migrated.
+    pub(crate) fn database_in(
+        context: &'static str,
+        schema: &str,
+    ) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        let schema = schema.to_owned();
+        move |source| {
+            use tokio_postgres::error::SqlState;
+            match source.code() {
+                Some(code)
+                    if *code == SqlState::UNDEFINED_TABLE
+                        || *code == SqlState::INVALID_SCHEMA_NAME =>
+                {
+                    Self::not_migrated(&schema)
+                }
+                _ => Self::Database {
+                    context: context.into(),
+                    source,
+                },
+            }
+        }
+    }
+
+    /// The outbox's tables are missing or not at this version.
+    pub(crate) fn not_migrated(schema: &str) -> Self {
+        Self::Schema(format!(
+            "the outbox tables in schema `{schema}` are missing or not at version {}: run \
+             `fitviz-events outbox migrate` (or Outbox::migrate)",
+            super::SCHEMA_VERSION
+        ))
+    }
+
     pub(crate) fn pool(context: &'static str, error: deadpool_postgres::PoolError) -> Self {
         match error {
             deadpool_postgres::PoolError::Backend(source) => Self::Database {

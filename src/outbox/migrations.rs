@@ -144,12 +144,7 @@ pub(crate) async fn check(
     client: &impl tokio_postgres::GenericClient,
     schema: &str,
 ) -> Result<u32, OutboxError> {
-    let missing = || {
-        OutboxError::Schema(format!(
-            "the outbox tables in schema `{schema}` are missing or not at version \
-             {SCHEMA_VERSION}: run `fitviz-events outbox migrate` (or Outbox::migrate)"
-        ))
-    };
+    let missing = || OutboxError::not_migrated(schema);
     let row = client
         .query_opt(
             &format!(
@@ -159,15 +154,10 @@ pub(crate) async fn check(
             &[],
         )
         .await
-        .map_err(|error| match error.code() {
-            Some(code)
-                if *code == tokio_postgres::error::SqlState::UNDEFINED_TABLE
-                    || *code == tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME =>
-            {
-                missing()
-            }
-            _ => OutboxError::database("could not read the outbox's version")(error),
-        })?
+        .map_err(OutboxError::database_in(
+            "could not read the outbox's version",
+            schema,
+        ))?
         .ok_or_else(missing)?;
     let version: Option<i32> = row.get(0);
     let partitions: Option<i32> = row.get(1);

@@ -44,7 +44,7 @@ pub use self::{
     config::{OUTBOX_ENV_PREFIX, OutboxConfig},
     error::OutboxError,
     migrations::{MIGRATIONS, Migration, MigrationReport, SCHEMA_VERSION},
-    relay::RelayHandle,
+    relay::{RelayHandle, lock_connection_name},
     status::{DeadRow, OutboxStatus},
 };
 
@@ -59,8 +59,20 @@ use crate::{EventPublisher, event::Event};
 
 use self::rows::Sql;
 
-/// The application name the outbox's pooled connections carry (`pg_stat_activity`).
-pub const POOL_APPLICATION_NAME: &str = "fitviz-events outbox";
+/// The application name the outbox's pooled connections carry in `pg_stat_activity`:
+/// `fitviz-events outbox <schema's lock class, hex> <schema>`, cut to the 63 bytes
+/// PostgreSQL keeps (a relay's lock connection: [`lock_connection_name`]).
+pub fn pool_application_name(schema: &str) -> String {
+    application_name("outbox", schema)
+}
+
+/// `fitviz-events <role> <lock class> <schema>`, at most 63 bytes (PostgreSQL cuts
+/// longer names): the lock class keeps names of different schemas apart.
+fn application_name(role: &str, schema: &str) -> String {
+    let mut name = format!("fitviz-events {role} {:08x} {schema}", lock_class(schema));
+    name.truncate(63); // ASCII: schema names are [a-z0-9_]
+    name
+}
 
 /// An outbox: enqueues events inside the application's transactions, and runs relays
 /// that publish them through an [`EventPublisher`]. Cheap to clone.
@@ -97,7 +109,11 @@ impl Outbox {
     /// [`OutboxError::Config`] when `config` is invalid.
     pub fn new(config: OutboxConfig, publisher: EventPublisher) -> Result<Self, OutboxError> {
         config.validate()?;
-        let pool = pool(&config, POOL_APPLICATION_NAME, config.pool_size)?;
+        let pool = pool(
+            &config,
+            &pool_application_name(&config.schema),
+            config.pool_size,
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
                 sql: Sql::new(&config.schema),

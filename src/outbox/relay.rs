@@ -144,9 +144,11 @@ fn double(backoff: Duration) -> Duration {
     (backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF)
 }
 
-/// The application name of a relay's lock connection.
-fn lock_connection_name(schema: &str) -> String {
-    format!("fitviz-events relay {schema}")
+/// The application name of a relay's lock connection in `pg_stat_activity` (the relays
+/// count each other by it): `fitviz-events relay <schema's lock class> <schema>`, cut to
+/// the 63 bytes PostgreSQL keeps.
+pub fn lock_connection_name(schema: &str) -> String {
+    super::application_name("relay", schema)
 }
 
 async fn run(outbox: Outbox, state: Arc<RelayState>, mut stopped: watch::Receiver<bool>) {

@@ -2,6 +2,8 @@
 
 /// The outbox's statements, with the schema in them.
 pub(super) struct Sql {
+    /// The schema the statements are in.
+    pub(super) schema: String,
     /// `$1` event id, `$2` event type, `$3` ordering key, `$4` partition, `$5`
     /// exchange, `$6` routing key, `$7` properties, `$8` body.
     pub(super) insert: String,
@@ -33,6 +35,7 @@ impl Sql {
     pub(super) fn new(schema: &str) -> Self {
         let t = format!("{schema}.outbox");
         Self {
+            schema: schema.to_owned(),
             insert: format!(
                 "INSERT INTO {t} (event_id, event_type, ordering_key, partition, exchange, \
                  routing_key, properties, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"

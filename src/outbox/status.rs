@@ -7,6 +7,10 @@ use uuid::Uuid;
 
 use super::{OutboxError, rows::Sql};
 
+fn failed(context: &'static str, sql: &Sql) -> impl FnOnce(tokio_postgres::Error) -> OutboxError {
+    OutboxError::database_in(context, &sql.schema)
+}
+
 /// The outbox at a glance ([`Outbox::status`](super::Outbox::status), `fitviz-events
 /// outbox status`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -46,7 +50,7 @@ pub(super) async fn status(client: &Client, sql: &Sql) -> Result<OutboxStatus, O
     let row = client
         .query_one(&sql.status, &[])
         .await
-        .map_err(OutboxError::database("could not count the outbox's rows"))?;
+        .map_err(failed("could not count the outbox's rows", sql))?;
     let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
     Ok(OutboxStatus {
         pending: count(0),
@@ -63,7 +67,7 @@ pub(super) async fn dead_rows(
     let rows = client
         .query(&sql.dead_rows, &[&i64::from(limit)])
         .await
-        .map_err(OutboxError::database("could not list the dead rows"))?;
+        .map_err(failed("could not list the dead rows", sql))?;
     Ok(rows
         .iter()
         .map(|row| DeadRow {
@@ -87,5 +91,5 @@ pub(super) async fn retry_dead(
         Some(ids) => client.execute(&sql.retry_dead, &[&ids]).await,
         None => client.execute(&sql.retry_all_dead, &[]).await,
     };
-    result.map_err(OutboxError::database("could not retry the dead rows"))
+    result.map_err(failed("could not retry the dead rows", sql))
 }

@@ -33,6 +33,9 @@ pub(crate) const INVALID: u8 = 4;
 pub(crate) const REFUSED: u8 = 5;
 /// The broker is unavailable.
 pub(crate) const UNAVAILABLE: u8 = 6;
+/// The outbox's database failed, or its tables are missing or of another version.
+#[cfg(feature = "outbox-postgres")]
+pub(crate) const DATABASE: u8 = 7;
 
 impl Failure {
     pub(crate) fn new(code: u8, kind: &'static str, message: impl Into<String>) -> Self {

@@ -18,9 +18,13 @@
 //! | 4 | invalid event: validation, organization, too large — nothing was sent |
 //! | 5 | refused by the broker: unroutable, nacked, a conflicting or missing queue or exchange, access refused (403), precondition failed (406) |
 //! | 6 | broker unavailable: connection, timeout, blocked, circuit open, queue full, shutdown |
+//! | 7 | `outbox …` (feature `outbox-postgres`): the outbox's database failed or refused a statement, or its tables are missing or of another version (`outbox migrate`) |
 
 mod dlq;
 mod exit;
+mod logging;
+#[cfg(feature = "outbox-postgres")]
+mod outbox;
 mod publish;
 mod schemas;
 mod topology;
@@ -38,7 +42,8 @@ use exit::{Failure, USAGE};
 /// Exit codes: 0 success, 1 other failure, 2 usage (also `dlq list` refusing a queue
 /// that is not a dead-letter queue), 3 configuration, 4 invalid event
 /// (nothing sent), 5 refused by the broker (unroutable, nacked, conflicting or missing
-/// queue or exchange, access refused), 6 broker unavailable.
+/// queue or exchange, access refused), 6 broker unavailable, 7 the outbox's database
+/// (feature `outbox-postgres`).
 #[derive(Debug, Parser)]
 #[command(name = "fitviz-events", version)]
 struct Cli {
@@ -64,6 +69,11 @@ enum Command {
     /// Dead-lettered messages: list them, move them back.
     #[command(subcommand)]
     Dlq(dlq::Command),
+    /// The transactional outbox on PostgreSQL: migrate its tables, run a relay, see
+    /// its lag and dead rows (`FITVIZ_EVENTS_OUTBOX_*`).
+    #[cfg(feature = "outbox-postgres")]
+    #[command(subcommand)]
+    Outbox(outbox::Command),
 }
 
 /// Prints `value` (a result) as JSON or as `human`.
@@ -138,6 +148,8 @@ async fn main() -> ExitCode {
         Command::Schemas(command) => schemas::run(command, cli.json),
         Command::Topology(command) => topology::run(command, cli.json).await,
         Command::Dlq(command) => dlq::run(command, cli.json).await,
+        #[cfg(feature = "outbox-postgres")]
+        Command::Outbox(command) => outbox::run(command, cli.json).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
