@@ -471,3 +471,82 @@ async fn two_relays_share_the_partitions_without_duplicates_and_keep_order_per_k
     drop_schema(&schema).await;
     fixture.cleanup().await;
 }
+
+#[tokio::test]
+async fn detached_events_spill_to_the_outbox_when_the_queue_is_full_and_at_close() {
+    require_broker!();
+    require_postgres!();
+    let fixture = Fixture::new("outbox_spill", "#").await;
+    let schema = unique_schema("spill");
+    let proxy = support::proxy::FaultProxy::start(&support::broker_addr()).await;
+    // A publisher through the proxy, with a queue of 10 detached events.
+    let publisher = EventPublisher::connect(PublisherConfig {
+        url: proxy.amqp_url().parse().unwrap(),
+        detached_capacity: 10,
+        detached_overflow_wait: Duration::from_millis(10),
+        confirm_timeout: Duration::from_secs(1),
+        publish_timeout: Duration::from_secs(2),
+        ..publisher_config(&fixture)
+    })
+    .await
+    .unwrap();
+    let outbox = Outbox::new(outbox_config(&schema), publisher.clone()).unwrap();
+    outbox.migrate().await.unwrap();
+    assert!(outbox.spill_detached());
+    assert!(!outbox.spill_detached(), "one spill per publisher");
+
+    // The broker goes silent (a black hole): detached events pile up in the queue, and
+    // those it cannot hold go to the outbox instead of failing with QueueFull.
+    proxy.black_hole();
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        let event = numbered("outbox.test", "org-s", n);
+        ids.push(event.id());
+        publisher
+            .spawn(event)
+            .await
+            .expect("accepted: queued or spilled");
+    }
+    let spilled_at_once = outbox.status().await.unwrap().pending;
+    assert!(spilled_at_once >= 40, "{spilled_at_once} spilled of 60");
+    // Bad input is still refused, not spilled.
+    let bad = Event::new(WorkoutCreated::example()).with_organization("o".repeat(300));
+    assert_eq!(
+        publisher.spawn(bad).await.unwrap_err().kind(),
+        ErrorKind::Validation
+    );
+
+    // Closing with the broker still silent: what the queue held goes to the outbox too.
+    let report = publisher.close_within(Duration::from_millis(500)).await;
+    assert!(report.unsent.is_empty(), "{} unsent", report.unsent.len());
+    assert_eq!(
+        spilled_at_once + report.spilled + report.published,
+        60,
+        "{report:?}"
+    );
+
+    // The broker is back: a relay (with a publisher of its own) publishes them all.
+    proxy.heal();
+    let relay_publisher = EventPublisher::connect(publisher_config(&fixture))
+        .await
+        .unwrap();
+    let relay_outbox = Outbox::new(outbox_config(&schema), relay_publisher.clone()).unwrap();
+    let relay = relay_outbox.start_relay();
+    eventually(Duration::from_secs(30), "every spawned event", async || {
+        relay_outbox.status().await.unwrap().pending == 0
+    })
+    .await;
+    relay.stop().await;
+    let received: HashSet<Uuid> = fixture
+        .drain()
+        .await
+        .iter()
+        .map(|(_, p)| message_id(p))
+        .collect();
+    let missing: Vec<_> = ids.iter().filter(|id| !received.contains(id)).collect();
+    assert!(missing.is_empty(), "{} of 60 lost", missing.len());
+
+    relay_publisher.close().await;
+    drop_schema(&schema).await;
+    fixture.cleanup().await;
+}

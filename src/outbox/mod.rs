@@ -255,6 +255,20 @@ impl Outbox {
         self.inner.wake.notify_waiters();
     }
 
+    /// Makes the publisher spill its detached events here: [`spawn`](EventPublisher::spawn)
+    /// writes an event to the outbox (in a transaction of its own) instead of queueing it
+    /// when the publisher's broker connection is down or its circuit breaker open, and
+    /// instead of refusing it with `QueueFull` when the queue is full; `close` writes what
+    /// it could not send in time ([`CloseReport::spilled`](crate::publisher::CloseReport::spilled)).
+    /// A relay publishes them like enqueued events — so an event `spawn` accepted
+    /// survives an outage and a deploy. Returns `false` when the publisher already spills
+    /// elsewhere.
+    pub fn spill_detached(&self) -> bool {
+        self.inner.publisher.spill_to(Arc::new(OutboxSpill {
+            outbox: Arc::downgrade(&self.inner),
+        }))
+    }
+
     /// Starts a relay in this process (see [`RelayHandle`]): it takes its share of the
     /// partitions and publishes their rows until [stopped](RelayHandle::stop).
     pub fn start_relay(&self) -> RelayHandle {
@@ -301,6 +315,61 @@ impl Outbox {
         (self.inner.pool.get())
             .await
             .map_err(|error| OutboxError::pool(context, error))
+    }
+}
+
+/// The publisher's spill into this outbox (weak: the outbox holds the publisher).
+struct OutboxSpill {
+    outbox: std::sync::Weak<Inner>,
+}
+
+impl OutboxSpill {
+    async fn store(&self, events: Vec<Event>) -> Result<usize, OutboxError> {
+        let inner = (self.outbox.upgrade())
+            .ok_or_else(|| OutboxError::Unavailable("the outbox was dropped".to_owned()))?;
+        let outbox = Outbox { inner };
+        let mut client = outbox
+            .client("could not connect to spill detached events")
+            .await?;
+        let tx = (client.transaction())
+            .await
+            .map_err(OutboxError::database("could not begin the spill"))?;
+        let count = events.len();
+        for event in events {
+            outbox.enqueue(&tx, event).await?;
+        }
+        tx.commit()
+            .await
+            .map_err(OutboxError::database("could not commit the spill"))?;
+        outbox.notify();
+        Ok(count)
+    }
+}
+
+impl crate::publisher::Spill for OutboxSpill {
+    fn spill(
+        &self,
+        events: Vec<Event>,
+    ) -> crate::publisher::SpillFuture<'_, Result<usize, String>> {
+        Box::pin(async move { self.store(events).await.map_err(|e| e.to_string()) })
+    }
+
+    fn spill_one(
+        &self,
+        event: Event,
+    ) -> crate::publisher::SpillFuture<'_, Result<(), crate::PublishError>> {
+        Box::pin(async move {
+            let id = event.id();
+            match self.store(vec![event]).await {
+                Ok(_) => Ok(()),
+                Err(OutboxError::Event(error)) => Err(error),
+                Err(error) => Err(crate::PublishError::new(
+                    crate::ErrorKind::QueueFull,
+                    format!("the event could not be queued nor written to the outbox: {error}"),
+                )
+                .for_event(id)),
+            }
+        })
     }
 }
 

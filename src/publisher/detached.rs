@@ -89,8 +89,13 @@ pub struct CloseReport {
     pub published: u64,
     /// Detached events the broker refused for good (logged when it happened).
     pub failed: u64,
-    /// Detached events still queued or in progress when the flush deadline passed.
+    /// Detached events still queued or in progress when the flush deadline passed, and
+    /// not persisted elsewhere.
     pub unsent: Vec<Event>,
+    /// Of those, the events written to the outbox instead (a publisher that
+    /// [spills](crate::outbox::Outbox::spill_detached) to one; feature `outbox-postgres`):
+    /// its relays publish them.
+    pub spilled: u64,
 }
 
 #[derive(Default)]
@@ -286,6 +291,7 @@ impl DetachedQueue {
             published: self.counters.published.load(Ordering::Relaxed),
             failed: self.counters.failed.load(Ordering::Relaxed),
             unsent,
+            spilled: 0,
         }
     }
 }

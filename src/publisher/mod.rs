@@ -9,9 +9,11 @@
 
 mod builder;
 mod detached;
+mod spill;
 
 pub use builder::EventPublisherBuilder;
 pub use detached::CloseReport;
+pub(crate) use spill::{Spill, SpillFuture};
 
 use std::{
     fmt,
@@ -103,6 +105,9 @@ struct Shared {
     idle: Notify,
     /// Limits `try_publish`'s warnings: a burst of identical failures is one line.
     log: LogLimiter,
+    /// Where detached events go when the queue is full or the broker is down, and what
+    /// `close` could not send (the outbox, when it spills).
+    spill: std::sync::OnceLock<Arc<dyn Spill>>,
 }
 
 /// What `encode` needs besides the front.
@@ -200,6 +205,7 @@ impl EventPublisher {
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
                 log: LogLimiter::default(),
+                spill: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -473,7 +479,35 @@ impl EventPublisher {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(shut_down(&event).await);
         }
-        self.spawn.clone().oneshot(event).await
+        let Some(spill) = self.shared.spill.get() else {
+            return self.spawn.clone().oneshot(event).await;
+        };
+        // With a spill: an event that would wait for a broker that is down, or find the
+        // queue full, is persisted instead.
+        if self.broker_down() {
+            return spill.spill_one(event).await;
+        }
+        let copy = event.clone();
+        match self.spawn.clone().oneshot(event).await {
+            Err(error) if error.kind() == crate::ErrorKind::QueueFull => {
+                spill.spill_one(copy).await
+            }
+            result => result,
+        }
+    }
+
+    /// Whether the publisher's own connection is down or its breaker open.
+    fn broker_down(&self) -> bool {
+        self.connection_state()
+            .is_some_and(|state| !state.connected)
+            || self.breaker_state() == Some(BreakerState::Open)
+    }
+
+    /// Sends detached events that cannot be published now (the queue is full, the broker
+    /// is down, `close` ran out of time) to `spill` instead of refusing or dropping them.
+    #[cfg_attr(not(feature = "outbox-postgres"), allow(dead_code))]
+    pub(crate) fn spill_to(&self, spill: Arc<dyn Spill>) -> bool {
+        self.shared.spill.set(spill).is_ok()
     }
 
     /// The circuit breaker's state, for health checks (`None` for a delivery stack
@@ -556,7 +590,25 @@ impl EventPublisher {
         let shared = &*self.shared;
         shared.closed.store(true, Ordering::Release);
         shared.in_flight.fetch_or(CLOSED, Ordering::AcqRel);
-        let report = shared.detached.flush(flush_deadline).await;
+        let mut report = shared.detached.flush(flush_deadline).await;
+        if let Some(spill) = shared.spill.get()
+            && !report.unsent.is_empty()
+        {
+            let unsent = std::mem::take(&mut report.unsent);
+            match spill.spill(unsent.clone()).await {
+                Ok(spilled) => {
+                    tracing::info!(
+                        spilled,
+                        "detached events not sent before shutdown went to the outbox"
+                    );
+                    report.spilled = spilled as u64;
+                }
+                Err(error) => {
+                    tracing::error!(%error, unsent = unsent.len(), "detached events not sent before shutdown could not go to the outbox either");
+                    report.unsent = unsent;
+                }
+            }
+        }
         loop {
             let idle = shared.idle.notified();
             if shared.in_flight.load(Ordering::Acquire) & !CLOSED == 0 {
