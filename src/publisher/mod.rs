@@ -13,7 +13,9 @@ mod spill;
 
 pub use builder::EventPublisherBuilder;
 pub use detached::CloseReport;
-pub(crate) use spill::{Spill, SpillFuture};
+pub(crate) use spill::Spill;
+#[cfg(feature = "outbox-postgres")]
+pub(crate) use spill::SpillFuture;
 
 use std::{
     fmt,
