@@ -31,6 +31,16 @@
 //!   give the container runtime a longer stop timeout (Kubernetes waits 30 s by default;
 //!   `docker stop` 10 s unless `--time` or Compose's `stop_grace_period` says more).
 //!
+//! - the transactional outbox (with `--features outbox-postgres`, when
+//!   `FITVIZ_EVENTS_OUTBOX_URL` is set): `POST /workouts/outboxed` (the body of
+//!   `/workouts`) inserts the workout row and enqueues its event in one PostgreSQL
+//!   transaction and answers 201 with `{"event_id": …}`; a relay runs in-process unless
+//!   `FITVIZ_EVENTS_OUTBOX_RELAY=off` (then `fitviz-events outbox relay` does it); detached
+//!   events spill to the outbox; `/ready` shows the outbox's lag (`pending`, the oldest
+//!   pending row's age) without letting it decide readiness — a lagging relay does not
+//!   stop this instance from taking requests, the outbox keeps their events — but is 503
+//!   while the outbox's database does not answer (`/workouts/outboxed` cannot work then);
+//!
 //! `DEMO_HEADER_READ_TIMEOUT_MS`, `DEMO_BODY_READ_TIMEOUT_MS` and `DEMO_SHUTDOWN_GRACE_MS`
 //! override the three for a test (`.ci/smoke-examples` shortens them).
 //!
@@ -40,6 +50,8 @@
 //! curl -X POST -H 'X-Organization-Id: org-1' -H 'content-type: application/json' \
 //!      localhost:3000/workouts -d '{"workout_id":"w-1","member_id":"m-1","workout_type":"run","duration_minutes":30}'
 //! curl localhost:3000/metrics
+//! FITVIZ_EVENTS_OUTBOX_URL=postgres://postgres@127.0.0.1:5432/test \
+//!   cargo run --example axum_app --features outbox-postgres   # ... and POST /workouts/outboxed
 //! ```
 //!
 //! Events are published with `mandatory`: an event no queue is bound for comes back
@@ -220,24 +232,163 @@ async fn health(
 /// up to its first colon: what is wrong ("not connected to the broker"), without the
 /// detail, which names the broker's user and address.
 async fn ready(axum::extract::State(publisher): axum::extract::State<EventPublisher>) -> Response {
-    match publisher.readiness() {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
-        Err(not_ready) => {
-            let reasons: Vec<&str> = not_ready
-                .reasons
-                .iter()
-                .map(|reason| {
-                    reason
-                        .split_once(':')
-                        .map_or(reason.as_str(), |(what, _)| what)
+    #[allow(unused_mut)]
+    let mut reasons: Vec<String> = match publisher.readiness() {
+        Ok(()) => Vec::new(),
+        Err(not_ready) => not_ready
+            .reasons
+            .iter()
+            .map(|reason| {
+                (reason
+                    .split_once(':')
+                    .map_or(reason.as_str(), |(what, _)| what))
+                .to_owned()
+            })
+            .collect(),
+    };
+    #[allow(unused_mut)]
+    let mut body = json!({});
+    #[cfg(feature = "outbox-postgres")]
+    if let Some(outboxed) = outboxed::OUTBOX.get() {
+        match outboxed.outbox.status().await {
+            Ok(status) => {
+                body["outbox"] = json!({
+                    "pending": status.pending,
+                    "dead": status.dead,
+                    "oldest_pending_age_secs": status.oldest_pending_age_secs,
                 })
-                .collect();
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "not ready", "reasons": reasons })),
-            )
-                .into_response()
+            }
+            Err(_) => reasons.push("the outbox's database does not answer".to_owned()),
         }
+    }
+    if reasons.is_empty() {
+        body["status"] = json!("ready");
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        body["status"] = json!("not ready");
+        body["reasons"] = json!(reasons);
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// `POST /workouts/outboxed`: the workout row and its event in one transaction.
+#[cfg(feature = "outbox-postgres")]
+mod outboxed {
+    use std::sync::OnceLock;
+
+    use axum::{Extension, Json, http::StatusCode, response::IntoResponse, response::Response};
+    use fitviz_events::{
+        Event, EventPublisher, OrganizationId,
+        events::WorkoutCreated,
+        outbox::{Outbox, OutboxConfig, OutboxError, RelayHandle},
+    };
+    use serde_json::json;
+
+    use super::NewWorkout;
+
+    /// The outbox, when `FITVIZ_EVENTS_OUTBOX_URL` is set.
+    pub(super) static OUTBOX: OnceLock<Outboxed> = OnceLock::new();
+
+    pub(super) struct Outboxed {
+        pub(super) outbox: Outbox,
+        /// The application's own pool (the outbox's is for the relay).
+        pool: deadpool_postgres::Pool,
+        table: String,
+    }
+
+    /// Sets the outbox up from the environment: migrates it, creates the demo's table,
+    /// spills detached events to it and starts a relay unless told not to.
+    pub(super) async fn start(
+        publisher: &EventPublisher,
+    ) -> Result<Option<RelayHandle>, Box<dyn std::error::Error + Send + Sync>> {
+        if std::env::var_os("FITVIZ_EVENTS_OUTBOX_URL").is_none() {
+            return Ok(None);
+        }
+        let config = OutboxConfig::from_env()?;
+        let outbox = Outbox::new(config.clone(), publisher.clone())?;
+        let report = outbox.migrate().await?;
+        tracing::info!(schema = %config.schema, version = report.to, "outbox ready");
+        let pg: tokio_postgres::Config = config.url.parse()?;
+        let manager = deadpool_postgres::Manager::new(pg, tokio_postgres::NoTls);
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(8)
+            .build()?;
+        let table = format!("{}.demo_workouts", config.schema);
+        pool.get()
+            .await?
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {table} (workout_id text PRIMARY KEY, \
+                 organization_id text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
+            ))
+            .await?;
+        outbox.spill_detached();
+        let relay = config.relay.then(|| outbox.start_relay());
+        let _ = OUTBOX.set(Outboxed {
+            outbox,
+            pool,
+            table,
+        });
+        Ok(relay)
+    }
+
+    fn failed(status: StatusCode, error: impl std::fmt::Display) -> Response {
+        (status, Json(json!({ "error": error.to_string() }))).into_response()
+    }
+
+    pub(super) async fn create(
+        Extension(organization): Extension<OrganizationId>,
+        Json(body): Json<NewWorkout>,
+    ) -> Response {
+        let Some(outboxed) = OUTBOX.get() else {
+            return failed(
+                StatusCode::NOT_FOUND,
+                "no outbox: FITVIZ_EVENTS_OUTBOX_URL is not set",
+            );
+        };
+        let event = Event::new(WorkoutCreated {
+            workout_id: body.workout_id.clone(),
+            title: body.title,
+            member_id: body.member_id,
+            workout_type: body.workout_type,
+            duration_minutes: body.duration_minutes,
+            calories: body.calories,
+            started_at: Some(chrono::Utc::now()),
+        })
+        .with_organization(organization.clone());
+        let mut client = match outboxed.pool.get().await {
+            Ok(client) => client,
+            Err(error) => return failed(StatusCode::SERVICE_UNAVAILABLE, error),
+        };
+        let tx = match client.transaction().await {
+            Ok(tx) => tx,
+            Err(error) => return failed(StatusCode::SERVICE_UNAVAILABLE, error),
+        };
+        let insert = format!(
+            "INSERT INTO {} (workout_id, organization_id) VALUES ($1, $2)",
+            outboxed.table
+        );
+        if let Err(error) = tx
+            .execute(&insert, &[&body.workout_id, &organization.as_str()])
+            .await
+        {
+            let message = error
+                .as_db_error()
+                .map_or_else(|| error.to_string(), |db| db.message().to_owned());
+            return failed(StatusCode::CONFLICT, message);
+        }
+        // A deadpool transaction is passed as the tokio-postgres one it wraps.
+        let event_id = match outboxed.outbox.enqueue(&tx, event).await {
+            Ok(id) => id,
+            // The event's own error (validation, …) answers as `publish` would.
+            Err(OutboxError::Event(error)) => return error.into_response(),
+            Err(error) => return failed(StatusCode::SERVICE_UNAVAILABLE, error),
+        };
+        if let Err(error) = tx.commit().await {
+            return failed(StatusCode::SERVICE_UNAVAILABLE, error);
+        }
+        // Committed: the in-process relay publishes it now rather than at its next poll.
+        outboxed.outbox.notify();
+        (StatusCode::CREATED, Json(json!({ "event_id": event_id }))).into_response()
     }
 }
 
@@ -323,11 +474,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let renew = demo_queue.renew_in_background();
     let request_timeout = REQUEST_TIMEOUT.max(config.publish_timeout + body_read_timeout);
 
+    #[cfg(feature = "outbox-postgres")]
+    let relay = outboxed::start(&publisher).await?;
+
     let app = Router::new()
         .route("/workouts", post(create_workout))
         .route("/bookings", post(confirm_booking))
         .route("/payments/failed", post(payment_failed))
-        .route("/health", get(health))
+        .route("/health", get(health));
+    #[cfg(feature = "outbox-postgres")]
+    let app = app.route("/workouts/outboxed", post(outboxed::create));
+    let app = app
         .route("/ready", get(ready))
         .route("/live", get(live))
         .route(
@@ -365,6 +522,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     )
     .await;
 
+    // The relay first: it finishes its batches while the publisher can still send them.
+    #[cfg(feature = "outbox-postgres")]
+    if let Some(relay) = relay {
+        relay.stop().await;
+    }
     // Always, even when a client held its connection past the grace: flush the detached
     // queue, so an event accepted just before the signal is published.
     let report = publisher.close().await;
