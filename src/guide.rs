@@ -44,3 +44,9 @@ pub mod migration {
 pub mod performance {
     #![doc = include_str!("../docs/performance.md")]
 }
+
+#[cfg(feature = "outbox-postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "outbox-postgres")))]
+pub mod outbox {
+    #![doc = include_str!("../docs/outbox.md")]
+}

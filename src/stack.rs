@@ -34,6 +34,17 @@
 //! [`build_with_delivery`](crate::EventPublisherBuilder::build_with_delivery) replaces
 //! 5–10 with a stack of your own behind the same front.
 //!
+//! Events encoded earlier take two other ways in.
+//! [`encode`](crate::EventPublisher::encode) runs the front (2–4) and the transport's
+//! encoder, and stops: the [`EncodedEvent`](crate::EncodedEvent) is stored (the outbox)
+//! and later sent by [`publish_encoded`](crate::EventPublisher::publish_encoded) through
+//! 1 and 5–10 — the transport sends its stored bytes instead of encoding (the event
+//! context's *encoding*). [`publish_encoded_in_order`](crate::EventPublisher::publish_encoded_in_order)
+//! keeps an order the delivery stack cannot (round-robin lanes, retries with jitter): it
+//! goes from the publisher to the transport's ordered path (`transport/sequence.rs`: one
+//! lane per key, written in order, no retry — its caller retries from the first failure),
+//! refused while the breaker (8) is open and bounded by the publish deadline (5).
+//!
 //! ```
 //! use fitviz_events::stack::{PUBLISH, Part, Stage};
 //!

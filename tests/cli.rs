@@ -940,3 +940,69 @@ async fn dlq_replay_stopped_by_an_error_prints_what_it_moved() {
         .await;
     fx.cleanup().await;
 }
+
+#[cfg(feature = "outbox-postgres")]
+#[tokio::test]
+async fn outbox_commands_migrate_report_and_fail_on_the_database_with_exit_7() {
+    require_postgres!();
+    let schema = support::postgres::unique_schema("cli");
+    let url = support::postgres::pg_url();
+    let vars = [
+        ("FITVIZ_EVENTS_OUTBOX_URL", url.as_str()),
+        ("FITVIZ_EVENTS_OUTBOX_SCHEMA", schema.as_str()),
+    ];
+    // Not migrated: the database's own exit code, saying what to do.
+    let output = run(&vars, &["--json", "outbox", "status"]);
+    assert_eq!(code(&output), 7, "{}", stdout(&output));
+    let error: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(error["error"], "schema");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("outbox migrate"),
+        "{error}"
+    );
+
+    let output = run(&vars, &["--json", "outbox", "migrate"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(
+        report,
+        serde_json::json!({"from": 0, "to": 2, "applied": [1, 2]})
+    );
+    let output = run(&vars, &["--json", "outbox", "status"]);
+    assert_eq!(code(&output), 0);
+    let status: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(
+        (status["pending"].as_u64(), status["dead"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let output = run(&vars, &["outbox", "dead", "retry"]);
+    assert_eq!(code(&output), 2, "{}", stderr(&output));
+    let output = run(&vars, &["--json", "outbox", "dead", "retry", "--all"]);
+    assert_eq!(stdout(&output).trim(), r#"{"retried":0}"#);
+
+    // A database that does not answer: exit 7, the password never shown.
+    let down = [
+        (
+            "FITVIZ_EVENTS_OUTBOX_URL",
+            "postgres://app:s3cret@127.0.0.1:1/test",
+        ),
+        ("FITVIZ_EVENTS_OUTBOX_SCHEMA", schema.as_str()),
+    ];
+    let output = run(&down, &["outbox", "status"]);
+    assert_eq!(code(&output), 7, "{}", stderr(&output));
+    assert!(stderr(&output).contains("database"), "{}", stderr(&output));
+    // A bad URL is a configuration error (3), redacted.
+    let bad = [("FITVIZ_EVENTS_OUTBOX_URL", "mysql://app:s3cret@db/x")];
+    let output = run(&bad, &["outbox", "status"]);
+    assert_eq!(code(&output), 3, "{}", stderr(&output));
+    for output in [
+        run(&down, &["outbox", "status"]),
+        run(&bad, &["outbox", "status"]),
+    ] {
+        assert!(!stderr(&output).contains("s3cret"), "{}", stderr(&output));
+    }
+    support::postgres::drop_schema(&schema).await;
+}

@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
+use futures_util::{StreamExt, stream::FuturesOrdered};
 
 use super::{AmqpPublish, MIN_FRAME_MAX, Outcome, header_frame_bytes, outcome_to_result, settle};
 use crate::{
@@ -90,7 +90,10 @@ impl AmqpPublish {
                 "the broker has blocked the connection: the sequence was not sent",
             ));
         }
-        let mut written = Vec::with_capacity(events.len());
+        // The confirms of what is written are awaited while the rest is written: a write
+        // waiting for a permit (`max_in_flight` on the channel) needs them to come back.
+        let mut confirms = FuturesOrdered::new();
+        let mut outcomes = Vec::with_capacity(events.len());
         let mut ended: Option<PublishError> = None;
         for event in events {
             let header_bytes = header_frame_bytes(event.properties());
@@ -112,8 +115,28 @@ impl AmqpPublish {
             let sent = inner
                 .instruments
                 .attempt(inner.instruments.resolve(event.routing_key()));
-            match channel.write(message, &sent, true).await {
-                Ok(write) => written.push((write, sent)),
+            let written = {
+                let write = channel.write(message, &sent, true);
+                let mut write = std::pin::pin!(write);
+                loop {
+                    tokio::select! {
+                        biased;
+                        written = &mut write => break written,
+                        Some(outcome) = confirms.next(), if !confirms.is_empty() => {
+                            outcomes.push(outcome);
+                        }
+                    }
+                }
+            };
+            match written {
+                Ok(write) => confirms.push_back(async {
+                    let outcome = write.confirm().await;
+                    match &outcome {
+                        Ok(outcome) => settle(&channel, sent, outcome),
+                        Err(_) => sent.finish(Some(ErrorKind::Timeout)),
+                    }
+                    outcome
+                }),
                 Err(error) => {
                     sent.not_sent();
                     ended = Some(error);
@@ -121,15 +144,9 @@ impl AmqpPublish {
                 }
             }
         }
-        let outcomes = join_all(written.into_iter().map(async |(write, sent)| {
-            let outcome = write.confirm().await;
-            match &outcome {
-                Ok(outcome) => settle(&channel, sent, outcome),
-                Err(_) => sent.finish(Some(ErrorKind::Timeout)),
-            }
-            outcome
-        }))
-        .await;
+        while let Some(outcome) = confirms.next().await {
+            outcomes.push(outcome);
+        }
         let written = outcomes.len();
         let mut outcomes = outcomes.into_iter();
         let mut results = Vec::with_capacity(events.len());
