@@ -44,7 +44,8 @@ impl Sql {
                 "SELECT seq, ordering_key, exchange, routing_key, properties, body, attempts \
                  FROM {t} WHERE partition = $1 AND state = 0 AND ordering_key <> ALL(ARRAY( \
                    SELECT ordering_key FROM {t} \
-                   WHERE partition = $1 AND state = 0 AND next_attempt_at > now())) \
+                   WHERE partition = $1 AND state = 0 AND attempts > 0 \
+                   AND next_attempt_at > now())) \
                  ORDER BY seq LIMIT $2"
             ),
             delete: format!("DELETE FROM {t} WHERE seq = ANY($1)"),
