@@ -164,20 +164,26 @@ struct NewWorkout {
     calories: Option<u32>,
 }
 
+impl NewWorkout {
+    /// The event of a workout created now.
+    fn created(self) -> WorkoutCreated {
+        WorkoutCreated {
+            workout_id: self.workout_id,
+            title: self.title,
+            member_id: self.member_id,
+            workout_type: self.workout_type,
+            duration_minutes: self.duration_minutes,
+            calories: self.calories,
+            started_at: Some(chrono::Utc::now()),
+        }
+    }
+}
+
 async fn create_workout(
     publisher: Publisher,
     Json(body): Json<NewWorkout>,
 ) -> Result<(StatusCode, Json<Value>), PublishError> {
-    let event = WorkoutCreated {
-        workout_id: body.workout_id,
-        title: body.title,
-        member_id: body.member_id,
-        workout_type: body.workout_type,
-        duration_minutes: body.duration_minutes,
-        calories: body.calories,
-        started_at: Some(chrono::Utc::now()),
-    };
-    let receipt = publisher.publish(event).await?;
+    let receipt = publisher.publish(body.created()).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "event_id": receipt.event_id })),
@@ -279,7 +285,6 @@ mod outboxed {
     use axum::{Extension, Json, http::StatusCode, response::IntoResponse, response::Response};
     use fitviz_events::{
         Event, EventPublisher, OrganizationId,
-        events::WorkoutCreated,
         outbox::{Outbox, OutboxConfig, OutboxError, RelayHandle},
     };
     use serde_json::json;
@@ -345,16 +350,8 @@ mod outboxed {
                 "no outbox: FITVIZ_EVENTS_OUTBOX_URL is not set",
             );
         };
-        let event = Event::new(WorkoutCreated {
-            workout_id: body.workout_id.clone(),
-            title: body.title,
-            member_id: body.member_id,
-            workout_type: body.workout_type,
-            duration_minutes: body.duration_minutes,
-            calories: body.calories,
-            started_at: Some(chrono::Utc::now()),
-        })
-        .with_organization(organization.clone());
+        let workout_id = body.workout_id.clone();
+        let event = Event::new(body.created()).with_organization(organization.clone());
         let mut client = match outboxed.pool.get().await {
             Ok(client) => client,
             Err(error) => return failed(StatusCode::SERVICE_UNAVAILABLE, error),
@@ -368,7 +365,7 @@ mod outboxed {
             outboxed.table
         );
         if let Err(error) = tx
-            .execute(&insert, &[&body.workout_id, &organization.as_str()])
+            .execute(&insert, &[&workout_id, &organization.as_str()])
             .await
         {
             let message = error
