@@ -55,7 +55,7 @@ use tokio::sync::{Notify, OnceCell};
 use tokio_postgres::{NoTls, Transaction, types::Type};
 use uuid::Uuid;
 
-use crate::{EventPublisher, event::Event};
+use crate::{event::Event, publisher::EventPublisher};
 
 use self::rows::Sql;
 
@@ -357,14 +357,14 @@ impl crate::publisher::Spill for OutboxSpill {
     fn spill_one(
         &self,
         event: Event,
-    ) -> crate::publisher::SpillFuture<'_, Result<(), crate::PublishError>> {
+    ) -> crate::publisher::SpillFuture<'_, Result<(), crate::error::PublishError>> {
         Box::pin(async move {
             let id = event.id();
             match self.store(vec![event]).await {
                 Ok(_) => Ok(()),
                 Err(OutboxError::Event(error)) => Err(error),
-                Err(error) => Err(crate::PublishError::new(
-                    crate::ErrorKind::QueueFull,
+                Err(error) => Err(crate::error::PublishError::new(
+                    crate::error::ErrorKind::QueueFull,
                     format!("the event could not be queued nor written to the outbox: {error}"),
                 )
                 .for_event(id)),

@@ -54,8 +54,8 @@ use tokio_postgres::{Client, NoTls};
 
 use super::{Outbox, OutboxError, lock_class, migrations, pg_config, status};
 use crate::{
-    EncodedEvent,
     error::{ErrorKind, PublishError},
+    event::EncodedEvent,
     log_limit::LogLimiter,
     telemetry::{OUTBOX_DEAD, OUTBOX_OLDEST_PENDING_AGE, OUTBOX_PENDING, OUTBOX_RELAYED},
 };

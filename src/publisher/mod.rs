@@ -37,7 +37,7 @@ use self::{
 use crate::{
     circuit_breaker::{BreakerHandle, BreakerState},
     config::PublisherConfig,
-    error::PublishError,
+    error::{ErrorKind, PublishError},
     event::{EncodedEvent, Event, OrganizationId, Receipt, context::MetricType},
     fairness::FairShareLayer,
     log_limit::LogLimiter,
@@ -268,7 +268,7 @@ impl EventPublisher {
     ///
     /// # Errors
     /// As the front of [`publish`](Self::publish), and
-    /// [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge) for a body over
+    /// [`ErrorKind::TooLarge`](ErrorKind::TooLarge) for a body over
     /// [`PublisherConfig::max_body_bytes`] or a content header over the frame size.
     pub async fn encode(&self, event: impl Into<Event>) -> Result<EncodedEvent, PublishError> {
         let mut event = self.shared.prepare.clone().oneshot(event.into()).await?;
@@ -344,7 +344,7 @@ impl EventPublisher {
                         .take()
                         .unwrap_or_else(|| {
                             PublishError::new(
-                                crate::ErrorKind::CircuitOpen,
+                                ErrorKind::CircuitOpen,
                                 "not sent: the sequence was refused",
                             )
                         })
@@ -357,7 +357,7 @@ impl EventPublisher {
         };
         if self.breaker_state() == Some(BreakerState::Open) {
             return refuse_all(PublishError::new(
-                crate::ErrorKind::CircuitOpen,
+                ErrorKind::CircuitOpen,
                 "the circuit breaker is open: the sequence was not sent",
             ));
         }
@@ -372,7 +372,7 @@ impl EventPublisher {
                     let failed = results.last().is_some_and(Result::is_err);
                     results.push(match failed {
                         true => Err(PublishError::new(
-                            crate::ErrorKind::Connection,
+                            ErrorKind::Connection,
                             "not sent: an event ahead of it in the ordered sequence was not sent",
                         )
                         .for_event(event.id())),
@@ -464,11 +464,11 @@ impl EventPublisher {
     /// retrying while the broker is unavailable.
     ///
     /// # Errors
-    /// Validation and organization errors, [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge)
+    /// Validation and organization errors, [`ErrorKind::TooLarge`](ErrorKind::TooLarge)
     /// for an event over [`PublisherConfig::max_body_bytes`] (checked before it is queued),
-    /// [`ErrorKind::QueueFull`](crate::ErrorKind::QueueFull) when the queue stays full or
+    /// [`ErrorKind::QueueFull`](ErrorKind::QueueFull) when the queue stays full or
     /// the event's organization already has its share of it (see the `detached_*`
-    /// settings of [`PublisherConfig`]), and [`ErrorKind::Shutdown`](crate::ErrorKind::Shutdown)
+    /// settings of [`PublisherConfig`]), and [`ErrorKind::Shutdown`](ErrorKind::Shutdown)
     /// after `close`. Each of these returns without waiting but spends a unit of tokio's
     /// cooperative budget, so a caller looping on them still lets other tasks run.
     pub async fn spawn(&self, event: impl Into<Event>) -> Result<(), PublishError> {
@@ -491,9 +491,7 @@ impl EventPublisher {
         }
         let copy = event.clone();
         match self.spawn.clone().oneshot(event).await {
-            Err(error) if error.kind() == crate::ErrorKind::QueueFull => {
-                spill.spill_one(copy).await
-            }
+            Err(error) if error.kind() == ErrorKind::QueueFull => spill.spill_one(copy).await,
             result => result,
         }
     }
