@@ -550,3 +550,62 @@ async fn detached_events_spill_to_the_outbox_when_the_queue_is_full_and_at_close
     drop_schema(&schema).await;
     fixture.cleanup().await;
 }
+
+/// sqlx 0.8 transactions enqueue the same rows: relayed when committed, never when rolled
+/// back.
+#[cfg(feature = "sqlx")]
+#[tokio::test]
+async fn a_sqlx_transaction_enqueues_the_same_way() {
+    require_broker!();
+    require_postgres!();
+    let fixture = Fixture::new("outbox_sqlx", "#").await;
+    let schema = unique_schema("sqlx");
+    let publisher = EventPublisher::connect(publisher_config(&fixture))
+        .await
+        .unwrap();
+    let outbox = Outbox::new(outbox_config(&schema), publisher.clone()).unwrap();
+    outbox.migrate().await.unwrap();
+    let pool = sqlx::PgPool::connect(&pg_url()).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let committed = outbox
+        .enqueue_sqlx(&mut tx, numbered("outbox.test", "org-x", 1))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    outbox.notify();
+    let mut tx = pool.begin().await.unwrap();
+    let rolled_back = outbox
+        .enqueue_sqlx(&mut tx, numbered("outbox.test", "org-x", 2))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    // Bad input: publish's own error, before anything is written.
+    let mut tx = pool.begin().await.unwrap();
+    let bad = Event::new(WorkoutCreated::example()).with_organization("o".repeat(300));
+    let error = outbox.enqueue_sqlx(&mut tx, bad).await.unwrap_err();
+    assert!(
+        matches!(&error, OutboxError::Event(e) if e.kind() == ErrorKind::Validation),
+        "{error:?}"
+    );
+    tx.commit().await.unwrap();
+
+    let relay = outbox.start_relay();
+    eventually(Duration::from_secs(20), "the committed event", async || {
+        outbox.status().await.unwrap().pending == 0 && fixture.queue_len().await >= 1
+    })
+    .await;
+    relay.stop().await;
+    let ids: Vec<Uuid> = fixture
+        .drain()
+        .await
+        .iter()
+        .map(|(_, p)| message_id(p))
+        .collect();
+    assert_eq!(ids, vec![committed]);
+    assert_ne!(committed, rolled_back);
+
+    pool.close().await;
+    publisher.close().await;
+    drop_schema(&schema).await;
+    fixture.cleanup().await;
+}

@@ -26,6 +26,18 @@ pub enum OutboxError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A sqlx statement failed ([`Outbox::enqueue_sqlx`](super::Outbox::enqueue_sqlx),
+    /// feature `sqlx`).
+    #[cfg(feature = "sqlx")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+    #[error("{context}: {source}")]
+    Sqlx {
+        /// What the outbox was doing.
+        context: Cow<'static, str>,
+        /// sqlx's error.
+        #[source]
+        source: sqlx::Error,
+    },
     /// No database connection could be had (the pool timed out or is closed).
     #[error("{0}")]
     Unavailable(String),
@@ -76,6 +88,14 @@ impl OutboxError {
         ))
     }
 
+    #[cfg(feature = "sqlx")]
+    pub(crate) fn sqlx(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
+        move |source| Self::Sqlx {
+            context: context.into(),
+            source,
+        }
+    }
+
     pub(crate) fn pool(context: &'static str, error: deadpool_postgres::PoolError) -> Self {
         match error {
             deadpool_postgres::PoolError::Backend(source) => Self::Database {
@@ -89,6 +109,10 @@ impl OutboxError {
     /// Whether the database failed (the connection or a statement): the CLI's exit
     /// code 7.
     pub fn is_database(&self) -> bool {
+        #[cfg(feature = "sqlx")]
+        if let Self::Sqlx { .. } = self {
+            return true;
+        }
         matches!(self, Self::Database { .. } | Self::Unavailable(_))
     }
 }

@@ -236,6 +236,73 @@ impl Outbox {
         Ok(id)
     }
 
+    /// [`enqueue`](Self::enqueue) inside a sqlx transaction (feature `sqlx`, sqlx 0.8):
+    /// pass `&mut *tx` for a `sqlx::Transaction<'_, Postgres>`. The same front, the same
+    /// row, the same guarantees; call [`notify`](Self::notify) after the commit.
+    ///
+    /// # Errors
+    /// As [`enqueue`](Self::enqueue); a failed statement is [`OutboxError::Sqlx`].
+    #[cfg(feature = "sqlx")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+    pub async fn enqueue_sqlx(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        event: impl Into<Event>,
+    ) -> Result<Uuid, OutboxError> {
+        let event = event.into();
+        let key = event
+            .organization_id()
+            .map(|org| org.as_str().to_owned())
+            .unwrap_or_default();
+        let encoded = self.inner.publisher.encode(event).await?;
+        let schema = &self.inner.config.schema;
+        let partitions = match self.inner.partitions.get() {
+            Some(partitions) => *partitions,
+            None => {
+                let sql = format!(
+                    "SELECT (SELECT max(version) FROM {schema}.outbox_migrations), \
+                     (SELECT partitions FROM {schema}.outbox_settings LIMIT 1)"
+                );
+                let (version, partitions): (Option<i32>, Option<i32>) = sqlx::query_as(&sql)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|error| match &error {
+                        sqlx::Error::Database(db)
+                            if matches!(db.code().as_deref(), Some("42P01" | "3F000")) =>
+                        {
+                            OutboxError::not_migrated(schema)
+                        }
+                        _ => OutboxError::sqlx("could not read the outbox's version")(error),
+                    })?;
+                if version != i32::try_from(SCHEMA_VERSION).ok() {
+                    return Err(OutboxError::not_migrated(schema));
+                }
+                let partitions = partitions
+                    .and_then(|p| u32::try_from(p).ok())
+                    .filter(|p| *p >= 1)
+                    .ok_or_else(|| OutboxError::not_migrated(schema))?;
+                let _ = self.inner.partitions.set(partitions);
+                partitions
+            }
+        };
+        let id = encoded.id();
+        sqlx::query(&self.inner.sql.insert)
+            .bind(id)
+            .bind(encoded.routing_key())
+            .bind(&key)
+            .bind(partition_of(&key, partitions))
+            .bind(encoded.exchange())
+            .bind(encoded.routing_key())
+            .bind(encoded.properties_bytes())
+            .bind(encoded.body())
+            .execute(&mut *tx)
+            .await
+            .map_err(OutboxError::sqlx(
+                "could not insert the event into the outbox",
+            ))?;
+        Ok(id)
+    }
+
     /// Commits `tx`, then [notifies](Self::notify) the relays of this process.
     ///
     /// # Errors

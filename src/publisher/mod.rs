@@ -268,7 +268,7 @@ impl EventPublisher {
     ///
     /// # Errors
     /// As the front of [`publish`](Self::publish), and
-    /// [`ErrorKind::TooLarge`](ErrorKind::TooLarge) for a body over
+    /// [`ErrorKind::TooLarge`] for a body over
     /// [`PublisherConfig::max_body_bytes`] or a content header over the frame size.
     pub async fn encode(&self, event: impl Into<Event>) -> Result<EncodedEvent, PublishError> {
         let mut event = self.shared.prepare.clone().oneshot(event.into()).await?;
@@ -464,11 +464,11 @@ impl EventPublisher {
     /// retrying while the broker is unavailable.
     ///
     /// # Errors
-    /// Validation and organization errors, [`ErrorKind::TooLarge`](ErrorKind::TooLarge)
+    /// Validation and organization errors, [`ErrorKind::TooLarge`]
     /// for an event over [`PublisherConfig::max_body_bytes`] (checked before it is queued),
-    /// [`ErrorKind::QueueFull`](ErrorKind::QueueFull) when the queue stays full or
+    /// [`ErrorKind::QueueFull`] when the queue stays full or
     /// the event's organization already has its share of it (see the `detached_*`
-    /// settings of [`PublisherConfig`]), and [`ErrorKind::Shutdown`](ErrorKind::Shutdown)
+    /// settings of [`PublisherConfig`]), and [`ErrorKind::Shutdown`]
     /// after `close`. Each of these returns without waiting but spends a unit of tokio's
     /// cooperative budget, so a caller looping on them still lets other tasks run.
     pub async fn spawn(&self, event: impl Into<Event>) -> Result<(), PublishError> {
