@@ -139,37 +139,46 @@ fn newer(schema: &str, version: u32) -> OutboxError {
     ))
 }
 
-/// The outbox's version and partitions, checked against this crate's.
-pub(crate) async fn check(
-    client: &impl tokio_postgres::GenericClient,
+/// The query of the outbox's version and partitions, read by [`check`] and by the sqlx
+/// enqueue, which both judge its answer with [`checked`].
+pub(crate) fn settings_query(schema: &str) -> String {
+    format!(
+        "SELECT (SELECT max(version) FROM {schema}.outbox_migrations), \
+                (SELECT partitions FROM {schema}.outbox_settings LIMIT 1)"
+    )
+}
+
+/// The outbox's partitions, when its version is this crate's.
+pub(crate) fn checked(
     schema: &str,
+    version: Option<i32>,
+    partitions: Option<i32>,
 ) -> Result<u32, OutboxError> {
-    let missing = || OutboxError::not_migrated(schema);
-    let row = client
-        .query_opt(
-            &format!(
-                "SELECT (SELECT max(version) FROM {schema}.outbox_migrations),
-                        (SELECT partitions FROM {schema}.outbox_settings LIMIT 1)"
-            ),
-            &[],
-        )
-        .await
-        .map_err(OutboxError::database_in(
-            "could not read the outbox's version",
-            schema,
-        ))?
-        .ok_or_else(missing)?;
-    let version: Option<i32> = row.get(0);
-    let partitions: Option<i32> = row.get(1);
     let version = version.and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
     if version > SCHEMA_VERSION {
         return Err(newer(schema, version));
     }
     if version < SCHEMA_VERSION {
-        return Err(missing());
+        return Err(OutboxError::not_migrated(schema));
     }
     partitions
         .and_then(|p| u32::try_from(p).ok())
         .filter(|p| *p >= 1)
-        .ok_or_else(missing)
+        .ok_or_else(|| OutboxError::not_migrated(schema))
+}
+
+/// The outbox's version and partitions, checked against this crate's.
+pub(crate) async fn check(
+    client: &impl tokio_postgres::GenericClient,
+    schema: &str,
+) -> Result<u32, OutboxError> {
+    let row = client
+        .query_opt(&settings_query(schema), &[])
+        .await
+        .map_err(OutboxError::database_in(
+            "could not read the outbox's version",
+            schema,
+        ))?
+        .ok_or_else(|| OutboxError::not_migrated(schema))?;
+    checked(schema, row.get(0), row.get(1))
 }

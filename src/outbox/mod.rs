@@ -189,10 +189,7 @@ impl Outbox {
         event: impl Into<Event>,
     ) -> Result<Uuid, OutboxError> {
         let event = event.into();
-        let key = event
-            .organization_id()
-            .map(|org| org.as_str().to_owned())
-            .unwrap_or_default();
+        let key = ordering_key(&event);
         self.enqueue_with_key(tx, event, &key).await
     }
 
@@ -250,37 +247,25 @@ impl Outbox {
         event: impl Into<Event>,
     ) -> Result<Uuid, OutboxError> {
         let event = event.into();
-        let key = event
-            .organization_id()
-            .map(|org| org.as_str().to_owned())
-            .unwrap_or_default();
+        let key = ordering_key(&event);
         let encoded = self.inner.publisher.encode(event).await?;
         let schema = &self.inner.config.schema;
         let partitions = match self.inner.partitions.get() {
             Some(partitions) => *partitions,
             None => {
-                let sql = format!(
-                    "SELECT (SELECT max(version) FROM {schema}.outbox_migrations), \
-                     (SELECT partitions FROM {schema}.outbox_settings LIMIT 1)"
-                );
-                let (version, partitions): (Option<i32>, Option<i32>) = sqlx::query_as(&sql)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(|error| match &error {
-                        sqlx::Error::Database(db)
-                            if matches!(db.code().as_deref(), Some("42P01" | "3F000")) =>
-                        {
-                            OutboxError::not_migrated(schema)
-                        }
-                        _ => OutboxError::sqlx("could not read the outbox's version")(error),
-                    })?;
-                if version != i32::try_from(SCHEMA_VERSION).ok() {
-                    return Err(OutboxError::not_migrated(schema));
-                }
-                let partitions = partitions
-                    .and_then(|p| u32::try_from(p).ok())
-                    .filter(|p| *p >= 1)
-                    .ok_or_else(|| OutboxError::not_migrated(schema))?;
+                let (version, partitions): (Option<i32>, Option<i32>) =
+                    sqlx::query_as(&migrations::settings_query(schema))
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(|error| match &error {
+                            sqlx::Error::Database(db)
+                                if matches!(db.code().as_deref(), Some("42P01" | "3F000")) =>
+                            {
+                                OutboxError::not_migrated(schema)
+                            }
+                            _ => OutboxError::sqlx("could not read the outbox's version")(error),
+                        })?;
+                let partitions = migrations::checked(schema, version, partitions)?;
                 let _ = self.inner.partitions.set(partitions);
                 partitions
             }
@@ -480,6 +465,13 @@ fn pg_config(
         pg.connect_timeout(Duration::from_secs(5));
     }
     Ok(pg)
+}
+
+/// An event's default ordering key: its organization id (`""` without one).
+fn ordering_key(event: &Event) -> String {
+    (event.organization_id())
+        .map(|org| org.as_str().to_owned())
+        .unwrap_or_default()
 }
 
 /// FNV-1a, 64 bits: a hash that never changes between versions, platforms or
