@@ -39,7 +39,11 @@
 //! encoder, and stops: the [`EncodedEvent`](crate::EncodedEvent) is stored (the outbox)
 //! and later sent by [`publish_encoded`](crate::EventPublisher::publish_encoded) through
 //! 1 and 5–10 — the transport sends its stored bytes instead of encoding (the event
-//! context's *encoding*). [`publish_encoded_in_order`](crate::EventPublisher::publish_encoded_in_order)
+//! context's *encoding*). Dead letters moved back
+//! ([`dead_letters::replay`](crate::topology::dead_letters::replay)) take the same way,
+//! as messages received from the broker (tracked by their `message_id` whatever its
+//! form; a copy no queue takes fails, whatever the unroutable policy).
+//! [`publish_encoded_in_order`](crate::EventPublisher::publish_encoded_in_order)
 //! keeps an order the delivery stack cannot (round-robin lanes, retries with jitter): it
 //! goes from the publisher to the transport's ordered path (`transport/sequence.rs`: one
 //! lane per key, written in order, no retry — its caller retries from the first failure),

@@ -18,7 +18,7 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use support::{Leftovers, broker_url, publish_and_reject, queue_len, unique};
+use support::{Leftovers, broker_url, publish_and_reject, queue_len, replay_publisher, unique};
 
 /// The queue's length once it is `expected`, or after 2 s.
 async fn eventually(connection: &Connection, queue: &str, expected: u32) -> u32 {
@@ -123,14 +123,15 @@ async fn a_rejected_message_lands_in_the_dlq_and_replay_moves_it_back_exactly_on
     assert_eq!(dead_letters::list(&admin, &dlq, 10).await.unwrap().len(), 1);
 
     // Replay: back to its queue, once, same message_id; the DLQ is empty.
-    let report = dead_letters::replay(&admin, &dlq, ReplayTo::Queue, None)
+    let publisher = replay_publisher(&name, &exchange).await;
+    let report = dead_letters::replay(&admin, &publisher, &dlq, ReplayTo::Queue, None)
         .await
         .expect("replay");
     assert_eq!(report.replayed.len(), 1);
     assert_eq!(report.replayed[0].routing_key, queue.name());
     assert_eq!(report.replayed[0].exchange, "");
     assert_eq!(queue_len(&connection, &dlq).await, Some(0));
-    let again = dead_letters::replay(&admin, &dlq, ReplayTo::Queue, None)
+    let again = dead_letters::replay(&admin, &publisher, &dlq, ReplayTo::Queue, None)
         .await
         .unwrap();
     assert!(again.replayed.is_empty());
@@ -161,6 +162,7 @@ async fn a_rejected_message_lands_in_the_dlq_and_replay_moves_it_back_exactly_on
     }
     assert_eq!(seen, vec![Some("evt-1".to_owned())], "seen exactly once");
 
+    publisher.close().await;
     let _ = connection.close(200, "done".into()).await;
 }
 
@@ -226,9 +228,16 @@ async fn replay_to_the_exchange_reaches_every_bound_queue() {
     assert_eq!(eventually(&connection, &queue.dlq_name(), 1).await, 1);
 
     let admin = connection.create_channel().await.unwrap();
-    let report = dead_letters::replay(&admin, &queue.dlq_name(), ReplayTo::Exchange, None)
-        .await
-        .expect("replay");
+    let publisher = replay_publisher(&name, &exchange).await;
+    let report = dead_letters::replay(
+        &admin,
+        &publisher,
+        &queue.dlq_name(),
+        ReplayTo::Exchange,
+        None,
+    )
+    .await
+    .expect("replay");
     assert_eq!(report.replayed.len(), 1);
     assert_eq!(report.replayed[0].exchange, exchange);
     assert_eq!(report.replayed[0].routing_key, "workout.created");
@@ -236,6 +245,7 @@ async fn replay_to_the_exchange_reaches_every_bound_queue() {
     assert_eq!(eventually(&connection, queue.name(), 1).await, 1);
     assert_eq!(eventually(&connection, other.name(), 2).await, 2);
     assert_eq!(eventually(&connection, &queue.dlq_name(), 0).await, 0);
+    publisher.close().await;
     let _ = connection.close(200, "done".into()).await;
 }
 
@@ -303,7 +313,8 @@ async fn a_queue_replayed_into_itself_is_replayed_at_most_once() {
     let dlq = queue.dlq_name();
     assert_eq!(eventually(&connection, &dlq, 1).await, 1);
     let admin = connection.create_channel().await.unwrap();
-    let back = dead_letters::replay(&admin, &dlq, ReplayTo::Queue, None)
+    let publisher = replay_publisher(&name, &exchange).await;
+    let back = dead_letters::replay(&admin, &publisher, &dlq, ReplayTo::Queue, None)
         .await
         .unwrap();
     assert_eq!(back.replayed.len(), 1);
@@ -313,7 +324,7 @@ async fn a_queue_replayed_into_itself_is_replayed_at_most_once() {
     let bounded = Duration::from_secs(10);
     let report = tokio::time::timeout(
         bounded,
-        dead_letters::replay(&admin, queue.name(), ReplayTo::Queue, Some(200)),
+        dead_letters::replay(&admin, &publisher, queue.name(), ReplayTo::Queue, Some(200)),
     )
     .await
     .expect("the replay ends")
@@ -325,7 +336,7 @@ async fn a_queue_replayed_into_itself_is_replayed_at_most_once() {
     // To the exchange the queue is bound to: moved once, the copy is not moved again.
     let report = tokio::time::timeout(
         bounded,
-        dead_letters::replay(&admin, queue.name(), ReplayTo::Exchange, None),
+        dead_letters::replay(&admin, &publisher, queue.name(), ReplayTo::Exchange, None),
     )
     .await
     .expect("the replay ends")
@@ -336,6 +347,7 @@ async fn a_queue_replayed_into_itself_is_replayed_at_most_once() {
         1,
         "one copy"
     );
+    publisher.close().await;
     let _ = connection.close(200, "done".into()).await;
 }
 
@@ -460,7 +472,8 @@ async fn a_replay_stopped_by_an_error_reports_what_it_moved() {
     dead_letter_three(&connection, &channel, &queue, &gone).await;
 
     let admin = connection.create_channel().await.unwrap();
-    let error = dead_letters::replay(&admin, &dlq, ReplayTo::Queue, None)
+    let publisher = replay_publisher(&name, &exchange).await;
+    let error = dead_letters::replay(&admin, &publisher, &dlq, ReplayTo::Queue, None)
         .await
         .expect_err("the second target is gone");
     assert_eq!(error.kind(), TopologyErrorKind::Refused, "{error}");
@@ -482,6 +495,105 @@ async fn a_replay_stopped_by_an_error_reports_what_it_moved() {
     // What it reports is what happened: the first moved, the other two still there.
     assert_eq!(eventually(&connection, queue.name(), 1).await, 1);
     assert_eq!(eventually(&connection, &dlq, 2).await, 2);
+    // The publisher's policy keeps unroutable events in `<exchange>.unrouted` (the
+    // default); a replayed copy is never kept there: the exchange was not even declared.
+    assert_eq!(
+        queue_len(&connection, &format!("{exchange}.unrouted")).await,
+        None
+    );
+    publisher.close().await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// The replay goes through the publisher's delivery stack (issue 21): a broker that
+/// takes the copy and never answers (a black-holed connection behind the fault proxy)
+/// ends the replay within the publish deadline with a connection error — it does not
+/// hang — and the dead letter stays; once the broker answers again, the same replay
+/// moves it.
+#[tokio::test]
+async fn a_replay_through_a_silent_broker_ends_within_the_publish_deadline() {
+    require_broker!();
+    let name = unique("dead_letters_deadline");
+    let exchange = format!("{name}.x");
+    let queue = ConsumerQueue::new(format!("{name}.q"))
+        .bind("workout.*")
+        .expires(Duration::from_secs(300));
+    let _leftovers = Leftovers {
+        exchanges: vec![exchange.clone(), queue.dlx_name()],
+        queues: vec![queue.name().to_owned(), queue.dlq_name()],
+    };
+    let connection = Connection::connect(&broker_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    Topology::new(&exchange)
+        .without_unrouted()
+        .consumer_queue(queue.clone())
+        .declare(&connection)
+        .await
+        .expect("declare");
+    let channel = connection.create_channel().await.unwrap();
+    publish_and_reject(&channel, queue.name(), "evt-silent").await;
+    let dlq = queue.dlq_name();
+    assert_eq!(eventually(&connection, &dlq, 1).await, 1);
+
+    let proxy = support::proxy::FaultProxy::start(&support::broker_addr()).await;
+    let deadline = Duration::from_secs(2);
+    let publisher = fitviz_events::EventPublisher::connect(fitviz_events::PublisherConfig {
+        url: proxy.amqp_url().parse().unwrap(),
+        exchange: exchange.clone(),
+        connection_name: Some(format!("{name}.replay")),
+        publish_timeout: deadline,
+        confirm_timeout: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await
+    .expect("connect through the proxy");
+    let admin = connection.create_channel().await.unwrap();
+    proxy.black_hole();
+    let started = Instant::now();
+    let error = tokio::time::timeout(
+        Duration::from_secs(20),
+        dead_letters::replay(&admin, &publisher, &dlq, ReplayTo::Queue, None),
+    )
+    .await
+    .expect("the replay ends")
+    .expect_err("nothing is confirmed");
+    let took = started.elapsed();
+    eprintln!("replay into a black hole ended after {took:?}: {error}");
+    assert_eq!(error.kind(), TopologyErrorKind::Connection, "{error}");
+    assert!(
+        error.to_string().contains("the dead letter stays"),
+        "{error}"
+    );
+    assert!(
+        std::error::Error::source(&error).is_some(),
+        "the publish error is the source"
+    );
+    assert!(took < deadline + Duration::from_secs(2), "{took:?}");
+    let report = error.replay_report().expect("a report");
+    assert!(report.replayed.is_empty(), "{report:?}");
+    assert_eq!(eventually(&connection, &dlq, 1).await, 1, "it stays");
+
+    // The broker answers again: the same replay moves it.
+    proxy.heal();
+    let mut moved = None;
+    for _ in 0..20 {
+        match dead_letters::replay(&admin, &publisher, &dlq, ReplayTo::Queue, None).await {
+            Ok(report) => {
+                moved = Some(report);
+                break;
+            }
+            Err(error) => {
+                eprintln!("not yet: {error}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let moved = moved.expect("replayed once the broker answers");
+    assert_eq!(moved.replayed.len(), 1, "{moved:?}");
+    assert_eq!(eventually(&connection, &dlq, 0).await, 0);
+    assert_eq!(eventually(&connection, queue.name(), 1).await, 1);
+    publisher.close().await;
     let _ = connection.close(200, "done".into()).await;
 }
 

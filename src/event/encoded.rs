@@ -48,6 +48,11 @@ pub struct EncodedEvent {
 #[derive(PartialEq)]
 struct Encoded {
     id: Uuid,
+    /// Whether a copy no queue takes is an error whatever the publisher's
+    /// [`UnroutablePolicy`](crate::config::UnroutablePolicy): set for messages that are
+    /// not this publisher's events (a dead letter moved back), which must not be kept in
+    /// its `<exchange>.unrouted` or dropped.
+    unroutable_is_error: bool,
     exchange: ShortString,
     routing_key: ShortString,
     organization_id: Option<OrganizationId>,
@@ -78,6 +83,7 @@ impl EncodedEvent {
         Self {
             inner: Arc::new(Encoded {
                 id: event.id(),
+                unroutable_is_error: false,
                 exchange,
                 routing_key: ShortString::from(event.event_type()),
                 organization_id: event.organization_id().cloned(),
@@ -123,17 +129,11 @@ impl EncodedEvent {
         let id = (properties.message_id().as_ref())
             .and_then(|id| Uuid::parse_str(id.as_str()).ok())
             .ok_or_else(|| invalid("carry no message_id that is a UUID".to_owned()))?;
-        let organization_id = (properties.headers().as_ref())
-            .and_then(|headers| headers.inner().get(HEADER_ORGANIZATION_ID))
-            .and_then(|value| match value {
-                AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
-                AMQPValue::ShortString(s) => Some(s.as_str()),
-                _ => None,
-            })
-            .and_then(|org| OrganizationId::parse(org).ok());
+        let organization_id = organization_of(&properties);
         Ok(Self {
             inner: Arc::new(Encoded {
                 id,
+                unroutable_is_error: false,
                 exchange: name("exchange", exchange)?,
                 routing_key: name("routing key", routing_key)?,
                 organization_id,
@@ -143,7 +143,32 @@ impl EncodedEvent {
         })
     }
 
-    /// The event id, also the message's `message_id`.
+    /// A message received from the broker (a dead letter), to be published again
+    /// unchanged to `exchange` with `routing_key`. Its `message_id` need not be a UUID,
+    /// or be there at all: the id is its [`tracking_id`]. A copy no queue takes is an
+    /// error, whatever the publisher's unroutable policy.
+    pub(crate) fn from_message(
+        exchange: ShortString,
+        routing_key: ShortString,
+        properties: BasicProperties,
+        body: Vec<u8>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Encoded {
+                id: tracking_id(properties.message_id().as_ref().map(ShortString::as_str)),
+                unroutable_is_error: true,
+                exchange,
+                routing_key,
+                organization_id: organization_of(&properties),
+                properties,
+                body,
+            }),
+        }
+    }
+
+    /// The event id, also the message's `message_id`. (For a message that is not one of
+    /// this crate's events — a dead letter moved back whose `message_id` is not a UUID —
+    /// a name-based UUID derived from its `message_id`.)
     pub fn id(&self) -> Uuid {
         self.inner.id
     }
@@ -183,6 +208,11 @@ impl EncodedEvent {
         &self.inner.properties
     }
 
+    /// Whether a copy no queue takes must fail the publish (see [`from_message`](Self::from_message)).
+    pub(crate) fn unroutable_is_error(&self) -> bool {
+        self.inner.unroutable_is_error
+    }
+
     pub(crate) fn exchange_name(&self) -> &ShortString {
         &self.inner.exchange
     }
@@ -194,8 +224,13 @@ impl EncodedEvent {
     /// The event the delivery stack carries for it: its id, type and organization (what
     /// the layers read), and this encoding (what the transport sends).
     pub(crate) fn to_event(&self) -> Event {
+        // The event type: the `type` property (this crate's events carry it), else the
+        // routing key (a dead letter moved back to its queue has the queue's name there).
+        let event_type = (self.inner.properties.kind().as_ref())
+            .unwrap_or(&self.inner.routing_key)
+            .as_str();
         let mut event = Event::from_parts(
-            self.inner.routing_key.as_str().to_owned().into(),
+            event_type.to_owned().into(),
             None,
             EventData::Json(Arc::new(serde_json::Value::Null)),
         );
@@ -203,5 +238,81 @@ impl EncodedEvent {
         event.organization_id = self.inner.organization_id.clone();
         event.context_mut().set_encoded(self.clone());
         event
+    }
+}
+
+/// The organization id a message carries in its `organization_id` header, if any.
+fn organization_of(properties: &BasicProperties) -> Option<OrganizationId> {
+    (properties.headers().as_ref())
+        .and_then(|headers| headers.inner().get(HEADER_ORGANIZATION_ID))
+        .and_then(|value| match value {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+            AMQPValue::ShortString(s) => Some(s.as_str()),
+            _ => None,
+        })
+        .and_then(|org| OrganizationId::parse(org).ok())
+}
+
+/// The namespace of the name-based ids [`tracking_id`] gives messages whose
+/// `message_id` is not a UUID (a fixed random UUID of this crate's).
+const TRACKING_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_3c2e_9d4a_4e8b_a6f0_52c7_e1d9_0b34);
+
+/// The id under which a message's confirm and `basic.return` are matched on a channel
+/// (the confirm tracker's key): its `message_id` when that is a UUID (this crate's
+/// events), else a name-based UUID (v5) of it, else one fixed id for messages without
+/// one. The same `message_id` always gives the same id, on the publish and in the
+/// broker's `basic.return`, so a return is attributed exactly. Two messages with the
+/// same tracking id (a collision, or two messages without an id) are never in flight
+/// on one channel together — the tracker holds the second back until the first is
+/// settled — so a collision costs pipelining, never a wrong outcome.
+pub(crate) fn tracking_id(message_id: Option<&str>) -> Uuid {
+    match message_id {
+        Some(id) => {
+            Uuid::parse_str(id).unwrap_or_else(|_| Uuid::new_v5(&TRACKING_NAMESPACE, id.as_bytes()))
+        }
+        None => Uuid::new_v5(&TRACKING_NAMESPACE, b"\0no message_id"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracking_ids_are_the_uuid_or_a_stable_name_based_id() {
+        let uuid = Uuid::now_v7();
+        assert_eq!(tracking_id(Some(&uuid.to_string())), uuid);
+        let a = tracking_id(Some("evt-1"));
+        assert_eq!(a, tracking_id(Some("evt-1")), "stable");
+        assert_eq!(a.get_version_num(), 5);
+        assert_ne!(a, tracking_id(Some("evt-2")));
+        assert_ne!(a, tracking_id(None));
+        assert_eq!(tracking_id(None), tracking_id(None));
+    }
+
+    #[test]
+    fn a_message_keeps_its_bytes_and_takes_its_type_from_the_type_property() {
+        let properties = BasicProperties::default()
+            .with_message_id("evt-7".into())
+            .with_type("workout.created".into());
+        let message = EncodedEvent::from_message(
+            ShortString::from(""),
+            ShortString::from("fitviz.q"),
+            properties.clone(),
+            b"{}".to_vec(),
+        );
+        assert_eq!(message.id(), tracking_id(Some("evt-7")));
+        assert_eq!(message.routing_key(), "fitviz.q");
+        assert_eq!(message.properties(), &properties);
+        assert!(message.unroutable_is_error());
+        assert_eq!(message.to_event().event_type(), "workout.created");
+        let untyped = EncodedEvent::from_message(
+            ShortString::from(""),
+            ShortString::from("fitviz.q"),
+            BasicProperties::default(),
+            Vec::new(),
+        );
+        assert_eq!(untyped.to_event().event_type(), "fitviz.q");
+        assert_eq!(untyped.id(), tracking_id(None));
     }
 }

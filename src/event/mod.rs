@@ -5,6 +5,7 @@ mod encoded;
 mod organization_id;
 mod receipt;
 
+pub(crate) use self::encoded::tracking_id;
 pub use self::{
     encoded::EncodedEvent,
     organization_id::{

@@ -25,8 +25,14 @@
 //! policy).
 //!
 //! **Replaying** takes one message at a time: publishes a copy (same body, properties
-//! and `message_id`) with `mandatory` and waits for the broker's confirm, then acks the
-//! dead letter. At-least-once: a crash between the confirm and the ack leaves both
+//! and `message_id`) through an [`EventPublisher`]'s delivery stack
+//! ([`publish_encoded`](EventPublisher::publish_encoded): confirm mode, `mandatory`, the
+//! publish deadline, retry, the circuit breaker, failover and telemetry, the same path
+//! the outbox relay uses), then acks the dead letter. A copy no queue takes fails the
+//! replay, whatever the publisher's unroutable policy (it is not kept in the publisher's
+//! `<exchange>.unrouted`), and so does one the broker nacks, or one not confirmed within
+//! the publish deadline — the dead letter then stays, and a sick broker cannot hang the
+//! replay. At-least-once: a crash between the confirm and the ack leaves both
 //! copies, which consumers de-duplicate by `message_id` / `event_id`; when nothing
 //! crashes, each message is moved exactly once. By default ([`ReplayTo::Queue`]) the
 //! copy goes to the queue named by the newest `x-death` entry, through the default
@@ -40,28 +46,26 @@
 //!
 //! # Example
 //! ```no_run
-//! use fitviz_events::topology::{self, dead_letters::{self, ReplayTo}};
+//! use fitviz_events::{EventPublisher, topology::{self, dead_letters::{self, ReplayTo}}};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = fitviz_events::PublisherConfig::from_env()?;
+//! let publisher = EventPublisher::connect(config.clone()).await?;
 //! let connection = topology::connect(&config).await?;
 //! let channel = connection.create_channel().await?;
 //! for letter in dead_letters::list(&channel, "notifications.dlq", 100).await? {
 //!     let death = &letter.deaths[0];
 //!     println!("{:?} {} from {} ({} times)", letter.message_id, death.reason, death.queue, death.count);
 //! }
-//! let report = dead_letters::replay(&channel, "notifications.dlq", ReplayTo::Queue, None).await?;
+//! let report = dead_letters::replay(&channel, &publisher, "notifications.dlq", ReplayTo::Queue, None).await?;
 //! println!("{}", serde_json::to_string(&report)?);
 //! # Ok(()) }
 //! ```
 
 use lapin::{
-    BasicProperties, Channel, Confirmation,
+    Channel,
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-        ConfirmSelectOptions,
-    },
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions},
     types::{AMQPValue, FieldTable},
 };
 use serde::Serialize;
@@ -70,6 +74,7 @@ use super::{
     error::{TopologyError, TopologyErrorKind},
     queue::{check_name, short},
 };
+use crate::{error::ErrorKind, event::EncodedEvent, publisher::EventPublisher};
 
 /// A dead-lettered message, as listed.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -204,25 +209,33 @@ pub async fn list_counting_deliveries(
 }
 
 /// Moves up to `limit` (all, with `None`) dead letters of `queue` back, each one
-/// confirmed at its target before it is acked (see the [module docs](self)).
+/// published through `publisher` and confirmed at its target before it is acked on
+/// `channel` (see the [module docs](self)).
+///
+/// `channel` reads the dead-letter queue (`basic.get`, unacked until its copy is
+/// confirmed); `publisher` sends the copies, to the exchange the [`ReplayTo`] names —
+/// not necessarily its own. Its configuration (deadline, retry, breaker, the
+/// connection's name) applies; its unroutable policy does not: a copy no queue takes is
+/// an error.
 ///
 /// # Errors
 /// [`TopologyErrorKind::Refused`] when the broker returns or nacks a copy (the target
-/// queue no longer exists, …): that dead letter stays in the queue and the replay stops;
-/// [`TopologyErrorKind::NotFound`], [`TopologyErrorKind::Connection`] as for [`list`].
+/// queue no longer exists, …) or its headers do not fit the connection's frame size:
+/// that dead letter stays in the queue and the replay stops;
+/// [`TopologyErrorKind::Connection`] when the copy could not be published (no confirm
+/// within the publish deadline, the circuit breaker open, the publisher closed — the
+/// [`PublishError`](crate::PublishError) is the error's source); [`TopologyErrorKind::NotFound`] (the queue,
+/// or the target exchange) and [`TopologyErrorKind::AccessRefused`] as the broker says.
 /// An error after the replay began carries what it had done until then
 /// ([`TopologyError::replay_report`]): the messages it moved are moved.
 pub async fn replay(
     channel: &Channel,
+    publisher: &EventPublisher,
     queue: &str,
     to: ReplayTo,
     limit: Option<usize>,
 ) -> Result<ReplayReport, TopologyError> {
     check_name("queue", queue, "")?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| TopologyError::broker("enabling publisher confirms", e))?;
     let mut report = ReplayReport::default();
     let mut skipped = Vec::new();
     // What the queue held when the replay started: copies landing at its tail (a target
@@ -268,15 +281,7 @@ pub async fn replay(
                         .unwrap_or_else(|| letter.routing_key.clone()),
                 ),
             };
-            if let Err(error) = publish(
-                channel,
-                &exchange,
-                &routing_key,
-                &delivery.data,
-                delivery.properties.clone(),
-            )
-            .await
-            {
+            if let Err(error) = publish(publisher, &exchange, &routing_key, &delivery).await {
                 requeue(&delivery).await?;
                 return Err(error);
             }
@@ -340,50 +345,44 @@ async fn requeue(delivery: &Delivery) -> Result<(), TopologyError> {
         .map_err(|e| TopologyError::broker("giving a dead letter back", e))
 }
 
+/// Publishes a copy of `delivery` (body and properties unchanged) to `exchange` with
+/// `routing_key` through `publisher`, and waits for its confirm.
 async fn publish(
-    channel: &Channel,
+    publisher: &EventPublisher,
     exchange: &str,
     routing_key: &str,
-    body: &[u8],
-    properties: BasicProperties,
+    delivery: &Delivery,
 ) -> Result<(), TopologyError> {
     let what = || format!("replaying to exchange `{exchange}` with routing key `{routing_key}`");
-    let confirm = channel
-        .basic_publish(
-            short(exchange)?,
-            short(routing_key)?,
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            body,
-            properties,
-        )
-        .await
-        .map_err(|e| TopologyError::broker(&what(), e))?
-        .await
-        .map_err(|e| TopologyError::broker(&what(), e))?;
-    match confirm {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(TopologyError::new(
+    let copy = EncodedEvent::from_message(
+        short(exchange)?,
+        short(routing_key)?,
+        delivery.properties.clone(),
+        delivery.data.clone(),
+    );
+    let error = match publisher.publish_encoded(copy).await {
+        Ok(_) => return Ok(()),
+        Err(error) => error,
+    };
+    let (kind, outcome) = match error.kind() {
+        ErrorKind::Unroutable => (
             TopologyErrorKind::Refused,
-            format!(
-                "{}: returned by the broker (no queue bound): the dead letter stays",
-                what()
-            ),
-        )),
-        Confirmation::Nack(_) => Err(TopologyError::new(
-            TopologyErrorKind::Refused,
-            format!(
-                "{}: refused by the broker (nack): the dead letter stays",
-                what()
-            ),
-        )),
-        Confirmation::NotRequested => Err(TopologyError::new(
-            TopologyErrorKind::Connection,
-            format!("{}: the channel is not in confirm mode", what()),
-        )),
-    }
+            "returned by the broker (no queue bound)",
+        ),
+        ErrorKind::Nacked => (TopologyErrorKind::Refused, "refused by the broker (nack)"),
+        ErrorKind::TooLarge | ErrorKind::PreconditionFailed => {
+            (TopologyErrorKind::Refused, "refused")
+        }
+        ErrorKind::NotFound => (TopologyErrorKind::NotFound, "the exchange does not exist"),
+        ErrorKind::AccessRefused => (TopologyErrorKind::AccessRefused, "access refused"),
+        ErrorKind::Config => (TopologyErrorKind::Config, "not sent"),
+        _ => (TopologyErrorKind::Connection, "not confirmed"),
+    };
+    Err(TopologyError::new(
+        kind,
+        format!("{}: {outcome} ({error}): the dead letter stays", what()),
+    )
+    .with_source(error))
 }
 
 /// The listing of a delivery.

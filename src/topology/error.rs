@@ -56,6 +56,12 @@ impl TopologyError {
         }
     }
 
+    /// The same error, caused by `source`.
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
     /// The error of a replay that had done `report` before it failed: the message says
     /// how many it had moved.
     pub(crate) fn with_replay_report(mut self, report: ReplayReport) -> Self {

@@ -128,6 +128,27 @@ struct Inner {
     unrouted_declared: AtomicU64,
 }
 
+impl Inner {
+    /// What to do with `event` if the broker returns it: the configured policy, but for
+    /// a message that is not one of the publisher's events (a dead letter moved back),
+    /// which fails instead of being kept or dropped.
+    fn unroutable_policy(&self, event: &Event) -> UnroutablePolicy {
+        match event.context().encoded() {
+            Some(encoded) => self.unroutable_policy_of(encoded),
+            None => self.unroutable,
+        }
+    }
+
+    /// [`unroutable_policy`](Self::unroutable_policy) of an encoded event.
+    fn unroutable_policy_of(&self, encoded: &crate::event::EncodedEvent) -> UnroutablePolicy {
+        if encoded.unroutable_is_error() {
+            UnroutablePolicy::Error
+        } else {
+            self.unroutable
+        }
+    }
+}
+
 impl fmt::Debug for AmqpPublish {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpPublish")
@@ -278,7 +299,7 @@ impl AmqpPublish {
             .send(channel, message, event.context().metric_type())
             .await?;
         if let Outcome::Unroutable { .. } = outcome {
-            match self.inner.unroutable {
+            match self.inner.unroutable_policy(&event) {
                 UnroutablePolicy::Error => {}
                 UnroutablePolicy::Ignore => {
                     tracing::debug!("unroutable event dropped (unroutable policy `ignore`)");

@@ -154,12 +154,12 @@ impl AmqpPublish {
             let id = event.id();
             let result = match outcomes.next() {
                 Some(Ok(Outcome::Unroutable { .. }))
-                    if inner.unroutable == UnroutablePolicy::Ignore =>
+                    if inner.unroutable_policy_of(event) == UnroutablePolicy::Ignore =>
                 {
                     Ok(Receipt::new(id, started.elapsed()).with_routing(Routing::Dropped))
                 }
                 Some(Ok(Outcome::Unroutable { .. }))
-                    if inner.unroutable == UnroutablePolicy::AlternateExchange =>
+                    if inner.unroutable_policy_of(event) == UnroutablePolicy::AlternateExchange =>
                 {
                     self.keep(&event.to_event(), started).await
                 }

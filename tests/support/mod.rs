@@ -526,3 +526,19 @@ pub async fn queue_len(connection: &Connection, queue: &str) -> Option<u32> {
     }
     n
 }
+
+/// A publisher for replaying dead letters in test `name`: its exchange, a connection of
+/// its own (`<name>.replay`), every other setting at its default — the unroutable policy
+/// too, which a replay does not follow (a copy no queue takes is an error).
+pub async fn replay_publisher(name: &str, exchange: &str) -> fitviz_events::EventPublisher {
+    fitviz_events::EventPublisher::connect(PublisherConfig {
+        url: broker_url()
+            .parse()
+            .expect("FITVIZ_EVENTS_URL is a broker url"),
+        exchange: exchange.to_owned(),
+        connection_name: Some(format!("{name}.replay")),
+        ..Default::default()
+    })
+    .await
+    .expect("a publisher for the replay")
+}

@@ -1,7 +1,7 @@
 //! `fitviz-events dlq list QUEUE` and `dlq replay QUEUE [--to queue|exchange] [--limit N]`.
 
 use fitviz_events::{
-    PublisherConfig,
+    EventPublisher, PublisherConfig,
     topology::{
         self,
         dead_letters::{self, ReplayTo},
@@ -38,6 +38,10 @@ pub(crate) enum Command {
     },
     /// Moves dead letters back: each is republished with a confirm, then removed from
     /// QUEUE (at least once, same `message_id`).
+    ///
+    /// The copies go through the publisher's delivery stack: each is bounded by
+    /// `FITVIZ_EVENTS_PUBLISH_TIMEOUT` and retried like a publish; a copy no queue takes
+    /// stops the replay (it is never kept in `<exchange>.unrouted`).
     ///
     /// A replay stopped by an error (a target gone, the connection lost) still prints
     /// what it had moved (`--json`: the error object's `report`) and exits non-zero;
@@ -110,7 +114,10 @@ pub(crate) async fn run(command: Command, json: bool) -> Result<(), Failure> {
                     Target::Queue => ReplayTo::Queue,
                     Target::Exchange => ReplayTo::Exchange,
                 };
-                let report = match dead_letters::replay(&channel, &queue, to, limit).await {
+                let publisher = EventPublisher::connect(config.clone()).await?;
+                let replayed = dead_letters::replay(&channel, &publisher, &queue, to, limit).await;
+                publisher.close().await;
+                let report = match replayed {
                     Ok(report) => report,
                     Err(error) => {
                         let report = error.replay_report().cloned();

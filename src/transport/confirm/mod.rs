@@ -9,7 +9,10 @@
 //!
 //! # How outcomes are settled
 //! Every returned message carries its `message_id` (the event id), so a return
-//! always identifies the unroutable event, whichever confirm carried it. What is
+//! always identifies the unroutable event, whichever confirm carried it. (Messages
+//! that are not this crate's events — dead letters moved back — are tracked under the
+//! [`tracking_id`] of their `message_id`, which the return gives back the same way;
+//! one id is never in flight twice on a channel, so that, too, is exact.) What is
 //! left is to know when an acked event can be declared routed, that is, when its
 //! return, if there is one, must already have been seen. Facts from lapin 4.12
 //! (`acknowledgement.rs`, `returned_messages.rs`) and AMQP:
@@ -53,6 +56,8 @@ use futures_util::task::AtomicWaker;
 use lapin::{Confirmation, PublisherConfirm, message::BasicReturnMessage};
 use tokio::sync::Notify;
 use uuid::Uuid;
+
+use crate::event::tracking_id;
 
 mod state;
 
@@ -414,16 +419,12 @@ impl ConfirmTracker {
     }
 }
 
-/// What the tracker needs of a returned message: its event id, code and text.
+/// What the tracker needs of a returned message: its event id (the
+/// [`tracking_id`] of its `message_id`, as it was tracked), code and text.
 fn returned_parts(message: &BasicReturnMessage) -> Returned {
-    let event_id = message
-        .delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .and_then(|id| Uuid::parse_str(id.as_str()).ok());
+    let message_id = message.delivery.properties.message_id();
     Returned {
-        event_id,
+        event_id: Some(tracking_id(message_id.as_ref().map(|id| id.as_str()))),
         reply_code: message.reply_code,
         reply_text: message.reply_text.to_string(),
     }
