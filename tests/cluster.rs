@@ -746,8 +746,8 @@ async fn election_kill_leader_node_defaults_fail_nothing() {
 }
 
 /// Closes every connection of every node twice during a load (64 publishers): no
-/// publish fails, every confirmed event is in the queue, and the breaker never leaves
-/// `Closed` (sampled every 2 ms).
+/// publish fails, every confirmed event is in the queue, publishing resumes within
+/// 500 ms of each loss, and the breaker never leaves `Closed` (sampled every 2 ms).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the cluster harness: scripts/rabbitmq-cluster.sh run cargo test --test cluster -- --ignored --test-threads=1"]
 async fn close_every_connection_twice_under_load_loses_nothing_breaker_stays_closed() {
@@ -777,7 +777,7 @@ async fn close_every_connection_twice_under_load_loses_nothing_breaker_stays_clo
     let seen = monitor.stop().await;
     let state = publisher.connection_state().unwrap();
 
-    let mut reconnects = Vec::new();
+    let mut resumed = Vec::new();
     for (round, (t, generation)) in cuts.iter().enumerate() {
         // The clock starts when the publisher saw its connection go (the monitor samples
         // every 2 ms), not before the `rabbitmqctl close_all_connections` calls, each of
@@ -797,7 +797,19 @@ async fn close_every_connection_twice_under_load_loses_nothing_breaker_stays_clo
             reconnect.map_or_else(|| "never".to_owned(), ms),
             since(*t, new.and_then(|at| report.first_confirm_after(at))),
         );
-        reconnects.push(reconnect);
+        // Publishing resumes when a confirm arrives after the loss: on a lane moved to
+        // another pooled connection that is still open, or on a new connection.
+        let first_confirm = lost.and_then(|lost| {
+            report
+                .first_confirm_after(lost)
+                .map(|at| at.saturating_duration_since(lost))
+        });
+        eprintln!(
+            "MEASURED close-connections round {}: first confirm {} after the loss was seen",
+            round + 1,
+            first_confirm.map_or_else(|| "never".to_owned(), ms),
+        );
+        resumed.push(first_confirm);
     }
     eprintln!(
         "MEASURED close-connections: {} publishes, {} confirmed, max latency {}, connections lost {}, breaker states {:?}",
@@ -815,14 +827,20 @@ async fn close_every_connection_twice_under_load_loses_nothing_breaker_stays_clo
         report.samples
     );
     assert_eq!(report.confirmed.len(), 6000);
-    for (round, reconnect) in reconnects.iter().enumerate() {
-        let reconnect =
-            reconnect.unwrap_or_else(|| panic!("round {}: no reconnect seen", round + 1));
+    // Not asserted: how soon a *new* connection opens. The pool holds more than one
+    // connection, and the lanes of a lost one move at once to another that is still
+    // open; a new one is opened only when none is left, which here is when the next
+    // node's close command runs, 0.6-1.3 s later (measured: 35-70 ms in most rounds,
+    // 0.6-1.3 s in about one in four, none of which stopped publishing). What a caller
+    // sees is whether publishing stops: the first confirm after the loss.
+    for (round, first_confirm) in resumed.iter().enumerate() {
+        let first_confirm = first_confirm
+            .unwrap_or_else(|| panic!("round {}: no confirm after the loss", round + 1));
         assert!(
-            reconnect < Duration::from_millis(500),
-            "round {}: a new connection only {} after the loss",
+            first_confirm < Duration::from_millis(500),
+            "round {}: publishing stopped for {} after the loss",
             round + 1,
-            ms(reconnect)
+            ms(first_confirm)
         );
     }
     assert!(
