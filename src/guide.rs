@@ -41,6 +41,10 @@ pub mod migration {
     #![doc = include_str!("../docs/migration.md")]
 }
 
+pub mod replay {
+    #![doc = include_str!("../docs/replay.md")]
+}
+
 pub mod performance {
     #![doc = include_str!("../docs/performance.md")]
 }

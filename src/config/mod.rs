@@ -1,6 +1,7 @@
 //! Publisher configuration: one plain struct, set in code, read from the environment or
 //! deserialized from a config file; see [`PublisherConfig`].
 
+mod archive;
 mod env;
 mod error;
 mod names;
@@ -17,12 +18,14 @@ use std::{path::PathBuf, time::Duration};
 use serde::Deserialize;
 use serde_with::{As, DurationMilliSeconds, DurationSeconds};
 
+pub(crate) use self::{archive::ARCHIVE_SUFFIX, tls::TlsClient, unroutable::UNROUTED_SUFFIX};
+pub use self::{
+    archive::ArchivePatterns, error::ConfigError, unroutable::UnroutablePolicy, url::BrokerUrl,
+};
 use self::{
     env::{flag, unknown_fields},
     names::Naming,
 };
-pub use self::{error::ConfigError, unroutable::UnroutablePolicy, url::BrokerUrl};
-pub(crate) use self::{tls::TlsClient, unroutable::UNROUTED_SUFFIX};
 use crate::schema::UnknownFields;
 
 /// The prefix of every environment variable [`PublisherConfig::from_env`] reads.
@@ -170,7 +173,8 @@ pub struct PublisherConfig {
     #[garde(
         custom(rules::exchange_name),
         custom(rules::not_reserved(self.declare_exchange)),
-        custom(rules::leaves_room_for_unrouted(self.unroutable))
+        custom(rules::leaves_room_for_unrouted(self.unroutable)),
+        custom(rules::leaves_room_for_archive(self.archive.is_on()))
     )]
     pub exchange: String,
     /// Whether to declare the exchange (durable topic) on connect; `false` only checks it exists.
@@ -181,6 +185,11 @@ pub struct PublisherConfig {
     /// (`alternate-exchange`, the default), an error, or ignored; see [`UnroutablePolicy`].
     #[garde(skip)]
     pub unroutable: UnroutablePolicy,
+    /// The event types the archive stream `<exchange>.archive` keeps: `off` (the
+    /// default), `on` (every event) or topic patterns; their receipts say
+    /// [`Routing::Archived`](crate::Routing::Archived). See [`ArchivePatterns`].
+    #[garde(skip)]
+    pub archive: ArchivePatterns,
     /// The name of the publishing application, stamped on every event (`source`, `app_id`).
     #[garde(custom(rules::text))]
     pub source: String,
@@ -334,6 +343,7 @@ impl Default for PublisherConfig {
             exchange: "fitviz.events".to_owned(),
             declare_exchange: true,
             unroutable: UnroutablePolicy::AlternateExchange,
+            archive: ArchivePatterns::off(),
             source: "fitviz-service".to_owned(),
             pool_size: 4,
             max_in_flight: 256,

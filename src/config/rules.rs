@@ -5,7 +5,10 @@ use std::{fmt::Display, time::Duration};
 
 use garde::{Error, Result};
 
-use super::{UnroutablePolicy, error::got, names::Naming, unroutable::UNROUTED_SUFFIX};
+use super::{
+    UnroutablePolicy, archive::ARCHIVE_SUFFIX, error::got, names::Naming,
+    unroutable::UNROUTED_SUFFIX,
+};
 
 /// AMQP short strings (exchange names, property values) hold at most 255 bytes.
 const MAX_NAME_LEN: usize = 255;
@@ -97,6 +100,19 @@ pub(super) fn leaves_room_for_unrouted(
         );
         let ok = policy != UnroutablePolicy::AlternateExchange || name.len() <= max;
         check(ok, reason, name)
+    }
+}
+
+/// An exchange name short enough that `<exchange>.archive` fits an AMQP short string,
+/// when the archive is on.
+pub(super) fn leaves_room_for_archive(on: bool) -> impl FnOnce(&String, &Naming) -> Result {
+    move |name, naming| {
+        let max = MAX_NAME_LEN - ARCHIVE_SUFFIX.len();
+        let archive = naming.name("archive");
+        let reason = format_args!(
+            "expected at most {max} bytes while {archive} is on (`<exchange>.archive` must fit in {MAX_NAME_LEN})"
+        );
+        check(!on || name.len() <= max, reason, name)
     }
 }
 

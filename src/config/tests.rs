@@ -314,7 +314,7 @@ fn every_field_is_named_by_its_key() {
         assert_eq!(names::key_of_var(&var(key)), Some(*key));
         assert_eq!(var(key), format!("{ENV_PREFIX}{}", key.to_uppercase()));
     }
-    assert_eq!(keys().len(), 34);
+    assert_eq!(keys().len(), 35);
     assert_eq!(keys()[0], "url");
 }
 
@@ -328,6 +328,7 @@ fn deserializes_config_files() {
         "source": "billing-api",
         "pool_size": 8,
         "unroutable": "error",
+        "archive": ["payment.#"],
         "max_in_flight": 64,
         "max_in_flight_per_organization_percent": 50,
         "confirm_timeout_ms": 2000,
@@ -369,6 +370,7 @@ fn deserializes_config_files() {
         exchange: "fitviz.billing".into(),
         declare_exchange: false,
         unroutable: UnroutablePolicy::Error,
+        archive: crate::config::ArchivePatterns::new(["payment.#"]).unwrap(),
         source: "billing-api".into(),
         pool_size: 8,
         max_in_flight: 64,

@@ -50,4 +50,11 @@ pub enum Routing {
     /// No queue was bound for it and it was not stored
     /// ([`UnroutablePolicy::Ignore`](crate::config::UnroutablePolicy::Ignore)).
     Dropped,
+    /// Stored in the archive stream `<exchange>.archive`, replayable from it — and in
+    /// every consumer queue bound for it, if there is one: the archive takes every event
+    /// of the types it is bound for ([`ArchivePatterns`](crate::config::ArchivePatterns)),
+    /// so the broker never returns such an event and cannot say whether a consumer's
+    /// queue took it too. A consumer that binds its queue later replays it from the
+    /// archive (see [*Replaying events*](crate::guide::replay)).
+    Archived,
 }

@@ -10,6 +10,9 @@
 //!   queue is bound for are kept and counted instead of lost (see
 //!   [`alternate_exchange_policy`] to make it the exchange's alternate exchange for
 //!   every publisher);
+//! - optionally the **archive** `<exchange>.archive` ([`ArchiveStream`]): a durable
+//!   stream bound for every event (or the configured patterns), kept by age and size,
+//!   replayable (see [*Replaying events*](crate::guide::replay));
 //! - each **consumer queue** ([`ConsumerQueue`]): a durable quorum queue bound by
 //!   patterns, its dead-letter exchange and `<queue>.dlq`, an `x-delivery-limit`,
 //!   dead-lettering at least once ([`DeadLetterStrategy`]: a dead letter whose target is
@@ -63,6 +66,7 @@
 //! assert_eq!(policies[1].definition["alternate-exchange"], "fitviz.events.unrouted");
 //! ```
 
+mod archive;
 pub mod dead_letters;
 mod error;
 mod policy;
@@ -70,11 +74,12 @@ mod queue;
 mod replay_report;
 
 pub use self::{
+    archive::ArchiveStream,
     error::{TopologyError, TopologyErrorKind},
     policy::{Policy, alternate_exchange_policy},
     queue::{ConsumerQueue, DeadLetterStrategy, DeadLettering},
 };
-pub use crate::transport::{UnroutedQueue, unrouted_name};
+pub use crate::transport::{UnroutedQueue, archive_name, unrouted_name};
 
 use std::time::Duration;
 
@@ -97,6 +102,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Topology {
     exchange: String,
     unrouted: Option<UnroutedQueue>,
+    archive: Option<ArchiveStream>,
     queues: Vec<ConsumerQueue>,
 }
 
@@ -108,6 +114,8 @@ pub struct TopologyReport {
     pub exchange: String,
     /// `<exchange>.unrouted`, when declared.
     pub unrouted: Option<String>,
+    /// `<exchange>.archive`, when declared.
+    pub archive: Option<String>,
     /// Each declared exchange, queue and binding, in order.
     pub declared: Vec<Declared>,
     /// Policies to apply (`rabbitmqctl` command lines for the default virtual host).
@@ -131,13 +139,31 @@ impl Topology {
         Self {
             exchange: exchange.into(),
             unrouted: Some(UnroutedQueue::default()),
+            archive: None,
             queues: Vec::new(),
         }
     }
 
-    /// The topology of the exchange `config` publishes to.
+    /// The topology of the exchange `config` publishes to, with the archive stream
+    /// ([`ArchiveStream::default`] retention) bound with `config`'s
+    /// [`archive`](PublisherConfig::archive) patterns when they are on.
     pub fn from_config(config: &PublisherConfig) -> Self {
-        Self::new(config.exchange.clone())
+        let topology = Self::new(config.exchange.clone());
+        match config.archive.is_on() {
+            true => topology.archive(ArchiveStream::default().patterns(config.archive.clone())),
+            false => topology,
+        }
+    }
+
+    /// Declares the archive stream `<exchange>.archive` too (see [`ArchiveStream`]).
+    pub fn archive(mut self, archive: ArchiveStream) -> Self {
+        self.archive = Some(archive);
+        self
+    }
+
+    /// The archive stream, when there is one.
+    pub fn archive_stream(&self) -> Option<&ArchiveStream> {
+        self.archive.as_ref()
     }
 
     /// Bounds the unrouted queue otherwise.
@@ -171,6 +197,10 @@ impl Topology {
             None => String::new(),
         };
         check_name("exchange", &self.exchange, &suffix)?;
+        if let Some(archive) = &self.archive {
+            check_name("exchange", &self.exchange, &archive_name(""))?;
+            archive.check()?;
+        }
         self.queues.iter().try_for_each(ConsumerQueue::check)
     }
 
@@ -252,12 +282,32 @@ impl Topology {
             }
             None => None,
         };
+        let archive = match &self.archive {
+            Some(stream) => {
+                let name = archive_name(&self.exchange);
+                declare_one(channel, &name, stream.arguments()).await?;
+                declared.push(Declared {
+                    kind: "queue",
+                    name: name.clone(),
+                });
+                for pattern in stream.bindings().patterns() {
+                    bind(channel, &name, &self.exchange, pattern).await?;
+                    declared.push(Declared {
+                        kind: "binding",
+                        name: format!("{name} <- {pattern}"),
+                    });
+                }
+                Some(name)
+            }
+            None => None,
+        };
         for queue in &self.queues {
             declare_queue(channel, &self.exchange, queue, &mut declared).await?;
         }
         Ok(TopologyReport {
             exchange: self.exchange.clone(),
             unrouted,
+            archive,
             declared,
             policies: self
                 .policies()

@@ -38,6 +38,7 @@
 //! them, `confirm` tracks its confirms, `liveness` asks a connection whether the
 //! broker is still there when a confirm is late.
 
+mod archive;
 mod channel;
 mod confirm;
 mod connection;
@@ -53,6 +54,7 @@ mod sequence;
 mod tls;
 mod unrouted;
 
+pub use archive::archive_name;
 pub(crate) use connection::open_connection;
 pub(crate) use encode::{check_body_size, encode, header_frame_bytes};
 pub use health::ConnectionState;
@@ -126,6 +128,8 @@ struct Inner {
     declare_unrouted: bool,
     /// The connection generation `<exchange>.unrouted` was last declared on, plus one.
     unrouted_declared: AtomicU64,
+    /// Which events the archive stream takes, and whether it exists.
+    archive: archive::ArchiveCheck,
 }
 
 impl Inner {
@@ -213,6 +217,7 @@ impl AmqpPublish {
             unroutable: config.unroutable,
             declare_unrouted: config.declare_exchange,
             unrouted_declared: AtomicU64::new(0),
+            archive: archive::ArchiveCheck::new(config.archive.clone()),
         });
         let _ = inner.reconnect.set(reconnect::spawn(&inner));
         Ok(Self { inner })
@@ -310,13 +315,50 @@ impl AmqpPublish {
                 UnroutablePolicy::AlternateExchange => return self.keep(&event, started).await,
             }
         }
-        outcome_to_result(
+        let result = outcome_to_result(
             outcome,
             generation,
             (event.id(), event.event_type()),
             self.inner.exchange.name().as_str(),
             started,
-        )
+        );
+        self.archived(result, self.archive_key(&event), generation)
+            .await
+    }
+
+    /// The routing key an event was published with to this publisher's exchange (the
+    /// only one the archive is bound to), or `None` when it went elsewhere.
+    fn archive_key<'a>(&self, event: &'a Event) -> Option<&'a str> {
+        match event.context().encoded() {
+            Some(encoded) => (encoded.exchange_name() == self.inner.exchange.name())
+                .then(|| encoded.routing_key()),
+            None => Some(event.event_type()),
+        }
+    }
+
+    /// `result`, saying [`Routing::Archived`] instead of `Routed` when the event went to
+    /// the exchange with routing key `key` and the archive took it.
+    async fn archived(
+        &self,
+        result: Result<Receipt, PublishError>,
+        key: Option<&str>,
+        generation: u64,
+    ) -> Result<Receipt, PublishError> {
+        match (result, key) {
+            (Ok(receipt), Some(key)) if receipt.routing == Routing::Routed => {
+                let inner = &self.inner;
+                let exchange = inner.exchange.name().as_str();
+                match inner
+                    .archive
+                    .holds(&inner.pool, exchange, key, generation)
+                    .await
+                {
+                    true => Ok(receipt.with_routing(Routing::Archived)),
+                    false => Ok(receipt),
+                }
+            }
+            (result, _) => result,
+        }
     }
 
     /// The message for `event`: its earlier encoding when it has one (sent as it is, to

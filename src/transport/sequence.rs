@@ -163,13 +163,18 @@ impl AmqpPublish {
                 {
                     self.keep(&event.to_event(), started).await
                 }
-                Some(Ok(outcome)) => outcome_to_result(
-                    outcome,
-                    generation,
-                    (id, event.routing_key()),
-                    event.exchange(),
-                    started,
-                ),
+                Some(Ok(outcome)) => {
+                    let result = outcome_to_result(
+                        outcome,
+                        generation,
+                        (id, event.routing_key()),
+                        event.exchange(),
+                        started,
+                    );
+                    let key = (event.exchange_name() == inner.exchange.name())
+                        .then(|| event.routing_key());
+                    self.archived(result, key, generation).await
+                }
                 Some(Err(error)) => Err(error),
                 // The event that could not be written ends the sequence with its error.
                 None if index == written && ended.is_some() => {

@@ -74,6 +74,7 @@ pub(crate) async fn run(args: Args, json: bool) -> Result<(), Failure> {
         Routing::Routed => "routed",
         Routing::Kept => "kept",
         Routing::Dropped => "dropped",
+        Routing::Archived => "archived",
         _ => "unknown",
     };
     print_result(
@@ -89,6 +90,9 @@ pub(crate) async fn run(args: Args, json: bool) -> Result<(), Failure> {
                 Routing::Routed => "routed to a queue".to_owned(),
                 Routing::Kept => format!("no queue is bound for it: kept in {exchange}.unrouted"),
                 Routing::Dropped => "no queue is bound for it: dropped".to_owned(),
+                Routing::Archived => {
+                    format!("stored in {exchange}.archive (and in any queue bound for it)")
+                }
                 _ => "routing unknown".to_owned(),
             };
             format!(

@@ -10,8 +10,10 @@ use crate::{exit::Failure, print_result};
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
     /// Declares, idempotently, the events exchange, `<exchange>.unrouted` (where events
-    /// no queue is bound for are kept) and, when asked, a consumer's quorum queue with
-    /// its dead-letter exchange and `<queue>.dlq`. Prints what was declared and the
+    /// no queue is bound for are kept), the archive stream `<exchange>.archive` when
+    /// `FITVIZ_EVENTS_ARCHIVE` is on (bound with its patterns; 7 days, 10 GB) and, when
+    /// asked, a consumer's quorum queue with its dead-letter exchange and `<queue>.dlq`.
+    /// Prints what was declared and the
     /// `rabbitmqctl set_policy` lines of the policies it relies on.
     Declare(DeclareArgs),
 }

@@ -21,6 +21,7 @@ fn every_variable_is_read() {
         ("FITVIZ_EVENTS_EXCHANGE", "fitviz.billing"),
         ("FITVIZ_EVENTS_DECLARE_EXCHANGE", "no"),
         ("FITVIZ_EVENTS_UNROUTABLE", "Ignore"),
+        ("FITVIZ_EVENTS_ARCHIVE", "workout.*,payment.#"),
         ("FITVIZ_EVENTS_SOURCE", "billing-api"),
         ("FITVIZ_EVENTS_POOL_SIZE", "16"),
         ("FITVIZ_EVENTS_MAX_IN_FLIGHT", "1000"),
@@ -68,6 +69,7 @@ fn every_variable_is_read() {
         exchange: "fitviz.billing".into(),
         declare_exchange: false,
         unroutable: UnroutablePolicy::Ignore,
+        archive: crate::config::ArchivePatterns::new(["workout.*", "payment.#"]).unwrap(),
         source: "billing-api".into(),
         pool_size: 16,
         max_in_flight: 1000,
@@ -251,6 +253,10 @@ fn every_invalid_variable_is_named() {
         (
             "FITVIZ_EVENTS_UNROUTABLE",
             &["drop", "alternate_exchange", "1"],
+        ),
+        (
+            "FITVIZ_EVENTS_ARCHIVE",
+            &["workout..created", "a b", ".x", "workout.*,"],
         ),
         (
             "FITVIZ_EVENTS_DETACHED_SHARE_PER_ORGANIZATION_PERCENT",
