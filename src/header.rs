@@ -94,15 +94,21 @@ pub const MAX_CUSTOM_HEADERS: usize = 64;
 pub const HEADER_ORGANIZATION_ID: &str = "organization_id";
 /// AMQP header carrying the event's schema version.
 pub const HEADER_SCHEMA_VERSION: &str = "schema_version";
+/// AMQP header marking a copy republished from the archive by a replay: the offset (a
+/// long-long int) of the event it copies in `<exchange>.archive`. Body, `message_id` and
+/// every other property are the original's; a later replay skips such copies unless
+/// told otherwise (see [*Replaying events*](crate::guide::replay)).
+pub const HEADER_REPLAYED_FROM: &str = "replayed_from";
 
 /// Header names a custom header may not take, compared without regard to ASCII case:
-/// the library's own headers (`organization_id`, `schema_version`), the W3C trace-context
+/// the library's own headers (`organization_id`, `schema_version`, `replayed_from`), the W3C trace-context
 /// headers it will add (`traceparent`, `tracestate`, `baggage`), and RabbitMQ's
 /// sender-selected distribution headers `CC` and `BCC` (they add routing keys). Names
 /// starting with one of [`RESERVED_HEADER_PREFIXES`] are refused too.
 pub const RESERVED_HEADERS: &[&str] = &[
     HEADER_ORGANIZATION_ID,
     HEADER_SCHEMA_VERSION,
+    HEADER_REPLAYED_FROM,
     "traceparent",
     "tracestate",
     "baggage",

@@ -98,6 +98,7 @@ pub mod organization;
 pub mod outbox;
 pub mod prepare;
 pub mod publisher;
+pub mod replay;
 pub mod retry;
 pub mod schema;
 mod serde_fields;

@@ -18,9 +18,13 @@ use std::{path::PathBuf, time::Duration};
 use serde::Deserialize;
 use serde_with::{As, DurationMilliSeconds, DurationSeconds};
 
-pub(crate) use self::{archive::ARCHIVE_SUFFIX, tls::TlsClient, unroutable::UNROUTED_SUFFIX};
 pub use self::{
     archive::ArchivePatterns, error::ConfigError, unroutable::UnroutablePolicy, url::BrokerUrl,
+};
+pub(crate) use self::{
+    archive::{ARCHIVE_SUFFIX, topic_matches},
+    tls::TlsClient,
+    unroutable::UNROUTED_SUFFIX,
 };
 use self::{
     env::{flag, unknown_fields},

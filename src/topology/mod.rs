@@ -90,7 +90,8 @@ use lapin::{
 };
 use serde::Serialize;
 
-use self::queue::{check_name, short};
+pub(crate) use self::queue::check_name;
+use self::queue::short;
 use crate::{config::PublisherConfig, transport::exchange::Exchange};
 
 /// How long closing the declaring channel may take.

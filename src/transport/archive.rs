@@ -18,7 +18,8 @@ pub fn archive_name(exchange: &str) -> String {
 #[derive(Debug)]
 pub(super) struct ArchiveCheck {
     patterns: ArchivePatterns,
-    /// `(generation + 1) << 1 | exists` of the last check; 0 before any.
+    /// `(generation + 1) << 1 | exists` of the last check (the newest connection it
+    /// covers); 0 before any.
     checked: AtomicU64,
 }
 
@@ -32,7 +33,8 @@ impl ArchiveCheck {
 
     /// Whether an event of `event_type`, confirmed on a connection of `generation`
     /// without a return, is in the archive: its type matches the patterns and the
-    /// archive exists (checked with a passive declare once per connection).
+    /// archive exists (checked with a passive declare, again whenever a publish goes
+    /// over a connection newer than the last check).
     pub(super) async fn holds(
         &self,
         pool: &ChannelPool,
@@ -43,8 +45,10 @@ impl ArchiveCheck {
         if !self.patterns.matches(event_type) {
             return false;
         }
+        // Checked on this connection or a newer one (the pool's connections are numbered
+        // in the order they opened): the answer holds.
         let checked = self.checked.load(Ordering::Relaxed);
-        if checked >> 1 == generation + 1 {
+        if checked >> 1 > generation {
             return checked & 1 == 1;
         }
         let name = archive_name(exchange);
@@ -64,8 +68,8 @@ impl ArchiveCheck {
             .await;
         match looked {
             Ok((Ok(_), checked_on)) => {
-                self.record(checked_on, true);
-                checked_on == generation
+                self.record(checked_on.max(generation), true);
+                true
             }
             Ok((Err(error), checked_on)) => {
                 tracing::warn!(
@@ -73,7 +77,7 @@ impl ArchiveCheck {
                     %error,
                     "the archive is configured but does not exist: receipts say `routed`, not `archived` (declare it: `fitviz-events archive declare`)"
                 );
-                self.record(checked_on, false);
+                self.record(checked_on.max(generation), false);
                 false
             }
             // No connection to look on: claim nothing.
