@@ -78,7 +78,7 @@ fn help_documents_every_command_and_the_exit_codes() {
     let output = run(&[], &["--help"]);
     assert_eq!(code(&output), 0);
     let help = stdout(&output);
-    for command in ["publish", "schemas", "topology", "dlq"] {
+    for command in ["publish", "schemas", "topology", "dlq", "archive"] {
         assert!(help.contains(command), "{command} missing from:\n{help}");
     }
     assert!(help.contains("Exit codes"), "{help}");
@@ -1005,4 +1005,126 @@ async fn outbox_commands_migrate_report_and_fail_on_the_database_with_exit_7() {
         assert!(!stderr(&output).contains("s3cret"), "{}", stderr(&output));
     }
     support::postgres::drop_schema(&schema).await;
+}
+
+/// `archive declare`, `status` and `replay` (issue 22): the archive is declared, its
+/// status shows the first event and the head, a dry run counts exactly the matching
+/// events and publishes nothing, a replay to a queue delivers each of them once, and a
+/// malformed `--from` is a usage error.
+#[tokio::test]
+async fn archive_declare_status_and_replay_dry_run_and_to_a_queue() {
+    require_broker!();
+    use fitviz_events::{
+        Event, EventPublisher, PublisherConfig, config::ArchivePatterns, events::PaymentFailed,
+        topology::archive_name,
+    };
+    let fx = Fixture::new("cli_archive", "nothing.binds.this").await;
+    let _leftovers = support::Leftovers {
+        exchanges: Vec::new(),
+        queues: vec![archive_name(&fx.exchange)],
+    };
+    let url = support::broker_url();
+    let mut vars = vars_for(&fx, &url);
+    vars.push(("FITVIZ_EVENTS_ARCHIVE", "on"));
+
+    let output = run(
+        &vars,
+        &[
+            "--json",
+            "archive",
+            "declare",
+            "--max-bytes",
+            "5000000",
+            "--segment-bytes",
+            "500000",
+        ],
+    );
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let declared: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(
+        declared["archive"],
+        archive_name(&fx.exchange),
+        "{declared}"
+    );
+
+    let publisher = EventPublisher::connect(PublisherConfig {
+        archive: ArchivePatterns::all(),
+        ..fx.config()
+    })
+    .await
+    .unwrap();
+    let mut payments = 0;
+    for i in 0..30 {
+        let event = match i % 3 {
+            0 => {
+                payments += 1;
+                Event::new(PaymentFailed::example())
+            }
+            _ => Event::new(WorkoutCreated::example()),
+        };
+        publisher
+            .publish(event.with_organization("org-cli"))
+            .await
+            .unwrap();
+    }
+    publisher.close().await;
+
+    let output = run(&vars, &["--json", "archive", "status"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let status: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(status["first_offset"], 0, "{status}");
+    assert_eq!(status["head"], 29, "{status}");
+
+    let output = run(
+        &vars,
+        &[
+            "--json",
+            "archive",
+            "replay",
+            "--type",
+            "payment.*",
+            "--queue",
+            &fx.queue,
+            "--dry-run",
+        ],
+    );
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let summary: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(summary["read"], 30, "{summary}");
+    assert_eq!(summary["matched"], payments, "{summary}");
+    assert_eq!(summary["published"], 0, "{summary}");
+    assert_eq!(fx.queue_len().await, 0, "a dry run publishes nothing");
+
+    let output = run(
+        &vars,
+        &[
+            "--json",
+            "archive",
+            "replay",
+            "--type",
+            "payment.*",
+            "--queue",
+            &fx.queue,
+        ],
+    );
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let summary: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(summary["published"], payments, "{summary}");
+    assert_eq!(fx.queue_len().await, payments, "each matching event once");
+
+    let output = run(
+        &vars,
+        &[
+            "--json",
+            "archive",
+            "replay",
+            "--from",
+            "yesterday",
+            "--queue",
+            "q",
+        ],
+    );
+    assert_eq!(code(&output), 2, "{}", stdout(&output));
+    assert!(stdout(&output).contains("RFC 3339"), "{}", stdout(&output));
+    fx.cleanup().await;
 }

@@ -423,19 +423,19 @@ impl ReplayStream {
             self.progress.skipped_replayed += 1;
             return None;
         }
-        if let ReplayFrom::Time(from) = replay.from {
-            if event.timestamp < from {
-                return None;
-            }
+        if let ReplayFrom::Time(from) = replay.from
+            && event.timestamp < from
+        {
+            return None;
         }
-        if let ReplayUntil::Time(until) = replay.until {
-            if event.timestamp >= until {
-                let margin = chrono::Duration::from_std(replay.seek_margin).unwrap_or_default();
-                if event.timestamp > until + margin {
-                    self.done = true;
-                }
-                return None;
+        if let ReplayUntil::Time(until) = replay.until
+            && event.timestamp >= until
+        {
+            let margin = chrono::Duration::from_std(replay.seek_margin).unwrap_or_default();
+            if event.timestamp > until + margin {
+                self.done = true;
             }
+            return None;
         }
         let type_ok = replay.event_types.is_empty()
             || (replay.event_types.iter()).any(|p| topic_matches(p, &event.event_type));

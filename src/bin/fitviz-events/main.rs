@@ -1,5 +1,5 @@
 //! `fitviz-events`: publish an event, export the schemas, declare the topology, list
-//! and replay dead letters, from the command line — with
+//! and replay dead letters, replay the archive, from the command line — with
 //! the library's configuration (`FITVIZ_EVENTS_*` environment variables).
 //!
 //! Human output by default, one JSON object per result with `--json`. Errors are one
@@ -20,6 +20,7 @@
 //! | 6 | broker unavailable: connection, timeout, blocked, circuit open, queue full, shutdown |
 //! | 7 | `outbox …` (feature `outbox-postgres`): the outbox's database failed or refused a statement, or its tables are missing or of another version (`outbox migrate`) |
 
+mod archive;
 mod dlq;
 mod exit;
 mod logging;
@@ -69,6 +70,9 @@ enum Command {
     /// Dead-lettered messages: list them, move them back.
     #[command(subcommand)]
     Dlq(dlq::Command),
+    /// The archive stream `<exchange>.archive`: declare it, see it, replay from it.
+    #[command(subcommand)]
+    Archive(archive::Command),
     /// The transactional outbox on PostgreSQL: migrate its tables, run a relay, see
     /// its lag and dead rows (`FITVIZ_EVENTS_OUTBOX_*`).
     #[cfg(feature = "outbox-postgres")]
@@ -148,6 +152,7 @@ async fn main() -> ExitCode {
         Command::Schemas(command) => schemas::run(command, cli.json),
         Command::Topology(command) => topology::run(command, cli.json).await,
         Command::Dlq(command) => dlq::run(command, cli.json).await,
+        Command::Archive(command) => archive::run(command, cli.json).await,
         #[cfg(feature = "outbox-postgres")]
         Command::Outbox(command) => outbox::run(command, cli.json).await,
     };
