@@ -14,7 +14,9 @@
 //! to `NAME.dlq`), `--max N`, `--keep` (keep the queues on exit), `--demo` (publishes a valid
 //! `workout.created` twice through the publisher — other queues bound for it get it
 //! too — and a poison message straight to its own queue, then consumes until the poison
-//! message was rejected). The queues
+//! message was rejected), `--from-archive` (first catches up from the archive
+//! `<exchange>.archive`, when there is one, from the offset it stored last: see
+//! `catch_up`). The queues
 //! expire after 10 minutes without a consumer (`x-expires`) and, unless `--keep`, are
 //! deleted on exit: nothing unbounded stays bound to the shared exchange. Nothing shared
 //! is deleted. `FITVIZ_EVENTS_URL` and `FITVIZ_EVENTS_EXCHANGE` as for the publisher.
@@ -34,9 +36,10 @@ use std::{
 use fitviz_events::{
     Event, EventPublisher, PublisherConfig, SchemaRegistry,
     events::WorkoutCreated,
+    replay::{MemoryOffsets, OffsetStore, Replay, ReplayFrom},
     schema::UnknownFields,
     testing::Example,
-    topology::{self, ConsumerQueue, Topology},
+    topology::{self, ConsumerQueue, Topology, TopologyErrorKind},
 };
 use futures_util::StreamExt;
 use lapin::{
@@ -112,6 +115,7 @@ struct Options {
     max: Option<u64>,
     keep: bool,
     demo: bool,
+    from_archive: bool,
 }
 
 fn options() -> Result<Options, Error> {
@@ -120,6 +124,7 @@ fn options() -> Result<Options, Error> {
         max: None,
         keep: false,
         demo: false,
+        from_archive: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -128,6 +133,7 @@ fn options() -> Result<Options, Error> {
             "--max" => options.max = Some(args.next().ok_or("--max needs a number")?.parse()?),
             "--keep" => options.keep = true,
             "--demo" => options.demo = true,
+            "--from-archive" => options.from_archive = true,
             other => {
                 return Err(format!("unknown argument `{other}` (see the file's header)").into());
             }
@@ -137,7 +143,13 @@ fn options() -> Result<Options, Error> {
 }
 
 fn handle(delivery: &Delivery, registry: &SchemaRegistry, seen: &mut Seen) -> Verdict {
-    let envelope: Envelope = match serde_json::from_slice(&delivery.data) {
+    handle_body(&delivery.data, registry, seen)
+}
+
+/// Decodes, validates, de-duplicates and handles one event's body (from the queue or
+/// from the archive).
+fn handle_body(body: &[u8], registry: &SchemaRegistry, seen: &mut Seen) -> Verdict {
+    let envelope: Envelope = match serde_json::from_slice(body) {
         Ok(envelope) => envelope,
         Err(e) => return Verdict::Poison(format!("not an event envelope: {e}")),
     };
@@ -168,6 +180,49 @@ fn handle(delivery: &Delivery, registry: &SchemaRegistry, seen: &mut Seen) -> Ve
         envelope.organization_id.as_deref().unwrap_or("-"),
     );
     Verdict::Handled
+}
+
+/// The name this consumer stores its archive offset under.
+const CONSUMER: &str = "consumer-example";
+
+/// Catches up from the archive `<exchange>.archive` before consuming the queue: the
+/// `workout.*` and `booking.*` events after the offset stored last, handled like
+/// deliveries, the offset stored after each. The offsets here live in memory (a restart
+/// reads the archive again, de-duplicated by `event_id`); a consumer with a database
+/// keeps them there with `PostgresOffsets::save_in(&tx, CONSUMER, offset)`, in the
+/// transaction of its own writes, so the offset moves if and only if the work commits.
+async fn catch_up(
+    config: &PublisherConfig,
+    offsets: &MemoryOffsets,
+    registry: &SchemaRegistry,
+    seen: &mut Seen,
+) -> Result<(), Error> {
+    let from = ReplayFrom::after(offsets.load(CONSUMER).await?);
+    let replay = Replay::new(&config.exchange)
+        .from(from)
+        .event_type("workout.*")
+        .event_type("booking.*");
+    let mut events = match replay.open(config).await {
+        Ok(events) => events,
+        Err(error) if error.kind() == TopologyErrorKind::NotFound => {
+            eprintln!(
+                "no archive to catch up from ({error}): `fitviz-events archive declare` makes one"
+            );
+            return Ok(());
+        }
+        Err(error) => return Err(error.into()),
+    };
+    while let Some(event) = events.next().await {
+        let event = event?;
+        if let Verdict::Poison(why) =
+            handle_body(&serde_json::to_vec(&event.envelope)?, registry, seen)
+        {
+            eprintln!("archived event at offset {} skipped: {why}", event.offset);
+        }
+        offsets.save(CONSUMER, event.offset).await?;
+    }
+    eprintln!("caught up from the archive: {:?}", events.progress());
+    Ok(())
 }
 
 /// Publishes a valid event twice (same id: the second is a duplicate) through the
@@ -208,6 +263,7 @@ async fn main() -> Result<(), Error> {
     let connection = topology::connect(&config).await?;
     let report = Topology::from_config(&config)
         .without_unrouted()
+        .without_archive()
         .consumer_queue(queue.clone())
         .declare(&connection)
         .await?;
@@ -229,6 +285,9 @@ async fn main() -> Result<(), Error> {
 
     let registry = SchemaRegistry::builtin();
     let mut seen = Seen::new(DEDUP_CAPACITY);
+    if options.from_archive {
+        catch_up(&config, &MemoryOffsets::default(), &registry, &mut seen).await?;
+    }
     let (mut handled, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
     let shutdown = common::shutdown_signal();
     tokio::pin!(shutdown);

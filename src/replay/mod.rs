@@ -59,6 +59,7 @@
 //! ```
 
 mod event;
+mod offsets;
 
 use std::time::Duration;
 
@@ -72,7 +73,13 @@ use lapin::{
 };
 use serde::Serialize;
 
-pub use self::event::ArchivedEvent;
+#[cfg(feature = "outbox-postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "outbox-postgres")))]
+pub use self::offsets::PostgresOffsets;
+pub use self::{
+    event::ArchivedEvent,
+    offsets::{MemoryOffsets, OffsetStore, OffsetStoreError},
+};
 use crate::{
     config::{PublisherConfig, topic_matches},
     topology::{TopologyError, TopologyErrorKind, archive_name},
@@ -103,6 +110,18 @@ pub enum ReplayFrom {
     Time(DateTime<Utc>),
     /// The newest event (the head when the replay starts).
     Last,
+}
+
+impl ReplayFrom {
+    /// Right after `stored`, the offset a consumer stored last ([`OffsetStore`]):
+    /// [`Offset`](Self::Offset)`(stored + 1)`, or [`First`](Self::First) when it has
+    /// none yet.
+    pub fn after(stored: Option<u64>) -> Self {
+        match stored {
+            Some(offset) => Self::Offset(offset.saturating_add(1)),
+            None => Self::First,
+        }
+    }
 }
 
 /// Where a replay ends.

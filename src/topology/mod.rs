@@ -162,6 +162,15 @@ impl Topology {
         self
     }
 
+    /// Declares no archive stream (what a consumer's topology wants: the archive's
+    /// retention is frozen when it is first declared, and declaring it again with
+    /// [`from_config`](Self::from_config)'s defaults fails when it was declared with
+    /// others).
+    pub fn without_archive(mut self) -> Self {
+        self.archive = None;
+        self
+    }
+
     /// The archive stream, when there is one.
     pub fn archive_stream(&self) -> Option<&ArchiveStream> {
         self.archive.as_ref()
