@@ -132,7 +132,8 @@ async fn the_archive_is_declared_idempotently_and_a_different_retention_is_a_con
 
 /// The receipt with the archive on for every event: `Archived`, whether a consumer
 /// queue takes the event or not — never returned, never kept in `<exchange>.unrouted`,
-/// never an `Unroutable` error (also with the `error` policy) — and every confirmed
+/// never an `Unroutable` error (also with the `error` policy), never `Dropped` (with
+/// `ignore`) — and every confirmed
 /// event is in the stream.
 #[tokio::test]
 async fn with_the_archive_on_every_receipt_says_archived_and_every_event_is_in_the_stream() {
@@ -164,7 +165,11 @@ async fn with_the_archive_on_every_receipt_says_archived_and_every_event_is_in_t
         .expect("declare");
 
     let mut ids = Vec::new();
-    for policy in [UnroutablePolicy::AlternateExchange, UnroutablePolicy::Error] {
+    for policy in [
+        UnroutablePolicy::AlternateExchange,
+        UnroutablePolicy::Error,
+        UnroutablePolicy::Ignore,
+    ] {
         let publisher = EventPublisher::connect(PublisherConfig {
             unroutable: policy,
             ..config(&name, &exchange, ArchivePatterns::all())
@@ -193,11 +198,11 @@ async fn with_the_archive_on_every_receipt_says_archived_and_every_event_is_in_t
     );
     assert_eq!(
         queue_len(&connection, &queue).await,
-        Some(2),
+        Some(3),
         "the bookings"
     );
     assert_eq!(
-        stream_ids(&connection, &archive_name(&exchange), 4).await,
+        stream_ids(&connection, &archive_name(&exchange), 6).await,
         ids,
         "every confirmed event, in order"
     );

@@ -1095,6 +1095,8 @@ async fn archive_declare_status_and_replay_dry_run_and_to_a_queue() {
     assert_eq!(summary["published"], 0, "{summary}");
     assert_eq!(fx.queue_len().await, 0, "a dry run publishes nothing");
 
+    // At most 20 events a second: the 10 payments take at least 9 intervals.
+    let started = std::time::Instant::now();
     let output = run(
         &vars,
         &[
@@ -1105,12 +1107,19 @@ async fn archive_declare_status_and_replay_dry_run_and_to_a_queue() {
             "payment.*",
             "--queue",
             &fx.queue,
+            "--rate",
+            "20",
         ],
     );
+    let took = started.elapsed();
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     let summary: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
     assert_eq!(summary["published"], payments, "{summary}");
     assert_eq!(fx.queue_len().await, payments, "each matching event once");
+    assert!(
+        took >= std::time::Duration::from_millis(450),
+        "--rate 20 published {payments} events in {took:?}"
+    );
 
     let output = run(
         &vars,
