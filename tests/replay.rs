@@ -20,10 +20,9 @@ use fitviz_events::{
     header::HEADER_REPLAYED_FROM,
     replay::{ArchivedEvent, Replay, ReplayFrom, ReplayStream, ReplayTarget, ReplayUntil},
     testing::Example,
-    topology::{ArchiveStream, Topology, archive_name},
+    topology::{ArchiveStream, archive_name},
 };
 use lapin::{
-    Connection, ConnectionProperties,
     options::{BasicGetOptions, QueueDeclareOptions},
     types::FieldTable,
 };
@@ -111,20 +110,14 @@ async fn the_archive_replays_by_offset_time_type_and_organization_and_resumes_af
         exchanges: vec![exchange.clone()],
         queues: vec![archive_name(&exchange), fresh.clone()],
     };
-    let connection = Connection::connect(&broker_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    Topology::new(&exchange)
-        .without_unrouted()
-        .archive(
-            ArchiveStream::default()
-                .max_age(Duration::from_secs(600))
-                .max_bytes(200_000_000)
-                .segment_bytes(10_000_000),
-        )
-        .declare(&connection)
-        .await
-        .expect("declare");
+    let connection = support::declare_archive(
+        &exchange,
+        ArchiveStream::default()
+            .max_age(Duration::from_secs(600))
+            .max_bytes(200_000_000)
+            .segment_bytes(10_000_000),
+    )
+    .await;
     let config = config(&name, &exchange);
     let publisher = EventPublisher::connect(config.clone()).await.unwrap();
 
@@ -311,20 +304,14 @@ async fn retention_drops_the_oldest_segments_and_replay_still_works() {
         exchanges: vec![exchange.clone()],
         queues: vec![archive_name(&exchange)],
     };
-    let connection = Connection::connect(&broker_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    Topology::new(&exchange)
-        .without_unrouted()
-        .archive(
-            ArchiveStream::default()
-                .max_age(Duration::from_secs(600))
-                .max_bytes(400_000)
-                .segment_bytes(50_000),
-        )
-        .declare(&connection)
-        .await
-        .expect("declare");
+    let connection = support::declare_archive(
+        &exchange,
+        ArchiveStream::default()
+            .max_age(Duration::from_secs(600))
+            .max_bytes(400_000)
+            .segment_bytes(50_000),
+    )
+    .await;
     let config = config(&name, &exchange);
     let publisher = EventPublisher::connect(config.clone()).await.unwrap();
     let sent = publish(&publisher, 3_000, 1).await;
@@ -382,19 +369,13 @@ async fn an_empty_or_missing_archive_is_said_so() {
         fitviz_events::topology::TopologyErrorKind::Config,
         "{error}"
     );
-    let connection = Connection::connect(&broker_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    Topology::new(&exchange)
-        .without_unrouted()
-        .archive(
-            ArchiveStream::default()
-                .max_bytes(1_000_000)
-                .segment_bytes(100_000),
-        )
-        .declare(&connection)
-        .await
-        .unwrap();
+    let connection = support::declare_archive(
+        &exchange,
+        ArchiveStream::default()
+            .max_bytes(1_000_000)
+            .segment_bytes(100_000),
+    )
+    .await;
     let mut stream = Replay::new(&exchange).open(&config).await.unwrap();
     assert!(stream.next().await.is_none());
     assert_eq!(stream.progress().head, None);

@@ -14,9 +14,8 @@ use fitviz_events::{
     events::WorkoutCreated,
     replay::{OffsetStore, PostgresOffsets, Replay, ReplayFrom},
     testing::Example,
-    topology::{ArchiveStream, Topology, archive_name},
+    topology::{ArchiveStream, archive_name},
 };
-use lapin::{Connection, ConnectionProperties};
 use support::{Leftovers, broker_url, postgres, unique};
 
 #[tokio::test]
@@ -29,19 +28,13 @@ async fn a_consumer_resumes_after_its_stored_offset_and_handles_each_event_once(
         exchanges: vec![exchange.clone()],
         queues: vec![archive_name(&exchange)],
     };
-    let connection = Connection::connect(&broker_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    Topology::new(&exchange)
-        .without_unrouted()
-        .archive(
-            ArchiveStream::default()
-                .max_bytes(10_000_000)
-                .segment_bytes(1_000_000),
-        )
-        .declare(&connection)
-        .await
-        .unwrap();
+    let connection = support::declare_archive(
+        &exchange,
+        ArchiveStream::default()
+            .max_bytes(10_000_000)
+            .segment_bytes(1_000_000),
+    )
+    .await;
     let config = PublisherConfig {
         url: broker_url().parse().unwrap(),
         exchange: exchange.clone(),

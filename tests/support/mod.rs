@@ -542,3 +542,21 @@ pub async fn replay_publisher(name: &str, exchange: &str) -> fitviz_events::Even
     .await
     .expect("a publisher for the replay")
 }
+
+/// The archive tests' set-up: a connection of the test's own, and the topology of
+/// `exchange` declared on it with the archive stream `archive` (no unrouted queue).
+pub async fn declare_archive(
+    exchange: &str,
+    archive: fitviz_events::topology::ArchiveStream,
+) -> Connection {
+    let connection = Connection::connect(&broker_url(), ConnectionProperties::default())
+        .await
+        .expect("connect to the broker");
+    fitviz_events::topology::Topology::new(exchange)
+        .without_unrouted()
+        .archive(archive)
+        .declare(&connection)
+        .await
+        .expect("declare the archive");
+    connection
+}
