@@ -141,10 +141,10 @@ async fn the_archive_replays_by_offset_time_type_and_organization_and_resumes_af
     let first = &everything[0];
     assert_eq!(first.envelope["event_id"], first.event_id.to_string());
     assert!(
-        first
-            .validate(&fitviz_events::schema::SchemaRegistry::builtin())
-            .unwrap()
-            .is_ok()
+        everything
+            .iter()
+            .all(|e| matches!(e.validation, Some(Ok(())))),
+        "validated against their schemas"
     );
 
     // From offset k: 10,000 - k, starting at k.
@@ -341,7 +341,7 @@ async fn retention_drops_the_oldest_segments_and_replay_still_works() {
 }
 
 #[tokio::test]
-async fn an_empty_or_missing_archive_is_said_so() {
+async fn an_empty_or_missing_archive_is_said_so_and_an_invalid_event_keeps_its_error() {
     require_broker!();
     let name = unique("replay_empty");
     let exchange = format!("{name}.x");
@@ -379,5 +379,30 @@ async fn an_empty_or_missing_archive_is_said_so() {
     let mut stream = Replay::new(&exchange).open(&config).await.unwrap();
     assert!(stream.next().await.is_none());
     assert_eq!(stream.progress().head, None);
+
+    // An event published without validation is replayed with its validation error.
+    let publisher = EventPublisher::connect(PublisherConfig {
+        validation: false,
+        ..config.clone()
+    })
+    .await
+    .unwrap();
+    let invalid = Event::from_json("workout.created", serde_json::json!({"title": 42}))
+        .with_organization("org-1");
+    publisher
+        .publish(invalid)
+        .await
+        .expect("published unvalidated");
+    publisher.close().await;
+    let replayed = read_all(Replay::new(&exchange).open(&config).await.unwrap()).await;
+    assert_eq!(replayed.len(), 1);
+    let error = match &replayed[0].validation {
+        Some(Err(error)) => error.to_string(),
+        other => panic!("expected a validation error, got {other:?}"),
+    };
+    assert!(
+        error.contains("`workout.created`") && error.contains("expected a string"),
+        "{error}"
+    );
     let _ = connection.close(200, "done".into()).await;
 }

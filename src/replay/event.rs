@@ -39,6 +39,12 @@ pub struct ArchivedEvent {
     pub replayed: bool,
     /// The whole envelope, as JSON.
     pub envelope: serde_json::Value,
+    /// `data` validated against the schema of its type and version in the replay's
+    /// registry ([`Replay::registry`](super::Replay::registry), the built-in one by
+    /// default): `None` when the registry does not know the type. Events that fail are
+    /// yielded all the same — the archive holds what was published — for the consumer
+    /// to decide.
+    pub validation: Option<Result<(), ValidationError>>,
     message: EncodedEvent,
 }
 
@@ -90,6 +96,7 @@ impl ArchivedEvent {
             timestamp,
             replayed,
             envelope,
+            validation: None,
             message,
         })
     }

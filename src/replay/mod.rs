@@ -82,6 +82,7 @@ pub use self::{
 };
 use crate::{
     config::{PublisherConfig, topic_matches},
+    schema::SchemaRegistry,
     topology::{TopologyError, TopologyErrorKind, archive_name},
 };
 
@@ -150,7 +151,7 @@ pub enum ReplayTarget {
 }
 
 /// What a replay reads: see the [module docs](self).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 #[must_use]
 pub struct Replay {
     stream: String,
@@ -161,6 +162,33 @@ pub struct Replay {
     include_replayed: bool,
     prefetch: u16,
     seek_margin: Duration,
+    registry: SchemaRegistry,
+}
+
+impl PartialEq for Replay {
+    fn eq(&self, other: &Self) -> bool {
+        (self.stream == other.stream)
+            && (self.from, self.until) == (other.from, other.until)
+            && (self.event_types == other.event_types)
+            && (self.organizations == other.organizations)
+            && (self.include_replayed, self.prefetch, self.seek_margin)
+                == (other.include_replayed, other.prefetch, other.seek_margin)
+    }
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay")
+            .field("stream", &self.stream)
+            .field("from", &self.from)
+            .field("until", &self.until)
+            .field("event_types", &self.event_types)
+            .field("organizations", &self.organizations)
+            .field("include_replayed", &self.include_replayed)
+            .field("prefetch", &self.prefetch)
+            .field("seek_margin", &self.seek_margin)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How far a replay got.
@@ -202,7 +230,15 @@ impl Replay {
             include_replayed: false,
             prefetch: 500,
             seek_margin: Duration::from_secs(60),
+            registry: SchemaRegistry::builtin(),
         }
+    }
+
+    /// The schemas each event's `data` is validated against
+    /// ([`ArchivedEvent::validation`]); the built-in registry by default.
+    pub fn registry(mut self, registry: SchemaRegistry) -> Self {
+        self.registry = registry;
+        self
     }
 
     /// Where to start ([`ReplayFrom::First`] by default).
@@ -430,7 +466,7 @@ impl ReplayStream {
     /// The event at `offset` if it passes the filters.
     fn matching(&mut self, offset: u64, delivery: &Delivery) -> Option<ArchivedEvent> {
         let replay = &self.replay;
-        let event = match ArchivedEvent::decode(offset, delivery) {
+        let mut event = match ArchivedEvent::decode(offset, delivery) {
             Ok(event) => event,
             Err(why) => {
                 tracing::warn!(stream = %replay.stream, offset, %why, "an archive entry that is not an event envelope: skipped");
@@ -461,7 +497,11 @@ impl ReplayStream {
         let org_ok = replay.organizations.is_empty()
             || (event.organization_id.as_ref())
                 .is_some_and(|org| replay.organizations.contains(org));
-        (type_ok && org_ok).then_some(event)
+        if !(type_ok && org_ok) {
+            return None;
+        }
+        event.validation = event.validate(&replay.registry);
+        Some(event)
     }
 
     /// Starts consuming at `start`.
