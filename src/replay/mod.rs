@@ -109,7 +109,8 @@ pub enum ReplayFrom {
     Offset(u64),
     /// The first event whose envelope `timestamp` is at or after this time.
     Time(DateTime<Utc>),
-    /// The newest event (the head when the replay starts).
+    /// The newest event (the head when the replay starts; nothing when the head cannot
+    /// be found, see [`ReplayProgress::head`]).
     Last,
 }
 
@@ -578,6 +579,25 @@ impl ReplayStream {
                 connection.close(200, "replay done".into()),
             )
             .await;
+        }
+    }
+}
+
+impl Drop for ReplayStream {
+    /// A stream dropped before its end (or without [`close`](ReplayStream::close))
+    /// closes its connection in the background.
+    fn drop(&mut self) {
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    connection.close(200, "replay dropped".into()),
+                )
+                .await;
+            });
         }
     }
 }

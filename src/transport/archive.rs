@@ -14,6 +14,14 @@ pub fn archive_name(exchange: &str) -> String {
     format!("{exchange}{ARCHIVE_SUFFIX}")
 }
 
+/// How long the check of the archive may take.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether the broker answered `404 NOT_FOUND`.
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 404)
+}
+
 /// The archive's patterns and, per connection generation, whether the archive exists.
 #[derive(Debug)]
 pub(super) struct ArchiveCheck {
@@ -21,6 +29,9 @@ pub(super) struct ArchiveCheck {
     /// `(generation + 1) << 1 | exists` of the last check (the newest connection it
     /// covers); 0 before any.
     checked: AtomicU64,
+    /// Held while a check runs: the publishes that need one meanwhile wait for its
+    /// answer instead of each opening a channel of their own.
+    checking: tokio::sync::Mutex<()>,
 }
 
 impl ArchiveCheck {
@@ -28,6 +39,7 @@ impl ArchiveCheck {
         Self {
             patterns,
             checked: AtomicU64::new(0),
+            checking: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -45,33 +57,35 @@ impl ArchiveCheck {
         if !self.patterns.matches(event_type) {
             return false;
         }
-        // Checked on this connection or a newer one (the pool's connections are numbered
-        // in the order they opened): the answer holds.
-        let checked = self.checked.load(Ordering::Relaxed);
-        if checked >> 1 > generation {
-            return checked & 1 == 1;
+        if let Some(exists) = self.known(generation) {
+            return exists;
+        }
+        let _checking = self.checking.lock().await;
+        // Answered while this one waited?
+        if let Some(exists) = self.known(generation) {
+            return exists;
         }
         let name = archive_name(exchange);
-        let looked = pool
-            .with_admin_channel(async |admin| {
-                admin
-                    .queue_declare(
-                        name.as_str().into(),
-                        QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await
-            })
-            .await;
+        let look = pool.with_admin_channel(async |admin| {
+            admin
+                .queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+        });
+        // The event is confirmed already: a slow answer must not hold its receipt.
+        let looked = tokio::time::timeout(CHECK_TIMEOUT, look).await;
         match looked {
-            Ok((Ok(_), checked_on)) => {
+            Ok(Ok((Ok(_), checked_on))) => {
                 self.record(checked_on.max(generation), true);
                 true
             }
-            Ok((Err(error), checked_on)) => {
+            Ok(Ok((Err(error), checked_on))) if is_not_found(&error) => {
                 tracing::warn!(
                     archive = %name,
                     %error,
@@ -80,9 +94,20 @@ impl ArchiveCheck {
                 self.record(checked_on.max(generation), false);
                 false
             }
-            // No connection to look on: claim nothing.
-            Err(_) => false,
+            // No answer (no connection, another error, too slow): claim nothing, and
+            // look again next time.
+            other => {
+                tracing::debug!(archive = %name, answer = ?other.map(|r| r.map(|(r, _)| r.map(drop))), "could not check the archive");
+                false
+            }
         }
+    }
+
+    /// The answer of a check on this connection or a newer one (the pool's connections
+    /// are numbered in the order they opened).
+    fn known(&self, generation: u64) -> Option<bool> {
+        let checked = self.checked.load(Ordering::Relaxed);
+        (checked >> 1 > generation).then_some(checked & 1 == 1)
     }
 
     fn record(&self, generation: u64, exists: bool) {
