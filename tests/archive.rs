@@ -23,15 +23,7 @@ use support::{Leftovers, broker_url, queue_len, unique};
 
 const ORG: &str = "org-archive";
 
-fn config(name: &str, exchange: &str, archive: ArchivePatterns) -> PublisherConfig {
-    PublisherConfig {
-        url: broker_url().parse().expect("a broker url"),
-        exchange: exchange.to_owned(),
-        connection_name: Some(format!("{name}.publisher")),
-        archive,
-        ..Default::default()
-    }
-}
+use support::archive_config as config;
 
 /// A small archive: retention applies within the test's few kilobytes.
 fn small(patterns: ArchivePatterns) -> ArchiveStream {

@@ -26,7 +26,7 @@ use lapin::{
     options::{BasicGetOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use support::{Leftovers, broker_url, queue_len, unique};
+use support::{Leftovers, queue_len, unique};
 use uuid::Uuid;
 
 const ORGS: [&str; 4] = ["org-1", "org-2", "org-3", "org-4"];
@@ -41,13 +41,7 @@ struct Sent {
 }
 
 fn config(name: &str, exchange: &str) -> PublisherConfig {
-    PublisherConfig {
-        url: broker_url().parse().expect("a broker url"),
-        exchange: exchange.to_owned(),
-        connection_name: Some(format!("{name}.publisher")),
-        archive: ArchivePatterns::all(),
-        ..Default::default()
-    }
+    support::archive_config(name, exchange, ArchivePatterns::all())
 }
 
 /// Publishes `n` events (types and organizations in turn), 1,000 at a time.

@@ -9,14 +9,14 @@ mod support;
 use std::time::Duration;
 
 use fitviz_events::{
-    Event, EventPublisher, PublisherConfig,
+    Event, EventPublisher,
     config::ArchivePatterns,
     events::WorkoutCreated,
     replay::{OffsetStore, PostgresOffsets, Replay, ReplayFrom},
     testing::Example,
     topology::{ArchiveStream, archive_name},
 };
-use support::{Leftovers, broker_url, postgres, unique};
+use support::{Leftovers, postgres, unique};
 
 #[tokio::test]
 async fn a_consumer_resumes_after_its_stored_offset_and_handles_each_event_once() {
@@ -35,13 +35,7 @@ async fn a_consumer_resumes_after_its_stored_offset_and_handles_each_event_once(
             .segment_bytes(1_000_000),
     )
     .await;
-    let config = PublisherConfig {
-        url: broker_url().parse().unwrap(),
-        exchange: exchange.clone(),
-        connection_name: Some(format!("{name}.publisher")),
-        archive: ArchivePatterns::all(),
-        ..Default::default()
-    };
+    let config = support::archive_config(&name, &exchange, ArchivePatterns::all());
     let publisher = EventPublisher::connect(config.clone()).await.unwrap();
     let events: Vec<Event> = (0..200)
         .map(|_| Event::new(WorkoutCreated::example()).with_organization("org-offsets"))

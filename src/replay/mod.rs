@@ -166,17 +166,6 @@ pub struct Replay {
     registry: SchemaRegistry,
 }
 
-impl PartialEq for Replay {
-    fn eq(&self, other: &Self) -> bool {
-        (self.stream == other.stream)
-            && (self.from, self.until) == (other.from, other.until)
-            && (self.event_types == other.event_types)
-            && (self.organizations == other.organizations)
-            && (self.include_replayed, self.prefetch, self.seek_margin)
-                == (other.include_replayed, other.prefetch, other.seek_margin)
-    }
-}
-
 impl std::fmt::Debug for Replay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replay")

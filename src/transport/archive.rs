@@ -43,6 +43,12 @@ impl ArchiveCheck {
         }
     }
 
+    /// Whether any event is archived: when not, receipts need no look at the archive
+    /// (the per-event path skips it).
+    pub(super) fn is_on(&self) -> bool {
+        self.patterns.is_on()
+    }
+
     /// Whether an event of `event_type`, confirmed on a connection of `generation`
     /// without a return, is in the archive: its type matches the patterns and the
     /// archive exists (checked with a passive declare, again whenever a publish goes

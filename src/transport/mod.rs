@@ -322,6 +322,9 @@ impl AmqpPublish {
             self.inner.exchange.name().as_str(),
             started,
         );
+        if !self.inner.archive.is_on() {
+            return result;
+        }
         self.archived(result, self.archive_key(&event), generation)
             .await
     }

@@ -171,9 +171,13 @@ impl AmqpPublish {
                         event.exchange(),
                         started,
                     );
-                    let key = (event.exchange_name() == inner.exchange.name())
-                        .then(|| event.routing_key());
-                    self.archived(result, key, generation).await
+                    if !inner.archive.is_on() {
+                        result
+                    } else {
+                        let key = (event.exchange_name() == inner.exchange.name())
+                            .then(|| event.routing_key());
+                        self.archived(result, key, generation).await
+                    }
                 }
                 Some(Err(error)) => Err(error),
                 // The event that could not be written ends the sequence with its error.

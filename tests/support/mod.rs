@@ -560,3 +560,19 @@ pub async fn declare_archive(
         .expect("declare the archive");
     connection
 }
+
+/// A publisher configuration for test `name`'s `exchange` (connection
+/// `<name>.publisher`) whose receipts know the archive takes `archive`.
+pub fn archive_config(
+    name: &str,
+    exchange: &str,
+    archive: fitviz_events::config::ArchivePatterns,
+) -> PublisherConfig {
+    PublisherConfig {
+        url: broker_url().parse().expect("a broker url"),
+        exchange: exchange.to_owned(),
+        connection_name: Some(format!("{name}.publisher")),
+        archive,
+        ..Default::default()
+    }
+}
